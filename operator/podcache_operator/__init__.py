@@ -1,0 +1,1 @@
+"""podcache's Kubernetes operator: CacheConfig → config, Service, ServiceMonitor, sidecar injection."""

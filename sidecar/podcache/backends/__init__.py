@@ -1,0 +1,1 @@
+"""Storage backends: process memory and Redis (standalone, Sentinel, Cluster)."""
