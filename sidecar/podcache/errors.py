@@ -47,6 +47,22 @@ class CacheMiss(PodcacheError, KeyError):
 class BackendUnavailable(PodcacheError):
     """The backend (Redis) did not answer within the operation timeout or refused us."""
 
+    retry_after: float | None = None
+    """Seconds the sidecar suggested waiting (its ``Retry-After``), when known."""
+
+
+class ClientError(PodcacheError, ConnectionError):
+    """The socket client could not reach the sidecar, or lost it mid-request."""
+
+
+class ServerError(PodcacheError):
+    """The sidecar answered with an error code that has no class of its own."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
 
 class LockError(PodcacheError):
     """Base of lock failures."""
@@ -71,6 +87,7 @@ class LockLost(LockError):
 __all__ = [
     "BackendUnavailable",
     "CacheMiss",
+    "ClientError",
     "ConfigError",
     "InvalidKey",
     "InvalidTTL",
@@ -80,5 +97,6 @@ __all__ = [
     "LockNotAcquired",
     "NotOwner",
     "PodcacheError",
+    "ServerError",
     "ValueTooLarge",
 ]
