@@ -1,0 +1,175 @@
+"""The Redis backend: one tenant's keys on a shared Redis, with bounded waits.
+
+Isolation: every key is stored as ``key_prefix + key``; the item count SCANs only
+``<escaped prefix>*``. Two CacheConfigs with different prefixes never read, write or
+count each other's keys (a prefix that is itself a prefix of another tenant's, e.g.
+``a`` and ``ab``, is the operator's business: use a separator such as ``shop:``).
+
+Failure policy: every call runs under ``asyncio.timeout(operation_timeout)`` on top
+of redis-py's socket timeouts, so a dead or paused Redis gives ``BackendUnavailable``
+within that bound instead of a hang; every redis-py error, OSError and timeout is
+mapped to ``BackendUnavailable`` (chained with ``from``). The client reconnects by
+itself when Redis comes back: nothing needs to be recreated.
+
+``client``, ``key_prefix``, ``settings`` and ``key()`` are public: the Redis locks
+and elections (``podcache.locks``, ``podcache.election``) build on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from podcache import validation
+from podcache.backends import redis_connection
+from podcache.backends.base import Backend
+from podcache.config import RedisSettings
+from podcache.errors import BackendUnavailable, CacheMiss
+
+T = TypeVar("T")
+
+SCAN_COUNT = 1000
+"""Keys Redis examines per SCAN step: big enough to be quick, small enough not to block it."""
+
+_GLOB_SPECIAL = frozenset("*?[]\\^-")
+
+
+def escape_glob(text: str) -> str:
+    """Escape Redis MATCH metacharacters so ``text`` matches only itself."""
+    return "".join("\\" + char if char in _GLOB_SPECIAL else char for char in text)
+
+
+def ttl_ms(seconds: float) -> int:
+    """Seconds as whole milliseconds for PX, rounded up so a tiny TTL is not 0 (refused)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+class RedisBackend(Backend):
+    """Key/value storage on Redis (standalone, Sentinel or Cluster) under a key prefix."""
+
+    SET_IF_MATCH_SCRIPT = """
+-- Compare-and-set of one cache entry.
+-- KEYS[1] - the prefixed key
+-- ARGV[1] - the value the caller expects to find
+-- ARGV[2] - the new value
+-- ARGV[3] - the new TTL in milliseconds
+-- return 1 if the current value equals ARGV[1] and was replaced, 0 if absent or different
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.default_ttl = settings.default_ttl
+        self.key_prefix: str = settings.key_prefix
+        self.client = redis_connection.connect(settings)
+        # register_script computes the SHA once; calls run EVALSHA and load on NOSCRIPT.
+        self._set_if_match = self.client.register_script(self.SET_IF_MATCH_SCRIPT)
+        self._stopped = False
+
+    def key(self, name: str) -> str:
+        """The Redis key for ``name`` under this tenant's prefix."""
+        return self.key_prefix + name
+
+    async def call(self, what: str, awaitable: Awaitable[T]) -> T:
+        """Await a Redis command with the operation timeout, mapping failures to one error."""
+        if self._stopped:
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()  # never awaited: avoid the "coroutine was never awaited" warning
+            raise BackendUnavailable("the redis backend has been stopped")
+        timeout = self.settings.operation_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await awaitable
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"redis did not answer {what} within {timeout:g}s") from exc
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis {what} failed: {exc}") from exc
+
+    # -- operations --------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes:
+        validation.check_key(key)
+        value = await self.call("GET", self.client.get(self.key(key)))
+        if value is None:
+            raise CacheMiss(key)
+        return bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
+        key, value, seconds = self._checked(key, value, ttl)
+        await self.call("SET", self.client.set(self.key(key), value, px=ttl_ms(seconds)))
+
+    async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
+        key, value, seconds = self._checked(key, value, ttl)
+        stored = await self.call(
+            "SET NX", self.client.set(self.key(key), value, px=ttl_ms(seconds), nx=True)
+        )
+        return bool(stored)
+
+    async def set_if_match(self, key: str, value: bytes, expected: bytes, ttl: float = 0) -> bool:
+        key, value, seconds = self._checked(key, value, ttl)
+        expected = validation.check_value(expected)
+        replaced = await self.call(
+            "set_if_match",
+            self._set_if_match(keys=[self.key(key)], args=[expected, value, ttl_ms(seconds)]),
+        )
+        return bool(replaced)
+
+    async def delete(self, key: str) -> bool:
+        validation.check_key(key)
+        removed = await self.call("DEL", self.client.delete(self.key(key)))
+        return bool(removed)
+
+    async def ping(self) -> None:
+        await self.call("PING", self.client.ping())
+
+    async def count_items(self) -> int:
+        """Keys under the prefix, by an incremental SCAN (each step bounded by the timeout)."""
+        pattern = escape_glob(self.key_prefix) + "*"
+        if isinstance(self.client, RedisCluster):
+            return await self._count_cluster(pattern)
+        count = 0
+        cursor = 0
+        while True:
+            cursor, keys = await self.call(
+                "SCAN", self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            )
+            count += len(keys)
+            if cursor == 0:
+                return count
+
+    async def _count_cluster(self, pattern: str) -> int:
+        # scan_iter walks every primary; bound each step, not the whole walk.
+        count = 0
+        keys = self.client.scan_iter(match=pattern, count=SCAN_COUNT)
+        while True:
+            try:
+                await self.call("SCAN", anext(keys))
+            except StopAsyncIteration:
+                return count
+            count += 1
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        # Closing connections to a dead Redis has nothing left to release.
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _checked(self, key: str, value: bytes, ttl: float) -> tuple[str, bytes, float]:
+        key = validation.check_key(key)
+        value = validation.check_value(value)
+        return key, value, validation.resolve_ttl(ttl, self.default_ttl)

@@ -1,0 +1,126 @@
+"""Building the redis-py client from ``RedisSettings``: URL, credentials, TLS, pool, timeouts.
+
+Kept apart from the backend so the lock and election modules reuse one client
+configuration, and so the timeout policy lives in one place:
+
+- every socket read/write is bounded by ``operation_timeout`` and every connect by
+  ``connect_timeout``; the backend adds an asyncio timeout over the whole call;
+- connection errors are retried once, after a few milliseconds: enough to replace a
+  pooled connection that died with a restarted Redis, never a retry loop that
+  outlives the operation timeout;
+- the pool blocks (up to the operation timeout) when all ``pool_size`` connections
+  are busy instead of failing at once, which is what a busy sidecar needs.
+
+Sentinel and Cluster are built by ``podcache.backends.redis_topologies`` (imported
+lazily so standalone use does not load it). The password may come from a mounted
+Secret file, read here at connect time so a rotated Secret applies on reconnect of
+the sidecar.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from podcache.config import RedisSettings
+from podcache.errors import ConfigError
+
+HEALTH_CHECK_INTERVAL = 15
+"""Seconds a pooled connection may idle before it is PINGed ahead of reuse."""
+
+RETRIES = 1
+"""One quick retry replaces a dead pooled connection; more would outlast the op timeout."""
+
+RedisClient = redis.asyncio.Redis | RedisCluster
+
+
+def connect(settings: RedisSettings) -> RedisClient:
+    """Return a client for ``settings`` (no I/O happens until the first command)."""
+    if settings.sentinel is not None or settings.cluster is not None:
+        from podcache.backends import redis_topologies
+
+        if settings.sentinel is not None:
+            return redis_topologies.connect_sentinel(settings)  # type: ignore[no-any-return]
+        return redis_topologies.connect_cluster(settings)  # type: ignore[no-any-return]
+    if settings.url is None:
+        raise ConfigError("config.url", "required when neither sentinel nor cluster is given")
+    url = settings.url
+    if settings.tls.enabled and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://"):]  # tls.enabled upgrades a plain URL
+    kwargs = common_kwargs(settings)
+    if url.startswith("rediss://"):
+        kwargs.update(tls_kwargs(settings))
+    if not url.startswith("unix://"):
+        kwargs["socket_keepalive"] = True
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.pool_size,
+        timeout=settings.operation_timeout,  # waiting for a free connection counts too
+        **kwargs,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+def common_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """Connection options shared by every topology: credentials, timeouts, retry, health."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.operation_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "retry": Retry(
+            ExponentialBackoff(cap=0.05, base=0.005),
+            RETRIES,
+            # Not TimeoutError: a retry after a timeout could only run past the op timeout.
+            supported_errors=(RedisConnectionError,),
+        ),
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "client_name": "podcache",
+    }
+    password = read_password(settings)
+    if password is not None:
+        kwargs["password"] = password
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    return kwargs
+
+
+def read_password(settings: RedisSettings) -> str | None:
+    """The password from settings, else from ``password_file`` (trailing newline dropped)."""
+    if settings.password is not None:
+        return settings.password
+    if settings.password_file is None:
+        return None
+    try:
+        return Path(settings.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(
+            "config.passwordFile", f"cannot read {settings.password_file}: {exc}"
+        ) from exc
+
+
+def tls_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """redis-py's ssl_* options from ``settings.tls``; files are checked to fail early."""
+    tls = settings.tls
+    files = (("caFile", tls.ca_file), ("certFile", tls.cert_file), ("keyFile", tls.key_file))
+    for field, path in files:
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"config.tls.{field}", f"no such file: {path}")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError("config.tls", "certFile and keyFile must be given together")
+    kwargs: dict[str, Any] = {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+    }
+    if tls.insecure_skip_verify:
+        kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
+        kwargs["ssl_check_hostname"] = False
+    else:
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return kwargs
