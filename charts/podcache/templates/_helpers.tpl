@@ -1,0 +1,192 @@
+{{/*
+podcache.name: the chart name, or nameOverride; truncated to 63 characters because
+some Kubernetes name fields are limited to the DNS label length.
+*/}}
+{{- define "podcache.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.fullname: the prefix of every object name ("<release>-podcache", or just the
+release name when it already contains the chart name), truncated to 63 characters.
+*/}}
+{{- define "podcache.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+podcache.namespace: the namespace of every namespaced object.
+*/}}
+{{- define "podcache.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.chart: "<name>-<version>" for the helm.sh/chart label ('+' is not allowed in
+label values).
+*/}}
+{{- define "podcache.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.selectorLabels: the labels that select the operator pods. They never change
+between upgrades (a Deployment's selector is immutable), so no version in here.
+*/}}
+{{- define "podcache.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+podcache.labels: the recommended Kubernetes labels plus commonLabels, on every object.
+*/}}
+{{- define "podcache.labels" -}}
+app.kubernetes.io/name: {{ include "podcache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: podcache
+helm.sh/chart: {{ include "podcache.chart" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+podcache.image: the image reference for an image block ({registry, repository, tag,
+digest}); called as (include "podcache.image" (list .Values.operator.image .)). The tag
+defaults to the chart's appVersion; a digest pins the image and wins over the tag.
+*/}}
+{{- define "podcache.image" -}}
+{{- $image := index . 0 }}
+{{- $root := index . 1 }}
+{{- $repository := $image.repository }}
+{{- if $image.registry }}
+{{- $repository = printf "%s/%s" $image.registry $image.repository }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+podcache.serviceAccountName: the operator's ServiceAccount (created or existing).
+*/}}
+{{- define "podcache.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "podcache.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+podcache.webhookServiceName: the Service the API server calls for admission.
+*/}}
+{{- define "podcache.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "podcache.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.webhookSecretName: the Secret holding the webhook's TLS key pair (and CA).
+*/}}
+{{- define "podcache.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "podcache.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.webhookDNSNames: the names the webhook certificate must be valid for (the
+API server uses <service>.<namespace>.svc).
+*/}}
+{{- define "podcache.webhookDNSNames" -}}
+{{- $service := include "podcache.webhookServiceName" . }}
+{{- $namespace := include "podcache.namespace" . }}
+- {{ $service }}
+- {{ printf "%s.%s" $service $namespace }}
+- {{ printf "%s.%s.svc" $service $namespace }}
+- {{ printf "%s.%s.svc.cluster.local" $service $namespace }}
+{{- end }}
+
+{{/*
+podcache.certManagerIssuerName: the Issuer the chart creates when certManager.issuerRef
+is empty.
+*/}}
+{{- define "podcache.certManagerIssuerName" -}}
+{{- printf "%s-selfsigned" (include "podcache.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+podcache.validateValues: fails the render with a clear message for value combinations
+that cannot work; included once from the Deployment template.
+*/}}
+{{- define "podcache.validateValues" -}}
+{{- $webhook := .Values.webhook }}
+{{- if and $webhook.selfSigned.enabled $webhook.certManager.enabled }}
+{{- fail "webhook.selfSigned.enabled and webhook.certManager.enabled are both true: choose one source for the webhook's TLS certificate" }}
+{{- end }}
+{{- if not (or $webhook.selfSigned.enabled $webhook.certManager.enabled) }}
+{{- fail "the admission webhook needs TLS: set webhook.selfSigned.enabled=true (Helm generates a CA) or webhook.certManager.enabled=true (cert-manager issues it)" }}
+{{- end }}
+{{- if lt (int .Values.operator.replicaCount) 1 }}
+{{- fail (printf "operator.replicaCount must be at least 1 (got %v): without an operator no sidecar is injected" .Values.operator.replicaCount) }}
+{{- end }}
+{{- $pdb := .Values.operator.podDisruptionBudget }}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
+{{- fail "operator.podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
+{{- end }}
+{{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- fail "operator.podDisruptionBudget is enabled but neither minAvailable nor maxUnavailable is set" }}
+{{- end }}
+{{- if eq (int .Values.webhook.port) (int .Values.operator.healthPort) }}
+{{- fail "webhook.port and operator.healthPort must differ: both listen in the operator container" }}
+{{- end }}
+{{- if or (eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort)) (eq (int .Values.operator.metricsPort) (int .Values.webhook.port)) }}
+{{- fail "operator.metricsPort must differ from operator.healthPort and webhook.port: they all listen in the operator container" }}
+{{- end }}
+{{- end }}
+
+{{/*
+podcache.webhookPath: the URL path the operator serves the sidecar injector on (the id
+of its kopf admission handler).
+*/}}
+{{- define "podcache.webhookPath" -}}
+/inject
+{{- end }}
+
+{{/*
+podcache.webhookCertDir: where the webhook's TLS Secret is mounted in the operator.
+*/}}
+{{- define "podcache.webhookCertDir" -}}
+/etc/podcache/webhook-tls
+{{- end }}
+
+{{/*
+podcache.operatorEnv: the operator's settings as environment variables (the names
+are read by podcache_operator.settings): identity, peering, webhook, sidecar defaults.
+*/}}
+{{- define "podcache.operatorEnv" -}}
+# kopf's peer identity: the pod name, so `kubectl get clusterkopfpeering` is readable.
+- name: POD_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: PODCACHE_LOG_LEVEL
+  value: {{ .Values.operator.logLevel | quote }}
+{{- end }}
