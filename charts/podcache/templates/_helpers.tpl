@@ -174,11 +174,13 @@ podcache.webhookCertDir: where the webhook's TLS Secret is mounted in the operat
 {{- end }}
 
 {{/*
-podcache.operatorEnv: the operator's settings as environment variables (the names
-are read by podcache_operator.settings): identity, peering, webhook, sidecar defaults.
+podcache.operatorEnv: the operator's settings as environment variables, with the names
+podcache_operator.settings reads (Settings.from_env): identity, peering, health,
+webhook TLS, and the sidecar defaults the webhook injects.
 */}}
 {{- define "podcache.operatorEnv" -}}
-# kopf's peer identity: the pod name, so `kubectl get clusterkopfpeering` is readable.
+{{- $certDir := include "podcache.webhookCertDir" . }}
+# kopf's peer identity: the pod name, so `kubectl get clusterkopfpeering -o yaml` is readable.
 - name: POD_ID
   valueFrom:
     fieldRef:
@@ -189,4 +191,38 @@ are read by podcache_operator.settings): identity, peering, webhook, sidecar def
       fieldPath: metadata.namespace
 - name: PODCACHE_LOG_LEVEL
   value: {{ .Values.operator.logLevel | quote }}
+- name: PODCACHE_PEERING_NAME
+  value: {{ .Values.operator.peering.name | quote }}
+- name: PODCACHE_LIVENESS_ENDPOINT
+  value: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
+- name: PODCACHE_WEBHOOK_PORT
+  value: {{ .Values.webhook.port | quote }}
+# The chart owns the MutatingWebhookConfiguration (objectSelector, failurePolicy,
+# cert-manager injection): an empty value stops kopf from managing one itself.
+- name: PODCACHE_WEBHOOK_MANAGED
+  value: ""
+- name: PODCACHE_WEBHOOK_CERT_FILE
+  value: {{ printf "%s/tls.crt" $certDir | quote }}
+- name: PODCACHE_WEBHOOK_KEY_FILE
+  value: {{ printf "%s/tls.key" $certDir | quote }}
+- name: PODCACHE_WEBHOOK_CA_FILE
+  value: {{ printf "%s/ca.crt" $certDir | quote }}
+- name: PODCACHE_REJECT_MISSING_CONFIG
+  value: {{ .Values.webhook.rejectMissingConfig | quote }}
+- name: PODCACHE_SIDECAR_IMAGE
+  value: {{ include "podcache.image" (list .Values.sidecar.image .) | quote }}
+- name: PODCACHE_SIDECAR_IMAGE_PULL_POLICY
+  value: {{ .Values.sidecar.image.pullPolicy | quote }}
+- name: PODCACHE_SIDECAR_NATIVE
+  value: {{ .Values.sidecar.native | quote }}
+- name: PODCACHE_SIDECAR_METRICS_PORT
+  value: {{ .Values.sidecar.metricsPort | quote }}
+- name: PODCACHE_SIDECAR_CPU_REQUEST
+  value: {{ .Values.sidecar.resources.requests.cpu | quote }}
+- name: PODCACHE_SIDECAR_MEMORY_REQUEST
+  value: {{ .Values.sidecar.resources.requests.memory | quote }}
+- name: PODCACHE_SIDECAR_MEMORY_LIMIT
+  value: {{ .Values.sidecar.resources.limits.memory | quote }}
+- name: PODCACHE_SIDECAR_RUN_AS_USER
+  value: {{ .Values.sidecar.runAsUser | quote }}
 {{- end }}
