@@ -1,0 +1,35 @@
+"""Distributed locks with fencing tokens: ``build_locks`` picks the implementation.
+
+``MemoryLocks`` serves the memory backend (one process), ``RedisLocks`` every Redis
+flavour. Both share ``LockService``'s API; see ``podcache.locks.base`` for semantics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from podcache.locks.base import Lease, LockService
+from podcache.locks.memory import MemoryLocks, table_for
+from podcache.locks.redis import RedisLocks
+
+
+def build_locks(backend: Any, *, registry: CollectorRegistry, namespace: str) -> LockService:
+    """The lock service for ``backend``: in-process for a MemoryBackend, else on its Redis."""
+    from podcache.backends.memory import MemoryBackend  # deferred: keeps import order loose
+
+    if isinstance(backend, MemoryBackend):
+        return MemoryLocks(table_for(backend), registry=registry, namespace=namespace)
+    settings = backend.settings
+    return RedisLocks(
+        backend.client,
+        key_prefix=backend.key_prefix,
+        registry=registry,
+        namespace=namespace,
+        operation_timeout=settings.operation_timeout,
+        replica_ack_timeout=settings.replica_ack_timeout,
+    )
+
+
+__all__ = ["Lease", "LockService", "MemoryLocks", "RedisLocks", "build_locks"]

@@ -1,0 +1,243 @@
+"""Locks on Redis: ``SET NX PX`` plus a fence ``INCR`` in one script, token-checked
+release and refresh, and waiters woken through a signal list.
+
+Keys of one lock share a Cluster hash tag, so every script touches one slot:
+
+- ``<prefix>podcache:lock:{<name>}``         owner: the holder's token, expires with the lease
+- ``<prefix>podcache:lock:{<name>}:fence``   fence counter, never expires
+- ``<prefix>podcache:lock:{<name>}:signal``  release signal: at most one element, short-lived
+
+Why a signal list rather than pub/sub: a list keeps the signal until someone pops it,
+so a release that lands between a waiter's failed attempt and its ``BLPOP`` is not
+lost; Redis serves blocked clients first-come first-served; and it needs no
+subscription connection. Waiting tasks of one process share one ``BLPOP`` per lock
+name, so waiters never hold more pooled connections than there are names waited on.
+A waiter blocks for at most the remaining wait, the holder's
+remaining PTTL (so a lease that lapses without a release is noticed on time) and a
+slice shorter than the operation timeout (the client's socket timeout must not fire
+on a legitimately blocked read).
+
+Improvements over redis-py's ``Lock``: the token is returned to the caller rather
+than kept in thread-local state, waiters are woken instead of polling every 100 ms,
+refresh and acquire return the fence, and every call is bounded by an operation
+timeout and surfaces as ``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+from redis.exceptions import NoScriptError, RedisError
+
+from podcache.errors import BackendUnavailable
+from podcache.locks.base import Busy, Lease, LockService
+
+T = TypeVar("T")
+
+SIGNAL_TTL_MS = 5000
+"""A release signal nobody pops is dropped after this: waiters re-check the lock far
+more often than that, and a stale signal costs at most one spurious retry."""
+
+_MIN_BLOCK = 0.01
+"""BLPOP with timeout 0 blocks forever; never send less than this."""
+
+
+def hash_tag(name: str) -> str:
+    """The Cluster hash tag for ``name``: the name itself unless braces would break it."""
+    if "{" in name or "}" in name:  # a brace in the tag would end it early or start a new one
+        return "sha1:" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return name
+
+
+def lock_keys(prefix: str, name: str) -> tuple[str, str, str]:
+    """Owner, fence counter and release-signal keys of lock ``name``."""
+    base = f"{prefix}podcache:lock:{{{hash_tag(name)}}}"
+    return base, f"{base}:fence", f"{base}:signal"
+
+
+async def bounded(awaitable: Awaitable[T], *, seconds: float, what: str) -> T:
+    """Await a Redis call for at most ``seconds``; any failure is BackendUnavailable."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except (RedisError, OSError, TimeoutError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise BackendUnavailable(f"redis {what} failed: {detail}") from exc
+
+
+# --- Fence generation: the ONE place that decides how a fence is derived. --------------
+# Today: INCR of a per-lock counter that never expires, run in the same script as the
+# SET NX, so a fence is handed out only together with the lock and is strictly greater
+# than every earlier one for as long as the counter survives. BEWARE (failover): an
+# asynchronous replica promoted by Sentinel/Cluster may miss the latest INCRs, and an
+# eviction policy other than noeviction/volatile-* may drop the counter; a hardened
+# derivation (e.g. mixing in a failover epoch) replaces these two functions only.
+FENCE_LUA = """
+local function next_fence(counter_key)
+  return redis.call('INCR', counter_key)
+end
+local function current_fence(counter_key)
+  return tonumber(redis.call('GET', counter_key) or '0')
+end
+"""
+
+
+class RedisLocks(LockService):
+    """Distributed locks with fencing tokens on one Redis (standalone, Sentinel or Cluster)."""
+
+    ACQUIRE_LUA = FENCE_LUA + """
+-- KEYS[1] - owner key (holds the owner's token, expires with the lease)
+-- KEYS[2] - fence counter (never expires)
+-- KEYS[3] - release-signal list
+-- ARGV[1] - the new owner's token
+-- ARGV[2] - lease ttl in milliseconds
+-- return {1, fence} when acquired; {0, pttl} when held (pttl -1: the holder never expires)
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[3])
+  return {1, next_fence(KEYS[2])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+
+    REFRESH_LUA = FENCE_LUA + """
+-- KEYS[1] - owner key
+-- KEYS[2] - fence counter
+-- ARGV[1] - the caller's token
+-- ARGV[2] - new lease ttl in milliseconds
+-- return the holder's fence when extended; nil when the token does not own the lock
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return current_fence(KEYS[2])
+end
+return false
+"""
+
+    RELEASE_LUA = """
+-- KEYS[1] - owner key
+-- KEYS[2] - release-signal list
+-- ARGV[1] - the caller's token
+-- ARGV[2] - lifetime of the release signal in milliseconds
+-- return 1 when released (one waiter is woken); 0 when the token does not own the lock
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str = "",
+        registry: CollectorRegistry | None = None,
+        namespace: str = "lab",
+        operation_timeout: float = 1.0,
+        replica_ack_timeout: float = 0.0,
+    ) -> None:
+        """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it.
+
+        ``replica_ack_timeout`` > 0 makes acquire and refresh ``WAIT`` for one replica
+        up to that long and report it in ``Lease.replicated`` (not for Cluster clients).
+        """
+        super().__init__(registry=registry, namespace=namespace)
+        self._client = client
+        self._prefix = key_prefix
+        self._timeout = operation_timeout
+        self._ack_timeout = replica_ack_timeout
+        # Blocked reads must end before the client's socket timeout would call them dead.
+        self._max_block = max(_MIN_BLOCK, operation_timeout * 0.8)
+        self._acquire_script = client.register_script(self.ACQUIRE_LUA)
+        self._refresh_script = client.register_script(self.REFRESH_LUA)
+        self._release_script = client.register_script(self.RELEASE_LUA)
+        self._watches: dict[str, asyncio.Future[None]] = {}
+        """Per lock name, the wake-up of the one task of ours blocked on its signal list."""
+
+    async def _try_acquire(self, name: str, *, token: str, ttl: float) -> Lease | Busy:
+        owner, fence, signal = lock_keys(self._prefix, name)
+        sent_at = time.monotonic()
+        reply, replicated = await self._write(
+            self._acquire_script, keys=(owner, fence, signal), args=(token, _ms(ttl)),
+            what="acquire",
+        )
+        acquired, number = int(reply[0]), int(reply[1])
+        if not acquired:
+            return Busy(expires_in=math.inf if number < 0 else number / 1000)
+        return Lease(token=token, fence=number, ttl=ttl, replicated=replicated,
+                     acquired_at=sent_at)
+
+    async def _wait_released(self, name: str, *, at_most: float) -> None:
+        shared = self._watches.get(name)
+        if shared is not None:
+            # Another task of ours already blocks on this lock's signal: ride along
+            # rather than tie up one more pooled connection per waiting task.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(at_most):
+                    await asyncio.shield(shared)
+            return
+        shared = self._watches[name] = asyncio.get_running_loop().create_future()
+        try:
+            _, _, signal = lock_keys(self._prefix, name)
+            block = max(_MIN_BLOCK, min(at_most, self._max_block))
+            await bounded(self._client.blpop([signal], timeout=block),
+                          seconds=self._timeout + block, what="wait for release")
+        finally:
+            del self._watches[name]
+            shared.set_result(None)  # riders retry too (and one of them watches next)
+
+    async def _refresh(self, name: str, *, token: str, ttl: float) -> Lease | None:
+        owner, fence, _ = lock_keys(self._prefix, name)
+        sent_at = time.monotonic()
+        reply, replicated = await self._write(
+            self._refresh_script, keys=(owner, fence), args=(token, _ms(ttl)), what="refresh",
+        )
+        if reply is None:
+            return None
+        return Lease(token=token, fence=int(reply), ttl=ttl, replicated=replicated,
+                     acquired_at=sent_at)
+
+    async def _release(self, name: str, *, token: str) -> bool:
+        owner, _, signal = lock_keys(self._prefix, name)
+        call = self._release_script(keys=(owner, signal), args=(token, SIGNAL_TTL_MS))
+        reply = await bounded(call, seconds=self._timeout, what="release")
+        return bool(int(reply))
+
+    async def _write(
+        self, script: Any, *, keys: Sequence[str], args: Sequence[object], what: str,
+    ) -> tuple[Any, bool | None]:
+        """Run a lease-writing script; with a replica-ack timeout, WAIT on the same connection."""
+        if self._ack_timeout <= 0:
+            call = script(keys=keys, args=args)
+            return await bounded(call, seconds=self._timeout, what=what), None
+        for attempt in (1, 2):
+            # WAIT counts the writes of *its* connection, so both go down one pipeline.
+            pipe = self._client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, _ms(self._ack_timeout))
+            try:
+                reply, acks = await bounded(
+                    pipe.execute(), seconds=self._timeout + self._ack_timeout, what=what,
+                )
+            except BackendUnavailable as exc:
+                if attempt == 1 and isinstance(exc.__cause__, NoScriptError):
+                    await bounded(self._client.script_load(script.script), seconds=self._timeout,
+                                  what="script load")
+                    continue
+                raise
+            return reply, int(acks) >= 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _ms(seconds: float) -> int:
+    # Rounded up: the server-side lease is never shorter than the one we report.
+    return max(1, math.ceil(seconds * 1000))
