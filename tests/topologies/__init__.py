@@ -1,0 +1,1 @@
+"""Fault tests on real multi-process Redis topologies (Sentinel and Cluster)."""

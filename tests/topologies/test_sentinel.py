@@ -1,0 +1,133 @@
+"""The Redis backend on Sentinel: one primary, one replica, three sentinels, real processes.
+
+Aspects:
+- every cache operation through Sentinel with a data password and a sentinel password;
+  the data lands on the primary the sentinels name;
+- a wrong sentinel password or no reachable sentinel is ``BackendUnavailable``, fast;
+- ``connect_sentinel_replica`` reads from a replica, never from the primary;
+- kill the primary under a steady load of sets, gets and lock acquisitions: calls fail
+  only during the failover window, the same Cache then succeeds on the new primary
+  without a restart, and lock fences never repeat nor go backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from podcache.backends import redis_topologies
+from podcache.backends.redis import RedisBackend
+from podcache.cache import new_cache
+from podcache.config import Config
+from podcache.errors import BackendUnavailable, CacheMiss
+from tests.redis_topologies import SentinelTopology
+from tests.topologies.probe import LoadProbe
+
+
+async def test_operations_through_sentinel_with_passwords(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    backend = RedisBackend(sentinel_topology.settings(keyPrefix="t:"))
+    try:
+        await backend.set("k", b"v", ttl=30)
+        assert await backend.get("k") == b"v"
+        assert await backend.set_nx("k", b"other") is False
+        assert await backend.set_if_match("k", b"v2", b"v") is True
+        assert await backend.get("k") == b"v2"
+        assert await backend.count_items() == 1
+        assert await backend.delete("k") is True
+        with pytest.raises(CacheMiss):
+            await backend.get("k")
+        await backend.set("stays", b"1", ttl=30)
+        primary = sentinel_topology.primary()
+        assert primary.command("GET", "t:stays") == b"1"
+    finally:
+        await backend.stop()
+
+
+async def test_wrong_sentinel_password_is_backend_unavailable(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    settings = sentinel_topology.settings(
+        sentinel={"password": "wrong"}, timeouts={"operation": "500ms"}
+    )
+    backend = RedisBackend(settings)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await backend.set("k", b"v")
+        assert time.monotonic() - started < 2.0
+    finally:
+        await backend.stop()
+
+
+async def test_no_sentinel_reachable_is_backend_unavailable(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    for sentinel in sentinel_topology.sentinels:
+        sentinel.stop()
+    settings = sentinel_topology.settings(timeouts={"operation": "500ms", "connect": "200ms"})
+    backend = RedisBackend(settings)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"master|sentinel|onnect"):
+            await backend.get("k")
+        assert time.monotonic() - started < 2.0
+    finally:
+        await backend.stop()
+
+
+async def test_replica_client_reads_from_a_replica(sentinel_topology: SentinelTopology) -> None:
+    settings = sentinel_topology.settings()
+    primary = redis_topologies.connect_sentinel(settings)
+    replica = redis_topologies.connect_sentinel_replica(settings)
+    try:
+        await primary.set("r", b"1")
+        assert await primary.execute_command("WAIT", 1, 2000) == 1
+        assert await replica.get("r") == b"1"
+        role = await replica.execute_command("ROLE")
+        assert role[0] in (b"slave", "slave")
+        replica_ports = {node.port for node in sentinel_topology.replicas()}
+        pool_ports = {c.port for c in replica.connection_pool._available_connections}  # type: ignore[attr-defined]
+        assert pool_ports <= replica_ports
+    finally:
+        await primary.aclose()
+        await replica.aclose()
+
+
+@pytest.mark.slow
+async def test_primary_killed_under_load_fails_over_without_restart(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    config = Config(type="redis", config=sentinel_topology.config(
+        keyPrefix="load:", timeouts={"operation": "500ms", "connect": "300ms"},
+    ))
+    cache = new_cache(config)
+    probe = LoadProbe(cache)
+    task = asyncio.create_task(probe.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert probe.successes_after(0) > 20
+        assert not probe.failures_after(0)
+        old = sentinel_topology.primary_port()
+        fault_at = time.monotonic()
+        await asyncio.to_thread(sentinel_topology.kill_primary)
+        new = await asyncio.to_thread(sentinel_topology.wait_for_failover, old)
+        healed_at = time.monotonic()
+        await asyncio.sleep(1.5)
+    finally:
+        probe.stop()
+        await task
+    figures = probe.figures(fault_at)
+    print(figures.line("sentinel primary killed"))
+    assert figures.failed > 0, "killing the primary went unnoticed: was the load running?"
+    assert figures.recovery is not None
+    assert figures.recovery < 15
+    assert not probe.failures_after(healed_at + 1.0), "calls still fail after the failover"
+    assert probe.successes_after(healed_at + 1.0) > 20
+    assert await cache.get("probe-1") is not None
+    assert new.command("EXISTS", "load:probe-1") == 1
+    assert probe.fences == sorted(set(probe.fences)), "a fence repeated or went backwards"
+    await cache.stop()
