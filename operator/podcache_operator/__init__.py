@@ -1,1 +1,4 @@
-"""podcache's Kubernetes operator: CacheConfig → config, Service, ServiceMonitor, sidecar injection."""
+"""podcache's Kubernetes operator.
+
+CacheConfig → sidecar config (ConfigMap), Service, ServiceMonitor; sidecar injection by webhook.
+"""

@@ -1,0 +1,293 @@
+"""Pod + CacheConfig → the JSONPatch (RFC 6902) that adds the podcache sidecar (pure).
+
+What a pod gets: the ``podcache`` container (a native sidecar — an init container
+with ``restartPolicy: Always`` placed first, so the app's own init containers can
+use the cache — or a regular container), an in-memory ``emptyDir`` for the socket
+mounted in every app container and init container with ``PODCACHE_SOCKET`` set,
+the config ConfigMap read-only, and the Redis secrets as env vars / files.
+
+Beware of JSONPatch indices: every op on an existing container uses the index it
+had in the pod as received, so all of those come before the op that inserts the
+sidecar at ``/spec/initContainers/0``. Idempotent: a pod that already has the
+sidecar (or our annotation) gets an empty patch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import jsonpatch
+
+from podcache_operator import rendering, settings
+
+SIDECAR_NAME = "podcache"
+SOCKET_VOLUME = "podcache-socket"
+CONFIG_VOLUME = "podcache-config"
+REDIS_CA_VOLUME = "podcache-redis-ca"
+INJECTED_ANNOTATION = "podcache.io/injected"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+PASSWORD_ENV = "PODCACHE_REDIS_PASSWORD"
+SENTINEL_PASSWORD_ENV = "PODCACHE_SENTINEL_PASSWORD"
+
+JSONPatch = list[dict[str, Any]]
+
+# The probe needs nothing but the image's Python: it asks /healthz over the socket.
+_PROBE_SCRIPT = (
+    "import socket,sys;"
+    "s=socket.socket(socket.AF_UNIX);s.settimeout(1);"
+    f"s.connect('{rendering.SOCKET_PATH}');"
+    "s.sendall(b'GET /healthz HTTP/1.0\\r\\nHost: podcache\\r\\n\\r\\n');"
+    "sys.exit(0 if s.recv(32).split()[1:2]==[b'200'] else 1)"
+)
+
+
+class InjectionError(ValueError):
+    """The pod cannot take the sidecar as it is (a name or path is already taken, no containers)."""
+
+
+def is_injected(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec") or {}
+    names = {
+        c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+    }
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return SIDECAR_NAME in names or INJECTED_ANNOTATION in annotations
+
+
+def native_enabled(spec: Mapping[str, Any], sidecar: settings.SidecarSettings) -> bool:
+    native = (spec.get("sidecar") or {}).get("native")
+    return sidecar.native if native is None else bool(native)
+
+
+def build_patch(
+    pod: Mapping[str, Any],
+    *,
+    cacheconfig: str,
+    spec: Mapping[str, Any],
+    sidecar: settings.SidecarSettings,
+) -> JSONPatch:
+    """The ops that inject the sidecar into ``pod``; ``[]`` if it already has one."""
+    if is_injected(pod):
+        return []
+    pod_spec = pod.get("spec")
+    if not isinstance(pod_spec, Mapping) or not pod_spec.get("containers"):
+        raise InjectionError("spec.containers: the pod has no containers")
+    native = native_enabled(spec, sidecar)
+    ops: JSONPatch = []
+    ops += _annotation_ops(pod, native=native)
+    ops += _volume_ops(pod_spec, _volumes(cacheconfig=cacheconfig, spec=spec))
+    for kind in ("containers", "initContainers"):
+        for index, container in enumerate(pod_spec.get(kind) or []):
+            ops += _app_container_ops(container, path=f"/spec/{kind}/{index}")
+    container = sidecar_container(pod_spec, spec=spec, sidecar=sidecar, native=native)
+    if native:
+        if pod_spec.get("initContainers"):
+            ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
+        else:
+            ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
+    else:
+        ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
+    return ops
+
+
+def apply_patch(pod: Mapping[str, Any], ops: JSONPatch) -> dict[str, Any]:
+    """The pod as the apiserver will store it after ``ops`` (a copy; ``pod`` is untouched)."""
+    return jsonpatch.apply_patch(copy.deepcopy(dict(pod)), ops)  # type: ignore[no-any-return]
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _annotation_ops(pod: Mapping[str, Any], *, native: bool) -> JSONPatch:
+    metadata = pod.get("metadata") or {}
+    existing = metadata.get("annotations") or {}
+    wanted = {INJECTED_ANNOTATION: "native" if native else "container"}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    if DEFAULT_CONTAINER_ANNOTATION not in existing and containers:
+        # `kubectl logs/exec` keep picking the app, not the sidecar.
+        wanted[DEFAULT_CONTAINER_ANNOTATION] = containers[0].get("name", "")
+    if "metadata" not in pod:
+        return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
+    if "annotations" not in metadata or metadata["annotations"] is None:
+        return [{"op": "add", "path": "/metadata/annotations", "value": wanted}]
+    return [
+        {"op": "add", "path": f"/metadata/annotations/{_escape(key)}", "value": value}
+        for key, value in wanted.items()
+    ]
+
+
+def _volumes(*, cacheconfig: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        # Only a socket lives here; memory-backed so nothing touches the node's disk.
+        {"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {
+            "name": CONFIG_VOLUME,
+            "configMap": {
+                "name": rendering.object_name(cacheconfig),
+                "items": [{"key": rendering.CONFIG_KEY, "path": rendering.CONFIG_KEY}],
+            },
+        },
+    ]
+    ca_ref = ((spec.get("redis") or {}).get("tls") or {}).get("caSecretRef")
+    if spec.get("backend") == "redis" and ca_ref:
+        volumes.append(
+            {
+                "name": REDIS_CA_VOLUME,
+                "secret": {
+                    "secretName": ca_ref["name"],
+                    "items": [{"key": ca_ref.get("key") or "ca.crt", "path": "ca.crt"}],
+                },
+            }
+        )
+    return volumes
+
+
+def _volume_ops(pod_spec: Mapping[str, Any], volumes: list[dict[str, Any]]) -> JSONPatch:
+    existing = pod_spec.get("volumes") or []
+    taken = {volume.get("name") for volume in existing}
+    for volume in volumes:
+        if volume["name"] in taken:
+            raise InjectionError(
+                f"spec.volumes: the pod already has a volume named {volume['name']!r}"
+            )
+    if not existing:
+        return [{"op": "add", "path": "/spec/volumes", "value": volumes}]
+    return [{"op": "add", "path": "/spec/volumes/-", "value": volume} for volume in volumes]
+
+
+def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
+    ops: JSONPatch = []
+    mounts = container.get("volumeMounts") or []
+    for mount in mounts:
+        if mount.get("mountPath", "").rstrip("/") == rendering.SOCKET_DIR:
+            raise InjectionError(
+                f"{path[1:].replace('/', '.')}.volumeMounts: {rendering.SOCKET_DIR}"
+                " is already mounted"
+                f" in container {container.get('name')!r}"
+            )
+    mount = {"name": SOCKET_VOLUME, "mountPath": rendering.SOCKET_DIR}
+    if mounts:
+        ops.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": mount})
+    else:
+        ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [mount]})
+    env = container.get("env") or []
+    if not any(item.get("name") == "PODCACHE_SOCKET" for item in env):  # the app's own choice wins
+        variable = {"name": "PODCACHE_SOCKET", "value": rendering.SOCKET_PATH}
+        if env:
+            ops.append({"op": "add", "path": f"{path}/env/-", "value": variable})
+        else:
+            ops.append({"op": "add", "path": f"{path}/env", "value": [variable]})
+    return ops
+
+
+def sidecar_container(
+    pod_spec: Mapping[str, Any],
+    *,
+    spec: Mapping[str, Any],
+    sidecar: settings.SidecarSettings,
+    native: bool,
+) -> dict[str, Any]:
+    """The ``podcache`` container itself."""
+    sidecar_spec = spec.get("sidecar") or {}
+    env: list[dict[str, Any]] = [
+        {"name": "PODCACHE_CONFIG", "value": rendering.CONFIG_PATH},
+        {"name": "PODCACHE_SOCKET", "value": rendering.SOCKET_PATH},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": SOCKET_VOLUME, "mountPath": rendering.SOCKET_DIR},
+        {"name": CONFIG_VOLUME, "mountPath": rendering.CONFIG_DIR, "readOnly": True},
+    ]
+    if spec.get("backend") == "redis":
+        redis = spec.get("redis") or {}
+        env += _secret_env(PASSWORD_ENV, redis.get("passwordSecretRef"))
+        env += _secret_env(
+            SENTINEL_PASSWORD_ENV, (redis.get("sentinel") or {}).get("passwordSecretRef")
+        )
+        if (redis.get("tls") or {}).get("caSecretRef"):
+            mounts.append(
+                {"name": REDIS_CA_VOLUME, "mountPath": rendering.REDIS_CA_DIR, "readOnly": True}
+            )
+    probe_command = {"exec": {"command": ["python", "-c", _PROBE_SCRIPT]}}
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME,
+        "image": sidecar_spec.get("image") or sidecar.image,
+        "imagePullPolicy": sidecar.image_pull_policy,
+        "command": ["podcache-sidecar"],
+        "args": ["--config", rendering.CONFIG_PATH],
+        "env": env,
+        "ports": [
+            {
+                "name": rendering.METRICS_PORT_NAME,
+                "containerPort": sidecar.metrics_port,
+                "protocol": "TCP",
+            }
+        ],
+        "volumeMounts": mounts,
+        "resources": _resources(sidecar_spec.get("resources"), sidecar),
+        "securityContext": _security_context(pod_spec, sidecar),
+        # Native sidecars hold back the app's containers until this passes.
+        "startupProbe": {
+            **probe_command,
+            "periodSeconds": 1,
+            "timeoutSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "livenessProbe": {
+            **probe_command,
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+    }
+    if native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def _secret_env(name: str, ref: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not ref:
+        return []
+    return [
+        {
+            "name": name,
+            "valueFrom": {
+                "secretKeyRef": {"name": ref["name"], "key": ref.get("key") or "password"}
+            },
+        }
+    ]
+
+
+def _resources(
+    resources: Mapping[str, Any] | None, sidecar: settings.SidecarSettings
+) -> dict[str, Any]:
+    if resources:
+        return {key: dict(value) for key, value in resources.items() if value}
+    return {
+        "requests": {"cpu": sidecar.cpu_request, "memory": sidecar.memory_request},
+        "limits": {"memory": sidecar.memory_limit},
+    }
+
+
+def _security_context(
+    pod_spec: Mapping[str, Any], sidecar: settings.SidecarSettings
+) -> dict[str, Any]:
+    """Restricted profile; shares the app's non-root UID/GID so the 0660 socket is reachable."""
+    pod_context = pod_spec.get("securityContext") or {}
+    user = pod_context.get("runAsUser")
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": user if isinstance(user, int) and user > 0 else sidecar.run_as_user,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    group = pod_context.get("runAsGroup")
+    if isinstance(group, int) and group > 0:
+        context["runAsGroup"] = group
+    return context

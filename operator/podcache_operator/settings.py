@@ -1,0 +1,246 @@
+"""The operator's own settings, read once from the environment at start.
+
+Grouped like kopf's ``OperatorSettings``: one frozen dataclass per concern, a
+docstring per field, and one ``from_env()`` that reads every ``PODCACHE_*``
+variable in one place (the Helm chart sets them). Kopf's own knobs (peering,
+timeouts) live in ``WatchSettings``/``PeeringSettings`` here and are copied into
+kopf's settings by the single ``@kopf.on.startup()`` handler in ``handlers.py``.
+
+Beware: a malformed variable raises ``SettingsError`` naming it, before kopf
+starts — an operator with half-read settings is worse than one that does not start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the operator cannot use."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("podcache")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        return "0.1.0"
+
+
+DEFAULT_IMAGE = f"ghcr.io/podcache/podcache:{_version()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarSettings:
+    """What the webhook injects when a CacheConfig does not say otherwise."""
+
+    image: str = DEFAULT_IMAGE
+    """Sidecar image; ``spec.sidecar.image`` overrides it per CacheConfig."""
+    image_pull_policy: str = "IfNotPresent"
+    native: bool = True
+    """Inject a native sidecar (init container with ``restartPolicy: Always``, K8s 1.29+)."""
+    metrics_port: int = 9090
+    """Container port of the sidecar's ``/metrics``; named ``metrics`` in the pod."""
+    cpu_request: str = "10m"
+    memory_request: str = "64Mi"
+    memory_limit: str = "256Mi"
+    """Used only when ``spec.sidecar.resources`` is absent."""
+    run_as_user: int = 65532
+    """Non-root UID of the sidecar (the image's ``nonroot`` user)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSettings:
+    """The HTTPS admission endpoint that injects the sidecar."""
+
+    enabled: bool = True
+    addr: str = "0.0.0.0"
+    """Listening address (all interfaces in a pod)."""
+    port: int = 9443
+    host: str | None = None
+    """Hostname the apiserver uses to reach us, e.g. ``podcache-operator.podcache.svc``."""
+    cert_file: str | None = None
+    """PEM certificate (from the chart's Secret); self-signed via kopf when absent."""
+    key_file: str | None = None
+    ca_file: str | None = None
+    """CA bundle put into the webhook configuration's ``caBundle``."""
+    managed: str | None = "podcache.io"
+    """MutatingWebhookConfiguration that kopf keeps up to date; None leaves it to the chart."""
+    reject_missing_config: bool = False
+    """Deny pods naming a CacheConfig that does not exist, instead of admitting them unchanged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchSettings:
+    """Kopf's watch/request timing (copied into ``kopf.OperatorSettings``)."""
+
+    server_timeout: float = 300.0
+    """Ask the apiserver to end each watch after this long; kopf reconnects at once."""
+    client_timeout: float = 330.0
+    """Give up on a silent watch connection a little after the server should have ended it."""
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+    """One API request (not a watch) never takes longer than this."""
+    reconnect_backoff: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PeeringSettings:
+    """Several replicas may run; kopf peering keeps exactly one of them active."""
+
+    name: str = "podcache-operator"
+    """Name of the KopfPeering/ClusterKopfPeering object the chart creates."""
+    standalone: bool = False
+    """Run without peering (tests, single-replica development)."""
+    priority: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All of the operator's settings."""
+
+    sidecar: SidecarSettings = dataclasses.field(default_factory=SidecarSettings)
+    webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
+    watch: WatchSettings = dataclasses.field(default_factory=WatchSettings)
+    peering: PeeringSettings = dataclasses.field(default_factory=PeeringSettings)
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    """Where kopf serves its liveness probe; None turns it off."""
+    post_events: bool = True
+    """Post Kubernetes Events for what the operator does (and Warnings for bad specs)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``PODCACHE_*`` variable; absent ones keep the defaults above."""
+        env = _Env(os.environ if environ is None else environ)
+        sidecar = SidecarSettings(
+            image=env.str("PODCACHE_SIDECAR_IMAGE", SidecarSettings.image),
+            image_pull_policy=env.choice(
+                "PODCACHE_SIDECAR_IMAGE_PULL_POLICY",
+                SidecarSettings.image_pull_policy,
+                ("Always", "IfNotPresent", "Never"),
+            ),
+            native=env.bool("PODCACHE_SIDECAR_NATIVE", SidecarSettings.native),
+            metrics_port=env.int(
+                "PODCACHE_SIDECAR_METRICS_PORT",
+                SidecarSettings.metrics_port,
+                minimum=1,
+                maximum=65535,
+            ),
+            cpu_request=env.str("PODCACHE_SIDECAR_CPU_REQUEST", SidecarSettings.cpu_request),
+            memory_request=env.str(
+                "PODCACHE_SIDECAR_MEMORY_REQUEST", SidecarSettings.memory_request
+            ),
+            memory_limit=env.str("PODCACHE_SIDECAR_MEMORY_LIMIT", SidecarSettings.memory_limit),
+            run_as_user=env.int(
+                "PODCACHE_SIDECAR_RUN_AS_USER", SidecarSettings.run_as_user, minimum=1
+            ),
+        )
+        webhook = WebhookSettings(
+            enabled=env.bool("PODCACHE_WEBHOOK_ENABLED", WebhookSettings.enabled),
+            addr=env.str("PODCACHE_WEBHOOK_ADDR", WebhookSettings.addr),
+            port=env.int("PODCACHE_WEBHOOK_PORT", WebhookSettings.port, minimum=0, maximum=65535),
+            host=env.optional("PODCACHE_WEBHOOK_HOST"),
+            cert_file=env.optional("PODCACHE_WEBHOOK_CERT_FILE"),
+            key_file=env.optional("PODCACHE_WEBHOOK_KEY_FILE"),
+            ca_file=env.optional("PODCACHE_WEBHOOK_CA_FILE"),
+            managed=env.optional("PODCACHE_WEBHOOK_MANAGED", WebhookSettings.managed),
+            reject_missing_config=env.bool(
+                "PODCACHE_REJECT_MISSING_CONFIG", WebhookSettings.reject_missing_config
+            ),
+        )
+        if (webhook.cert_file is None) != (webhook.key_file is None):
+            raise SettingsError(
+                "PODCACHE_WEBHOOK_CERT_FILE and PODCACHE_WEBHOOK_KEY_FILE go together"
+            )
+        watch = WatchSettings(
+            server_timeout=env.float("PODCACHE_WATCH_SERVER_TIMEOUT", WatchSettings.server_timeout),
+            client_timeout=env.float("PODCACHE_WATCH_CLIENT_TIMEOUT", WatchSettings.client_timeout),
+            connect_timeout=env.float("PODCACHE_CONNECT_TIMEOUT", WatchSettings.connect_timeout),
+            request_timeout=env.float("PODCACHE_REQUEST_TIMEOUT", WatchSettings.request_timeout),
+            reconnect_backoff=env.float(
+                "PODCACHE_RECONNECT_BACKOFF", WatchSettings.reconnect_backoff
+            ),
+        )
+        peering = PeeringSettings(
+            name=env.str("PODCACHE_PEERING_NAME", PeeringSettings.name),
+            standalone=env.bool("PODCACHE_STANDALONE", PeeringSettings.standalone),
+            priority=env.int(
+                "PODCACHE_PEERING_PRIORITY", PeeringSettings.priority, minimum=-(2**31)
+            ),
+        )
+        return cls(
+            sidecar=sidecar,
+            webhook=webhook,
+            watch=watch,
+            peering=peering,
+            liveness_endpoint=env.optional("PODCACHE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
+            post_events=env.bool("PODCACHE_POST_EVENTS", cls.post_events),
+        )
+
+
+class _Env:
+    """Typed reads of environment variables; an empty value counts as absent."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def str(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def optional(self, name: str, default: str | None = None) -> str | None:
+        raw = self.environ.get(name)
+        if raw is None:
+            return default
+        return raw.strip() or None  # set-but-empty turns an optional feature off
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r}: use one of {', '.join(choices)}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise SettingsError(f"{name}={value}: out of range")
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
+        if not value > 0:
+            raise SettingsError(f"{name}={value}: must be greater than zero")
+        return value
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """For logging the effective settings at start."""
+    return dataclasses.asdict(settings)

@@ -1,0 +1,314 @@
+"""Injecting the sidecar into a pod with a JSONPatch (pure functions).
+
+Aspects: the patched pod is valid Kubernetes (``kubernetes_validate``, strict) for
+one and several containers, init containers and existing volumes/env; native
+sidecar vs regular container; socket volume, mount and env in every app container;
+config volume read-only; POD_NAME from the downward API; Redis password and CA
+from Secrets; metrics port; resources and the restricted security context;
+idempotency (twice == once); pods we cannot inject into are refused clearly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from podcache_operator import injection, settings
+from tests.operator import samples
+
+SIDECAR = settings.SidecarSettings(image="registry.example/podcache:1.2.3")
+
+
+def inject(
+    pod: dict[str, Any],
+    spec: dict[str, Any] | None = None,
+    sidecar: settings.SidecarSettings = SIDECAR,
+) -> dict[str, Any]:
+    ops = injection.build_patch(
+        pod,
+        cacheconfig="shop",
+        spec=spec if spec is not None else samples.REDIS_SPEC,
+        sidecar=sidecar,
+    )
+    return injection.apply_patch(pod, ops)
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    every = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+    (found,) = [c for c in every if c["name"] == "podcache"]
+    return found
+
+
+def app_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    every = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+    return [c for c in every if c["name"] != "podcache"]
+
+
+SHAPES = [
+    pytest.param({"containers": 1}, id="one-container"),
+    pytest.param({"containers": 3}, id="several-containers"),
+    pytest.param({"containers": 2, "init_containers": 2}, id="init-containers"),
+    pytest.param({"containers": 1, "volumes": True}, id="existing-volumes-and-env"),
+]
+
+
+class TestValidPods:
+    @pytest.mark.parametrize("shape", SHAPES)
+    @pytest.mark.parametrize("native", [True, False])
+    def test_patched_pod_is_valid(self, shape: dict[str, Any], native: bool) -> None:
+        spec = samples.spec(samples.REDIS_SPEC, sidecar={"native": native})
+        patched = inject(samples.pod(**shape), spec)
+        kubernetes_validate.validate(patched, "1.30", strict=True)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_every_app_container_gets_the_socket(self, shape: dict[str, Any]) -> None:
+        patched = inject(samples.pod(**shape))
+        apps = app_containers(patched)
+        assert len(apps) == shape["containers"] + shape.get("init_containers", 0)
+        for container in apps:
+            assert {"name": "podcache-socket", "mountPath": "/var/run/podcache"} in container[
+                "volumeMounts"
+            ]
+            assert {
+                "name": "PODCACHE_SOCKET",
+                "value": "/var/run/podcache/cache.sock",
+            } in container["env"]
+
+    def test_existing_volumes_mounts_and_env_are_kept(self) -> None:
+        patched = inject(samples.pod(volumes=True))
+        names = [v["name"] for v in patched["spec"]["volumes"]]
+        assert names == ["data", "podcache-socket", "podcache-config"]
+        app = patched["spec"]["containers"][0]
+        assert app["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
+        assert app["env"][0] == {"name": "MODE", "value": "prod"}
+
+    def test_the_apps_own_socket_env_wins(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["containers"][0]["env"] = [{"name": "PODCACHE_SOCKET", "value": "/elsewhere"}]
+        env = inject(pod)["spec"]["containers"][0]["env"]
+        assert env == [{"name": "PODCACHE_SOCKET", "value": "/elsewhere"}]
+
+
+class TestSidecar:
+    def test_native_sidecar_is_the_first_init_container(self) -> None:
+        patched = inject(
+            samples.pod(init_containers=2),
+            samples.spec(samples.REDIS_SPEC, sidecar={"native": True}),
+        )
+        names = [c["name"] for c in patched["spec"]["initContainers"]]
+        assert names == ["podcache", "init0", "init1"]
+        assert patched["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+        assert [c["name"] for c in patched["spec"]["containers"]] == ["app0"]
+
+    def test_regular_sidecar_is_the_last_container(self) -> None:
+        patched = inject(
+            samples.pod(containers=2), samples.spec(samples.REDIS_SPEC, sidecar={"native": False})
+        )
+        assert [c["name"] for c in patched["spec"]["containers"]] == ["app0", "app1", "podcache"]
+        assert "restartPolicy" not in sidecar_of(patched)
+        assert "initContainers" not in patched["spec"]
+
+    def test_native_follows_the_operator_default_when_the_spec_is_silent(self) -> None:
+        off = settings.SidecarSettings(native=False)
+        assert [
+            c["name"] for c in inject(samples.pod(), samples.MEMORY_SPEC, off)["spec"]["containers"]
+        ] == ["app0", "podcache"]
+        assert (
+            inject(samples.pod(), samples.MEMORY_SPEC)["spec"]["initContainers"][0]["name"]
+            == "podcache"
+        )
+
+    def test_startup_probe_asks_the_socket(self) -> None:
+        probe = sidecar_of(inject(samples.pod()))["startupProbe"]
+        command = probe["exec"]["command"]
+        assert command[:2] == ["python", "-c"]
+        assert "/var/run/podcache/cache.sock" in command[2]
+        assert "/healthz" in command[2]
+        compile(command[2], "probe", "exec")  # the one-liner is valid Python
+
+    def test_image_from_settings_or_spec(self) -> None:
+        assert sidecar_of(inject(samples.pod()))["image"] == "registry.example/podcache:1.2.3"
+        spec = samples.spec(samples.MEMORY_SPEC, sidecar={"image": "mine:2"})
+        assert sidecar_of(inject(samples.pod(), spec))["image"] == "mine:2"
+
+    def test_env_secrets_and_downward_api(self) -> None:
+        env = {item["name"]: item for item in sidecar_of(inject(samples.pod()))["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["PODCACHE_REDIS_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": "redis-auth", "key": "password"}
+        }
+        assert env["PODCACHE_CONFIG"]["value"] == "/etc/podcache/config.yaml"
+        assert env["PODCACHE_SOCKET"]["value"] == "/var/run/podcache/cache.sock"
+
+    def test_memory_backend_has_no_secrets(self) -> None:
+        env = {
+            item["name"] for item in sidecar_of(inject(samples.pod(), samples.MEMORY_SPEC))["env"]
+        }
+        assert "PODCACHE_REDIS_PASSWORD" not in env
+
+    def test_sentinel_password(self) -> None:
+        spec = samples.spec(
+            samples.REDIS_SPEC,
+            redis={
+                "sentinel": {
+                    "masterName": "m",
+                    "addresses": ["s:26379"],
+                    "passwordSecretRef": {"name": "sent", "key": "pw"},
+                }
+            },
+        )
+        env = {item["name"]: item for item in sidecar_of(inject(samples.pod(), spec))["env"]}
+        assert env["PODCACHE_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "sent",
+            "key": "pw",
+        }
+
+    def test_tls_ca_is_a_mounted_secret_file(self) -> None:
+        spec = samples.spec(
+            samples.REDIS_SPEC,
+            redis={
+                "url": "rediss://r:6380",
+                "tls": {"enabled": True, "caSecretRef": {"name": "redis-ca", "key": "ca.pem"}},
+            },
+        )
+        patched = inject(samples.pod(), spec)
+        volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+        assert volumes["podcache-redis-ca"]["secret"] == {
+            "secretName": "redis-ca",
+            "items": [{"key": "ca.pem", "path": "ca.crt"}],
+        }
+        mounts = sidecar_of(patched)["volumeMounts"]
+        assert {
+            "name": "podcache-redis-ca",
+            "mountPath": "/var/run/secrets/podcache/redis-ca",
+            "readOnly": True,
+        } in mounts
+        kubernetes_validate.validate(patched, "1.30", strict=True)
+
+    def test_volumes(self) -> None:
+        patched = inject(samples.pod())
+        volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+        assert volumes["podcache-socket"]["emptyDir"]["medium"] == "Memory"
+        assert volumes["podcache-config"]["configMap"]["name"] == "podcache-shop"
+        mounts = sidecar_of(patched)["volumeMounts"]
+        assert {"name": "podcache-config", "mountPath": "/etc/podcache", "readOnly": True} in mounts
+        assert {"name": "podcache-socket", "mountPath": "/var/run/podcache"} in mounts
+
+    def test_metrics_port(self) -> None:
+        ports = sidecar_of(inject(samples.pod()))["ports"]
+        assert ports == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+
+    def test_restricted_security_context(self) -> None:
+        context = sidecar_of(inject(samples.pod()))["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    def test_sidecar_shares_the_pods_non_root_identity(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["securityContext"] = {"runAsUser": 1234, "runAsGroup": 5678}
+        context = sidecar_of(inject(pod))["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"]) == (1234, 5678)
+
+    def test_resources_default_and_override(self) -> None:
+        assert sidecar_of(inject(samples.pod()))["resources"] == {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        }
+        spec = samples.spec(
+            samples.MEMORY_SPEC, sidecar={"resources": {"limits": {"memory": "1Gi"}}}
+        )
+        assert sidecar_of(inject(samples.pod(), spec))["resources"] == {"limits": {"memory": "1Gi"}}
+
+    def test_annotations(self) -> None:
+        annotations = inject(samples.pod(containers=2))["metadata"]["annotations"]
+        assert annotations["podcache.io/injected"] == "native"
+        assert annotations["kubectl.kubernetes.io/default-container"] == "app0"
+
+    def test_existing_annotations_are_kept(self) -> None:
+        pod = samples.pod()
+        pod["metadata"]["annotations"] = {
+            "team": "shop",
+            "kubectl.kubernetes.io/default-container": "app0",
+        }
+        annotations = inject(pod)["metadata"]["annotations"]
+        assert annotations["team"] == "shop"
+        assert annotations["podcache.io/injected"] == "native"
+
+
+class TestIdempotency:
+    @pytest.mark.parametrize("shape", SHAPES)
+    @pytest.mark.parametrize("native", [True, False])
+    def test_twice_equals_once(self, shape: dict[str, Any], native: bool) -> None:
+        spec = samples.spec(samples.REDIS_SPEC, sidecar={"native": native})
+        once = inject(samples.pod(**shape), spec)
+        assert injection.build_patch(once, cacheconfig="shop", spec=spec, sidecar=SIDECAR) == []
+        assert inject(once, spec) == once
+
+    def test_a_pod_with_a_hand_made_sidecar_is_left_alone(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["containers"].append({"name": "podcache", "image": "mine"})
+        assert injection.build_patch(pod, cacheconfig="shop", spec={}, sidecar=SIDECAR) == []
+
+    def test_input_is_not_modified(self) -> None:
+        pod = samples.pod(init_containers=1, volumes=True)
+        before = samples.spec(pod)
+        inject(pod)
+        assert pod == before
+
+
+class TestRefusals:
+    def test_no_containers(self) -> None:
+        with pytest.raises(injection.InjectionError, match=r"spec\.containers"):
+            injection.build_patch({"spec": {}}, cacheconfig="x", spec={}, sidecar=SIDECAR)
+
+    def test_volume_name_taken(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["volumes"] = [{"name": "podcache-socket", "emptyDir": {}}]
+        with pytest.raises(injection.InjectionError, match="podcache-socket"):
+            injection.build_patch(pod, cacheconfig="x", spec={}, sidecar=SIDECAR)
+
+    def test_socket_path_taken(self) -> None:
+        pod = samples.pod(volumes=True)
+        pod["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": "data", "mountPath": "/var/run/podcache/"}
+        )
+        with pytest.raises(injection.InjectionError, match="/var/run/podcache"):
+            injection.build_patch(pod, cacheconfig="x", spec={}, sidecar=SIDECAR)
+
+
+class TestProbe:
+    """The startup probe's one-liner, run for real against a socket answering like the sidecar."""
+
+    @staticmethod
+    async def probe(socket_path: str) -> int:
+        script = injection._PROBE_SCRIPT.replace("/var/run/podcache/cache.sock", socket_path)
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                       stderr=asyncio.subprocess.DEVNULL)
+        return await process.wait()
+
+    @staticmethod
+    async def serve(socket_path: str, status: bytes) -> asyncio.Server:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        return await asyncio.start_unix_server(answer, path=socket_path)
+
+    @pytest.mark.parametrize(("status", "code"), [(b"200 OK", 0), (b"503 Service Unavailable", 1)])
+    async def test_probe_follows_healthz(self, tmp_path: Path, status: bytes, code: int) -> None:
+        path = str(tmp_path / "cache.sock")
+        async with await self.serve(path, status):
+            assert await self.probe(path) == code
+
+    async def test_probe_fails_without_a_socket(self, tmp_path: Path) -> None:
+        assert await self.probe(str(tmp_path / "absent.sock")) == 1

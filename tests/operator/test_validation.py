@@ -1,0 +1,159 @@
+"""Checks of CacheConfig specs beyond the schema (pure, and Secret lookups via a fake fetcher).
+
+Aspects: valid specs pass; each bad field is reported with the spec path to fix
+(backend, durations, redis sources, URL credentials, lock TTL order, elections
+timing and duplicates, memory bound vs the sidecar's memory limit, metrics
+namespace, log level); referenced Secrets missing or lacking their key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from podcache_operator import settings, validation
+from tests.operator import samples
+
+
+def problems(spec: dict[str, Any]) -> list[str]:
+    found = validation.check_spec(
+        spec, namespace="shop", name="shop", sidecar=settings.SidecarSettings()
+    )
+    return [str(problem) for problem in found]
+
+
+@pytest.mark.parametrize("spec", [samples.MEMORY_SPEC, samples.REDIS_SPEC, {}])
+def test_valid_specs_pass(spec: dict[str, Any]) -> None:
+    assert problems(spec) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"backend": "memcached"}, "spec.backend", "unknown backend"),
+        ({"defaultTTL": "5 minutes"}, "spec.defaultTTL", "invalid duration"),
+        ({"redis": {}}, "spec.redis", "exactly one of url, sentinel or cluster"),
+        (
+            {"redis": {"url": "redis://a:1", "cluster": {"nodes": ["b:2"]}}},
+            "spec.redis",
+            "got url, cluster",
+        ),
+        ({"redis": {"url": "http://a:1"}}, "spec.redis.url", "unsupported URL"),
+        ({"redis": {"url": "redis://:hunter2@a:1"}}, "spec.redis.url", "passwordSecretRef"),
+        (
+            {"redis": {"url": "redis://a:1", "timeouts": {"operation": "0s"}}},
+            "spec.redis.timeouts.operation",
+            "greater than zero",
+        ),
+        (
+            {"locks": {"defaultTTL": "10m", "maxTTL": "1m"}},
+            "spec.locks.defaultTTL",
+            "must not exceed",
+        ),
+        (
+            {
+                "leaderElection": {
+                    "elections": [{"name": "a", "leaseDuration": "2s", "renewInterval": "2s"}]
+                }
+            },
+            "spec.leaderElection.elections[0].leaseDuration",
+            "longer than renewInterval",
+        ),
+        (
+            {"leaderElection": {"elections": [{"name": "a"}, {"name": "a"}]}},
+            "spec.leaderElection.elections[1].name",
+            "duplicate",
+        ),
+        ({"metrics": {"namespace": "my-app"}}, "spec.metrics.namespace", "must match"),
+        (
+            {"metrics": {"serviceMonitor": {"interval": "often"}}},
+            "spec.metrics.serviceMonitor.interval",
+            "invalid duration",
+        ),
+        ({"sidecar": {"logLevel": "trace"}}, "spec.sidecar.logLevel", "unknown level"),
+    ],
+)
+def test_bad_redis_fields_name_the_field(changes: dict[str, Any], field: str, words: str) -> None:
+    found = problems(samples.spec(samples.REDIS_SPEC, **changes))
+    assert any(problem.startswith(f"{field}: ") and words in problem for problem in found), found
+
+
+def test_redis_settings_on_a_memory_backend() -> None:
+    assert problems({"backend": "memory", "redis": {"url": "redis://a:1"}}) == [
+        "spec.redis: must not be set when spec.backend is memory"
+    ]
+
+
+def test_redis_backend_without_redis() -> None:
+    assert problems({"backend": "redis"}) == ["spec.redis: required when spec.backend is redis"]
+
+
+def test_memory_cache_must_fit_under_the_memory_limit() -> None:
+    spec = samples.spec(samples.MEMORY_SPEC, memory={"maxBytes": "1Gi"})
+    (problem,) = problems(spec)
+    assert problem.startswith(
+        "spec.memory.maxBytes: 1Gi does not fit under the sidecar's memory limit 256Mi"
+    )
+    raised = samples.spec(spec, sidecar={"resources": {"limits": {"memory": "2Gi"}}})
+    assert problems(raised) == []
+
+
+def test_memory_quantity() -> None:
+    (problem,) = problems(samples.spec(samples.MEMORY_SPEC, memory={"maxBytes": "lots"}))
+    assert problem.startswith("spec.memory.maxBytes: expected a quantity")
+
+
+def test_sidecar_parser_errors_are_mapped_to_spec_fields() -> None:
+    assert validation.spec_field("config.url") == "spec.redis.url"
+    assert validation.spec_field("config.maxItems") == "spec.memory.maxItems"
+    assert validation.spec_field("elections[2].name") == "spec.leaderElection.elections[2].name"
+    assert validation.spec_field("logLevel") == "spec.sidecar.logLevel"
+    assert validation.spec_field("locks.maxTTL") == "spec.locks.maxTTL"
+
+
+def test_problems_reported_by_the_sidecar_parser() -> None:
+    spec = samples.spec(samples.MEMORY_SPEC, memory={"maxItems": 0})
+    assert problems(spec) == ["spec.memory.maxItems: must be greater than zero, got 0"]
+
+
+class TestSecrets:
+    SPEC = samples.spec(
+        samples.REDIS_SPEC,
+        redis={
+            "url": "rediss://r:6380",
+            "passwordSecretRef": {"name": "auth"},
+            "tls": {"enabled": True, "caSecretRef": {"name": "ca", "key": "bundle.pem"}},
+        },
+    )
+
+    @staticmethod
+    def fetcher(secrets: dict[str, Mapping[str, Any]]) -> validation.SecretFetcher:
+        async def fetch(name: str) -> Mapping[str, Any] | None:
+            return secrets.get(name)
+
+        return fetch
+
+    async def test_present(self) -> None:
+        fetch = self.fetcher(
+            {"auth": {"data": {"password": "eA=="}}, "ca": {"data": {"bundle.pem": "eA=="}}}
+        )
+        assert await validation.check_secrets(self.SPEC, fetch=fetch) == []
+
+    async def test_missing_secret(self) -> None:
+        fetch = self.fetcher({"ca": {"data": {"bundle.pem": "eA=="}}})
+        found = await validation.check_secrets(self.SPEC, fetch=fetch)
+        assert [str(p) for p in found] == ["spec.redis.passwordSecretRef: Secret 'auth' not found"]
+
+    async def test_missing_key(self) -> None:
+        fetch = self.fetcher(
+            {"auth": {"data": {"password": "eA=="}}, "ca": {"data": {"ca.crt": "eA=="}}}
+        )
+        found = await validation.check_secrets(self.SPEC, fetch=fetch)
+        assert [str(p) for p in found] == [
+            "spec.redis.tls.caSecretRef: Secret 'ca' has no key 'bundle.pem'"
+        ]
+
+    async def test_memory_backend_references_nothing(self) -> None:
+        assert validation.secret_refs(samples.MEMORY_SPEC) == []
