@@ -1,0 +1,283 @@
+"""The elections this sidecar campaigns in, and the watchers streaming their changes.
+
+Elections listed in the config are joined at start; ``PUT``/``DELETE
+/v1/leader/{name}`` join and leave others at run time. Each ``Election`` owns one
+elector on the current cache; a backend swap (``rebind``) resigns on the old
+backend and campaigns again on the new one.
+
+Watchers need to hear about every change of (leader, holder, term), including a
+change of holder between two other pods, which fires no callback here. So each
+election has one small task reading the elector's in-memory state every
+``poll_interval`` (no backend traffic: the elector itself talks to the backend) and
+waking its watchers on a change; the elected/revoked callbacks wake it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from podcache.cache import Cache
+from podcache.configfile import ElectionSettings
+from podcache.sidecar.http_metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05
+"""Seconds between reads of an elector's local state: bounds a watcher's lag, costs ~nothing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderState:
+    """What ``GET /v1/leader/{election}`` answers and a watch streams, one line per change."""
+
+    leader: bool
+    holder: str | None
+    term: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"leader": self.leader, "holder": self.holder, "term": self.term}
+
+
+def read_state(elector: Any) -> LeaderState:
+    holder = getattr(elector, "holder", None)
+    return LeaderState(
+        leader=bool(elector.is_leader),
+        holder=str(holder) if holder else None,
+        term=int(getattr(elector, "term", 0) or 0),
+    )
+
+
+class Election:
+    """One joined election: its elector, its last known state and its watchers."""
+
+    def __init__(
+        self,
+        settings: ElectionSettings,
+        *,
+        identity: str,
+        from_config: bool,
+        metrics: ServerMetrics,
+        poll_interval: float,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.from_config = from_config
+        self.elector: Any = None
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._state = LeaderState(leader=False, holder=None, term=0)
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def state(self) -> LeaderState:
+        if self.elector is not None:
+            self._observe()
+        return self._state
+
+    async def start(self, cache: Cache) -> None:
+        """Campaign on ``cache``'s backend (the elector renews and retries by itself)."""
+        self.elector = cache.elector(
+            self.name,
+            identity=self.identity,
+            lease_duration=self.settings.lease_duration,
+            renew_deadline=self.settings.renew_deadline,
+            retry_period=self.settings.retry_period,
+            on_elected=self._poke,
+            on_revoked=self._poke,
+        )
+        await self.elector.start()
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name=f"podcache-election-{self.name}")
+
+    async def stop_elector(self) -> None:
+        """Resign (so a successor takes over at once) and stop campaigning."""
+        elector, self.elector = self.elector, None
+        if elector is None:
+            return
+        try:
+            await elector.stop()
+        except Exception:
+            logger.exception("resigning election %r failed", self.name)
+        self._publish(LeaderState(leader=False, holder=None, term=self._state.term))
+
+    async def close(self) -> None:
+        """Leave the election for good: resign, end the watch streams, stop polling."""
+        await self.stop_elector()
+        self.close_watchers()
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        with contextlib.suppress(KeyError):  # never published a state
+            self._metrics.is_leader.remove(self.name)
+
+    def close_watchers(self) -> None:
+        self._closed = True
+        self._signal()
+
+    def _poke(self, *_: Any, **__: Any) -> None:
+        # Called by the elector on elected/revoked: look now instead of at the next tick.
+        self._wake.set()
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self.elector is not None:
+                self._observe()
+
+    def _observe(self) -> None:
+        try:
+            current = read_state(self.elector)
+        except Exception:  # a half-stopped elector: keep the last state
+            return
+        if current != self._state:
+            self._publish(current)
+
+    def _publish(self, state: LeaderState) -> None:
+        if state.leader != self._state.leader:
+            logger.info(
+                "election %r: %s (holder %s, term %d)",
+                self.name,
+                "elected" if state.leader else "not leader",
+                state.holder,
+                state.term,
+            )
+        self._state = state
+        self._metrics.is_leader.labels(self.name).set(1 if state.leader else 0)
+        self._signal()
+
+    def _signal(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def changes(self, *, heartbeat: float) -> AsyncIterator[LeaderState | None]:
+        """The current state, then each new one; ``None`` after ``heartbeat`` s of quiet.
+
+        Ends when the election is left or the sidecar shuts down.
+        """
+        last: LeaderState | None = None
+        while not self._closed:
+            current = self.state
+            if current != last:
+                last = current
+                yield current
+                continue
+            event = self._changed
+            try:
+                async with asyncio.timeout(heartbeat):
+                    await event.wait()
+            except TimeoutError:
+                yield None
+
+
+class ElectionManager:
+    """Joined elections by name."""
+
+    def __init__(
+        self, *, identity: str, metrics: ServerMetrics, poll_interval: float = POLL_INTERVAL
+    ) -> None:
+        self.identity = identity
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._elections: dict[str, Election] = {}
+        self._cache: Cache | None = None
+        self._lock = asyncio.Lock()  # join/leave/rebind never interleave
+
+    def get(self, name: str) -> Election | None:
+        return self._elections.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._elections)
+
+    async def start(self, cache: Cache, elections: Iterable[ElectionSettings]) -> None:
+        self._cache = cache
+        for settings in elections:
+            await self.join(settings, from_config=True)
+
+    async def join(self, settings: ElectionSettings, *, from_config: bool = False) -> Election:
+        """Campaign in ``settings.name`` (idempotent; changed timings restart the elector)."""
+        async with self._lock:
+            existing = self._elections.get(settings.name)
+            if existing is not None:
+                existing.from_config = existing.from_config or from_config
+                if existing.settings == settings:
+                    return existing
+                await existing.close()
+            assert self._cache is not None, "ElectionManager.start() first"
+            election = Election(
+                settings,
+                identity=self.identity,
+                from_config=from_config,
+                metrics=self._metrics,
+                poll_interval=self._poll_interval,
+            )
+            await election.start(self._cache)
+            self._elections[settings.name] = election
+            self._metrics.elections_joined.set(len(self._elections))
+            logger.info("joined election %r as %r", settings.name, self.identity)
+            return election
+
+    async def leave(self, name: str) -> bool:
+        """Resign and stop campaigning in ``name``; False when it was not joined."""
+        async with self._lock:
+            election = self._elections.pop(name, None)
+            self._metrics.elections_joined.set(len(self._elections))
+        if election is None:
+            return False
+        await election.close()
+        logger.info("left election %r", name)
+        return True
+
+    async def apply(self, elections: Iterable[ElectionSettings]) -> None:
+        """Follow a reloaded config: join new ones, retime changed ones, leave removed ones.
+
+        Elections joined at run time (``PUT``) are kept: the application asked for them.
+        """
+        wanted = {settings.name: settings for settings in elections}
+        for name, election in list(self._elections.items()):
+            if election.from_config and name not in wanted:
+                await self.leave(name)
+        for settings in wanted.values():
+            await self.join(settings, from_config=True)
+
+    async def rebind(self, cache: Cache) -> None:
+        """Move every election to a new backend: resign on the old one, campaign on the new."""
+        async with self._lock:
+            self._cache = cache
+            for election in self._elections.values():
+                await election.stop_elector()
+                try:
+                    await election.start(cache)
+                except Exception:
+                    logger.exception(
+                        "could not rejoin election %r on the new backend", election.name
+                    )
+
+    def close_watchers(self) -> None:
+        """End every watch stream (at shutdown, before waiting for in-flight requests)."""
+        for election in self._elections.values():
+            election.close_watchers()
+
+    async def stop(self) -> None:
+        """Resign every election (a successor takes over at once)."""
+        async with self._lock:
+            elections = list(self._elections.values())
+            self._elections.clear()
+            self._metrics.elections_joined.set(0)
+        await asyncio.gather(*(election.close() for election in elections))

@@ -1,0 +1,158 @@
+"""Every failure becomes one JSON error ``{"error": code, "message": text}``, here and only here.
+
+Handlers raise: the library's errors (``podcache.errors``) or ``ApiError`` for what
+only the HTTP layer knows (a precondition, an unknown election). ``api_middleware``
+maps them to DESIGN.md's status codes. It also enforces the per-request timeout,
+counts the request in the HTTP metrics and keeps the backend slot's in-flight count
+(needed to retire a swapped backend): one middleware rather than four, because each
+aiohttp middleware layer costs a coroutine frame on every request.
+
+Bad input must never produce a 5xx: anything unexpected is logged with its traceback
+and answered 500 ``internal`` so a bug is visible, but the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from podcache import errors
+from podcache.sidecar import state as state_mod
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "1"
+"""Retry-After on 503: a Redis failover or restart usually takes seconds."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An HTTP-level failure with its status and machine-readable code."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = json.dumps({"error": code, "message": message}).encode()
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+# Most specific first: LockNotAcquired and NotOwner are LockErrors.
+_LIBRARY_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (errors.CacheMiss, 404, "not_found"),
+    (errors.InvalidKey, 400, "invalid_key"),
+    (errors.InvalidTTL, 400, "invalid_ttl"),
+    (errors.InvalidValue, 400, "invalid_value"),
+    (errors.ValueTooLarge, 413, "too_large"),
+    (errors.LockNotAcquired, 409, "locked"),
+    (errors.NotOwner, 409, "not_owner"),
+    (errors.LockLost, 409, "not_owner"),
+    (errors.ConfigError, 400, "invalid_request"),
+    (errors.BackendUnavailable, 503, "backend_unavailable"),
+)
+
+_HTTP_CODES: dict[int, str] = {
+    400: "invalid_request",
+    404: "no_route",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def response_for(exc: BaseException) -> web.Response:
+    """The JSON error response for ``exc`` (which may be any exception)."""
+    if isinstance(exc, ApiError):
+        response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+    elif isinstance(exc, web.HTTPException):
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = error_response(exc.status, code, exc.reason, headers=headers)
+    else:
+        for kind, status, code in _LIBRARY_ERRORS:
+            if isinstance(exc, kind):
+                headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+                response = error_response(status, code, str(exc) or code, headers=headers)
+                break
+        else:
+            logger.error("unexpected error serving a request", exc_info=exc)
+            response = error_response(500, "internal", f"internal error: {type(exc).__name__}")
+    if response.status in (408, 413):
+        # The client may still be sending: answer, drain briefly (aiohttp's lingering), close.
+        response.force_close()
+    return response
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _is_stream(request: web.Request) -> bool:
+    # Watches stay open for as long as the client wants: no request timeout for them.
+    return (
+        request.method == "GET"
+        and "watch" in request.query
+        and request.path.startswith("/v1/leader/")
+    )
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[state_mod.STATE]
+    started = time.perf_counter()
+    if _is_stream(request):
+        # A watch stays open as long as the client wants: no timeout, and it does not
+        # hold the backend slot (it reads elections, not the cache).
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = response_for(exc)
+    else:
+        slot = state.slot
+        slot.inflight += 1
+        try:
+            async with asyncio.timeout(state.config.limits.request_timeout):
+                response = await handler(request)
+        except TimeoutError:
+            response = _timed_out(request, state.config.limits.request_timeout)
+        except Exception as exc:
+            response = response_for(exc)
+        finally:
+            slot.leave()
+    state.metrics.observe_request(
+        _route_of(request), request.method, response.status, time.perf_counter() - started
+    )
+    return response
+
+
+def _timed_out(request: web.Request, timeout: float) -> web.Response:
+    if not request.content.is_eof():
+        # Still waiting for the body: the client is slow, not the backend.
+        response = error_response(
+            408, "request_timeout", f"the request body did not arrive within {timeout:g}s"
+        )
+        response.force_close()
+        return response
+    return error_response(
+        503,
+        "backend_unavailable",
+        f"the backend did not answer within the {timeout:g}s request timeout",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )

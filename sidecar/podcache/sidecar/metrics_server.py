@@ -1,0 +1,73 @@
+"""``/metrics`` on TCP (what the ServiceMonitor scrapes), separate from the cache socket.
+
+The cache itself is never reachable over TCP. The listener is its own aiohttp runner
+so a reload that changes ``metrics.port`` can move it without touching the socket
+server; port 0 turns it off (configfile's contract). ``/healthz`` is served here too,
+for an httpGet liveness probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsServer:
+    """A restartable TCP listener serving one registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, host: str | None = None) -> None:
+        self._registry = registry
+        self._host = host
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.port = 0
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def start(self, port: int) -> None:
+        """Listen on ``port`` (all interfaces); 0 = no listener."""
+        if port == 0:
+            return
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await asyncio.shield(runner.cleanup())
+            raise
+        self._runner, self._site, self.port = runner, site, site.port
+        logger.info("metrics on http://%s:%d/metrics", self._host or "0.0.0.0", self.port)
+
+    async def stop(self) -> None:
+        runner, self._runner, self._site = self._runner, None, None
+        self.port = 0
+        if runner is not None:
+            await asyncio.shield(runner.cleanup())
+
+    async def move(self, port: int) -> None:
+        """Listen on ``port`` instead; if it cannot be bound, keep the old listener."""
+        if port == self.port:
+            return
+        old_runner, old_site, old_port = self._runner, self._site, self.port
+        self._runner, self._site, self.port = None, None, 0
+        try:
+            await self.start(port)
+        except OSError:
+            self._runner, self._site, self.port = old_runner, old_site, old_port
+            raise
+        if old_runner is not None:
+            await asyncio.shield(old_runner.cleanup())

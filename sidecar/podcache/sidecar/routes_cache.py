@@ -1,0 +1,121 @@
+"""``/v1/cache/{key}``: GET, PUT (plain, ``ifAbsent``, ``If-Match``) and DELETE of raw values.
+
+The ETag is a strong hash of the value, so a client can compare-and-set with
+``If-Match`` without the sidecar keeping versions: the sidecar reads the current
+value, checks its hash, and writes with the backend's atomic ``set_if_match``
+against exactly that value, so a concurrent writer in between makes it a 412.
+
+Everything that can be checked before the body is read (key, ttl, flags) is
+checked first: a bad request is refused without reading its body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from aiohttp import web
+
+from podcache.cache import Cache
+from podcache.errors import CacheMiss
+from podcache.sidecar import inputs
+from podcache.sidecar.errors import ApiError
+from podcache.sidecar.state import STATE
+
+PREFIX = "/v1/cache/"
+ROUTE = PREFIX + "{key:.*}"
+
+
+def etag_of(value: bytes) -> str:
+    """A quoted strong ETag: 128 bits of BLAKE2b, fast and collision-safe for CAS."""
+    return f'"{hashlib.blake2b(value, digest_size=16).hexdigest()}"'
+
+
+def _key(request: web.Request) -> str:
+    limit = request.app[STATE].config.limits.max_key_bytes
+    return inputs.segment(request, PREFIX, what="key", max_bytes=limit)
+
+
+async def get_value(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    key = _key(request)
+    value = await state.cache.get(key)
+    return web.Response(
+        body=value, content_type="application/octet-stream", headers={"ETag": etag_of(value)}
+    )
+
+
+async def put_value(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    key = _key(request)
+    ttl = inputs.ttl_query(request, state.default_ttl)
+    if_absent = inputs.flag(request, "ifAbsent")
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise ApiError(
+                400,
+                "invalid_request",
+                "If-None-Match on PUT supports only '*' (the same as ifAbsent=true)",
+            )
+        if_absent = True
+    if if_absent and if_match is not None:
+        raise ApiError(400, "invalid_request", "ifAbsent and If-Match cannot be combined")
+    value = await inputs.body(request, limit=state.config.limits.max_value_bytes)
+    cache = state.cache
+    etag = etag_of(value)
+    if if_absent:
+        if not await cache.set_nx(key, value, ttl):
+            raise ApiError(409, "exists", f"key {key!r} already exists")
+        return web.Response(status=201, headers={"ETag": etag})
+    if if_match is not None:
+        await _compare_and_set(cache, key=key, value=value, if_match=if_match, ttl=ttl)
+    else:
+        await cache.set(key, value, ttl)
+    return web.Response(status=204, headers={"ETag": etag})
+
+
+async def delete_value(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await state.cache.delete(_key(request))
+    return web.Response(status=204)
+
+
+def _parse_if_match(header: str) -> set[str] | None:
+    """The listed entity tags (quoted), or None for ``*`` (any current value)."""
+    tags: set[str] = set()
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*":
+            return None
+        if tag.startswith("W/"):
+            continue  # weak tags never match If-Match's strong comparison (RFC 9110)
+        if tag and not tag.startswith('"'):
+            tag = f'"{tag}"'  # tolerate a client that dropped the quotes
+        if tag:
+            tags.add(tag)
+    return tags
+
+
+async def _compare_and_set(
+    cache: Cache, *, key: str, value: bytes, if_match: str, ttl: float
+) -> None:
+    tags = _parse_if_match(if_match)
+    try:
+        current = await cache.get(key)
+    except CacheMiss:
+        raise ApiError(412, "precondition_failed", f"key {key!r} does not exist") from None
+    if tags is not None and etag_of(current) not in tags:
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"key {key!r} has ETag {etag_of(current)}, not {if_match.strip()}",
+        )
+    if not await cache.set_if_match(key, value, current, ttl):
+        raise ApiError(412, "precondition_failed", f"key {key!r} changed concurrently")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(ROUTE, get_value)
+    app.router.add_put(ROUTE, put_value)
+    app.router.add_delete(ROUTE, delete_value)

@@ -1,0 +1,89 @@
+"""``/v1/leader/{election}``: status, NDJSON watch, join (PUT) and resign (DELETE).
+
+A watch answers 200 with ``application/x-ndjson``: the current state first, then one
+line ``{"leader","holder","term"}`` per change. A blank line is sent after
+``watch_heartbeat`` seconds without a change, so proxies and clients can tell a quiet
+stream from a dead one (and a gone client is noticed). The stream ends when the
+election is left or the sidecar shuts down.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from podcache import configfile
+from podcache.errors import ConfigError
+from podcache.sidecar import inputs
+from podcache.sidecar.elections import Election
+from podcache.sidecar.errors import ApiError
+from podcache.sidecar.state import STATE
+
+PREFIX = "/v1/leader/"
+ROUTE = PREFIX + "{election:[^/]*}"
+MAX_NAME_BYTES = 253  # configfile's election names: a DNS-label-like bound
+_JOIN_FIELDS = frozenset({"leaseDuration", "renewDeadline", "retryPeriod"})
+
+
+def _name(request: web.Request) -> str:
+    return inputs.segment(request, PREFIX, what="election name", max_bytes=MAX_NAME_BYTES)
+
+
+def _joined(request: web.Request, name: str) -> Election:
+    election = request.app[STATE].elections.get(name)
+    if election is None:
+        raise ApiError(404, "unknown_election", f"this sidecar has not joined election {name!r}")
+    return election
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    name = _name(request)
+    watch = inputs.flag(request, "watch")
+    election = _joined(request, name)
+    if watch:
+        return await _watch(request, election)
+    return web.json_response(election.state.as_json())
+
+
+async def _watch(request: web.Request, election: Election) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    heartbeat = request.app[STATE].watch_heartbeat
+    try:
+        async for state in election.changes(heartbeat=heartbeat):
+            line = b"\n" if state is None else json.dumps(state.as_json()).encode() + b"\n"
+            await response.write(line)
+    except (ConnectionError, RuntimeError):
+        return response  # the client went away (aiohttp raises either): nothing to finish
+    await response.write_eof()
+    return response
+
+
+async def join(request: web.Request) -> web.Response:
+    name = _name(request)
+    payload = await inputs.json_object(request, allowed=_JOIN_FIELDS)
+    raw: dict[str, Any] = {"name": name, **payload}
+    try:
+        settings = configfile.parse({"elections": [raw]}).elections[0]
+    except ConfigError as exc:
+        field = exc.field.removeprefix("elections[0].")
+        raise ApiError(400, "invalid_request", f"{field}: {exc.reason}") from exc
+    election = await request.app[STATE].elections.join(settings)
+    return web.json_response(election.state.as_json())
+
+
+async def resign(request: web.Request) -> web.Response:
+    name = _name(request)
+    if not await request.app[STATE].elections.leave(name):
+        raise ApiError(404, "unknown_election", f"this sidecar has not joined election {name!r}")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(ROUTE, status)
+    app.router.add_put(ROUTE, join)
+    app.router.add_delete(ROUTE, resign)

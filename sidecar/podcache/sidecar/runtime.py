@@ -1,0 +1,213 @@
+"""One sidecar instance: start it, serve, and shut it down gracefully, in a fixed order.
+
+Start: load and validate the config (nothing starts on a bad one), build the cache,
+join the configured elections, bind the socket (refusing a live one), then the
+metrics listener and the config watcher. ``Sidecar.started_in`` is the time from
+``start()`` to a socket accepting connections.
+
+Shutdown (SIGTERM/SIGINT in ``main``, or ``Sidecar.shutdown()``): stop accepting and
+close idle connections; end watch streams; let in-flight requests finish within
+``shutdownGracePeriod``; resign elections; release the locks taken through the
+sidecar; stop the backend; remove the socket file. Most of it is aiohttp's
+``AppRunner.cleanup()`` driving ``app``'s hooks; see ``app.py``.
+
+``Sidecar`` is also what the tests run in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+
+from aiohttp import web
+
+from podcache import configfile
+from podcache.cache import new_cache
+from podcache.sidecar import app as app_mod
+from podcache.sidecar import elections as elections_mod
+from podcache.sidecar import reload as reload_mod
+from podcache.sidecar import socket_site
+from podcache.sidecar.http_metrics import Exposition, ServerMetrics
+from podcache.sidecar.metrics_server import MetricsServer
+from podcache.sidecar.overrides import Overrides
+from podcache.sidecar.socket_site import UnixListenerSite
+from podcache.sidecar.state import CacheSlot, SidecarState, default_identity
+
+logger = logging.getLogger(__name__)
+
+LINGERING_TIME = 2.0
+"""Seconds spent discarding the rest of a refused body (413) so the client reads the answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to run one sidecar; everything else comes from the config file."""
+
+    config_path: str | None = None
+    """The config file (watched for changes); None = the embedded default, never reloaded."""
+    overrides: Overrides = dataclasses.field(default_factory=Overrides)
+    identity: str | None = None
+    """Identity in elections; None = ``POD_NAME``, else the hostname."""
+    reload_interval: float = reload_mod.POLL_INTERVAL
+    watch_heartbeat: float = 10.0
+    """Seconds of quiet before a watch stream sends a blank keep-alive line."""
+    election_poll_interval: float = elections_mod.POLL_INTERVAL
+    metrics_host: str | None = None
+    """Interface of the metrics listener; None = all (the ServiceMonitor scrapes the pod IP)."""
+
+
+def load_config(options: Options) -> configfile.SidecarConfig:
+    """The effective config; raises ``ConfigError`` naming the bad field."""
+    base = (
+        configfile.load(options.config_path) if options.config_path else configfile.SidecarConfig()
+    )
+    return options.overrides.apply(base)
+
+
+class Sidecar:
+    """A running sidecar: ``await start()``, then ``await shutdown()``."""
+
+    def __init__(self, options: Options, *, config: configfile.SidecarConfig | None = None) -> None:
+        self.options = options
+        self._initial = config
+        self.state: SidecarState | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.reloader: reload_mod.Reloader | None = None
+        self.exposition: Exposition | None = None
+        self.started_in: float | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: UnixListenerSite | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def socket_path(self) -> str:
+        assert self._site is not None
+        return self._site.path
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port if self.metrics_server is not None else 0
+
+    async def _new_slot(self, config: configfile.SidecarConfig) -> CacheSlot:
+        metrics = self.state.metrics if self.state is not None else None
+        cache = new_cache(config.backend, config.metrics.namespace)
+        on_leases = metrics.leases_held.set if metrics is not None else None
+        return CacheSlot(cache, config.backend, on_leases_change=on_leases)
+
+    async def start(self) -> None:
+        began = time.monotonic()
+        config = self._initial if self._initial is not None else load_config(self.options)
+        socket_site.prepare_path(config.socket)  # a live socket fails here, before any work
+        metrics = ServerMetrics(config.metrics.namespace)
+        cache = new_cache(config.backend, config.metrics.namespace)
+        slot = CacheSlot(cache, config.backend, on_leases_change=metrics.leases_held.set)
+        identity = self.options.identity or default_identity()
+        state = SidecarState(
+            config=config,
+            slot=slot,
+            metrics=metrics,
+            identity=identity,
+            elections=elections_mod.ElectionManager(
+                identity=identity,
+                metrics=metrics,
+                poll_interval=self.options.election_poll_interval,
+            ),
+            watch_heartbeat=self.options.watch_heartbeat,
+        )
+        self.state = state
+        self.exposition = Exposition(
+            server=metrics,
+            cache_source=lambda: (state.cache.registry, state.cache.namespace),
+            namespace=lambda: state.config.metrics.namespace,
+        )
+        runner = web.AppRunner(
+            app_mod.build_app(state),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=config.shutdown_grace_period,
+            lingering_time=LINGERING_TIME,
+        )
+        try:
+            await runner.setup()  # joins the configured elections (cleanup_ctx)
+        except BaseException:
+            await cache.stop()
+            raise
+        self._runner = runner
+        try:
+            site = UnixListenerSite(
+                runner,
+                config.socket,
+                max_connections=config.limits.max_connections,
+                on_connections=metrics.connections.set,
+            )
+            await site.start()
+            self._site = site
+            self.started_in = time.monotonic() - began
+            self.metrics_server = MetricsServer(
+                self.exposition.registry, host=self.options.metrics_host
+            )
+            await self.metrics_server.start(config.metrics.port)
+        except BaseException:
+            await self._cleanup()
+            raise
+        if self.options.config_path:
+            self.reloader = reload_mod.Reloader(
+                path=self.options.config_path,
+                overrides=self.options.overrides,
+                state=state,
+                site=site,
+                metrics_server=self.metrics_server,
+                new_slot=self._new_slot,
+                interval=self.options.reload_interval,
+            )
+            self._watch_task = asyncio.create_task(
+                self.reloader.watch(), name="podcache-config-watch"
+            )
+        logger.info(
+            "serving %s backend on %s (identity %r, ready in %.0f ms)",
+            config.backend.type,
+            config.socket,
+            identity,
+            self.started_in * 1000,
+        )
+
+    def request_reload(self) -> None:
+        if self.reloader is not None:
+            self.reloader.request()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def shutdown(self) -> None:
+        """Graceful shutdown in the order of the module docstring. Idempotent."""
+        if self._stopped.is_set():
+            return
+        logger.info("shutting down")
+        if self.state is not None:
+            self.state.shutting_down.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self._cleanup()
+        logger.info("shut down")
+
+    async def _cleanup(self) -> None:
+        try:
+            if self._runner is not None:
+                if self.state is not None:
+                    # A reload may have changed the grace period since the runner was built.
+                    self._runner._shutdown_timeout = self.state.config.shutdown_grace_period
+                await asyncio.shield(self._runner.cleanup())
+            if self.reloader is not None:
+                await self.reloader.wait_retired()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+        finally:
+            if self._site is not None:
+                self._site.remove_socket_file()
+            self._stopped.set()

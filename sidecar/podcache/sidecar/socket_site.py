@@ -1,0 +1,269 @@
+"""The Unix socket the sidecar serves on: safe to (re)create, mode 0660, a connection limit.
+
+Beware of the path before binding: a socket file left by a killed sidecar (stale)
+is replaced, but a socket another sidecar still serves on (live) is refused with a
+clear error rather than stolen, and a regular file is never deleted.
+
+aiohttp's ``UnixSite`` accepts every connection; ``UnixListenerSite`` runs its own
+accept loop instead, so at ``max_connections`` open connections it simply stops
+accepting and further clients wait in the kernel's listen backlog (nothing is
+refused, nothing is read from them). The limit may change on a config reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_runner import BaseRunner
+
+logger = logging.getLogger(__name__)
+
+SOCKET_MODE = 0o660
+"""Read/write for the owner and group: the app containers share the pod's fsGroup."""
+BACKLOG = 1024
+LIVE_PROBE_TIMEOUT = 0.5
+
+
+class SocketInUse(RuntimeError):
+    """The socket path is served by another process, or is not a socket at all."""
+
+
+def prepare_path(path: str) -> None:
+    """Create the parent directory; remove a stale socket; refuse a live one or a non-socket."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
+    if _is_live(path):
+        raise SocketInUse(
+            f"another process is already serving on {path} "
+            "(is another sidecar running with the same socket?)"
+        )
+    logger.info("removing the stale socket file %s", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(LIVE_PROBE_TIMEOUT)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False  # nobody listens: a leftover of a dead process
+    except TimeoutError:
+        return True  # a full backlog: someone listens but is busy
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True
+        raise SocketInUse(f"cannot probe the existing socket {path}: {exc}") from exc
+    finally:
+        probe.close()
+    return True
+
+
+def bind(path: str, *, backlog: int = BACKLOG) -> socket.socket:
+    """A listening, non-blocking Unix socket at ``path`` with mode 0660."""
+    prepare_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # aiohttp and asyncio leave the mode to the umask; set it before anyone can connect.
+        os.chmod(path, SOCKET_MODE)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def remove(path: str, inode: int | None) -> None:
+    """Remove the socket file, unless another process has replaced it since we bound it."""
+    try:
+        if inode is not None and os.lstat(path).st_ino != inode:
+            return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Counted(asyncio.Protocol):
+    """Forwards to aiohttp's protocol and reports when the connection is gone."""
+
+    __slots__ = ("_inner", "_on_lost")
+
+    def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._on_lost()
+
+
+class _Listener:
+    """The accept loop; quacks like the ``asyncio.Server`` aiohttp's sites keep."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        factory: Callable[[], Any],
+        *,
+        limit: int,
+        on_change: Callable[[int], None] | None,
+    ) -> None:
+        self.sockets = [sock]
+        self._sock = sock
+        self._factory = factory
+        self._limit = limit
+        self._on_change = on_change
+        self._active = 0
+        self._room = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = value
+        self._room.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._accept_forever(), name="podcache-accept"
+        )
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def _released(self) -> None:
+        self._active -= 1
+        self._changed()
+        if self._active < self._limit:
+            self._room.set()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self._active)
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._active >= self._limit:
+                # Stop accepting: new clients queue in the kernel backlog until one leaves.
+                self._room.clear()
+                await self._room.wait()
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                if self._sock.fileno() < 0:
+                    return  # closed
+                logger.warning("accept failed (%s); retrying", exc)
+                await asyncio.sleep(0.1)  # e.g. EMFILE: give connections time to close
+                continue
+            self._active += 1
+            self._changed()
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: _Counted(self._factory(), self._released), conn
+                )
+            except Exception as exc:
+                logger.warning("could not serve an accepted connection: %s", exc)
+                conn.close()
+                self._released()
+
+
+class UnixListenerSite(web.BaseSite):
+    """An aiohttp site on a Unix socket with a connection limit (see the module docstring)."""
+
+    def __init__(
+        self,
+        runner: BaseRunner,
+        path: str,
+        *,
+        max_connections: int,
+        on_connections: Callable[[int], None] | None = None,
+        backlog: int = BACKLOG,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._path = path
+        self._max_connections = max_connections
+        self._on_connections = on_connections
+        self._listener: _Listener | None = None
+        self.inode: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://unix:{self._path}:"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        self._max_connections = value
+        if self._listener is not None:
+            self._listener.limit = value
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        sock = bind(self._path, backlog=self._backlog)
+        self.inode = os.lstat(self._path).st_ino
+        self._listener = _Listener(
+            sock, server, limit=self._max_connections, on_change=self._on_connections
+        )
+        self._server = self._listener  # type: ignore[assignment]  # BaseSite.stop() closes it
+        self._listener.start()
+
+    def remove_socket_file(self) -> None:
+        remove(self._path, self.inode)

@@ -1,0 +1,106 @@
+"""What the handlers read on every request, and what a hot reload may replace.
+
+``SidecarState.config`` is the effective config (file plus command-line overrides);
+handlers read limits and default TTLs from it per request, so a reload applies to the
+next request without touching open connections.
+
+``CacheSlot`` is one backend generation: the ``Cache``, the backend config it was
+built from and the leases taken on it. A reload that changes the backend builds a new
+slot, switches ``SidecarState.slot`` and retires the old one once the requests that
+started on it have finished (``inflight`` is kept by the middleware).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from podcache import configfile
+from podcache.cache import Cache
+from podcache.config import Config
+from podcache.sidecar import leases
+
+if TYPE_CHECKING:
+    from podcache.sidecar.elections import ElectionManager
+    from podcache.sidecar.http_metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+def default_identity() -> str:
+    """The pod's identity in elections: ``POD_NAME`` (downward API), else the hostname."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def backend_identity(config: Config) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """What must differ for a reload to need a new backend (the default TTL does not)."""
+    settings = dataclasses.asdict(config.settings)
+    settings.pop("default_ttl", None)
+    return config.type, tuple(sorted((key, repr(value)) for key, value in settings.items()))
+
+
+class CacheSlot:
+    """One backend generation and the requests and leases that use it."""
+
+    def __init__(self, cache: Cache, config: Config, *, on_leases_change: Any = None) -> None:
+        self.cache = cache
+        self.config = config
+        self.identity = backend_identity(config)
+        self.leases = leases.LeaseBook(on_change=on_leases_change)
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight <= 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait until no request uses this slot any more; False if ``grace`` s passed first."""
+        if self.inflight <= 0:
+            return True
+        self._idle = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        return self.inflight <= 0
+
+    async def close(self) -> None:
+        """Release the leases taken through the sidecar, then stop the cache (and its backend)."""
+        try:
+            await self.leases.release_all(self.cache.locks)
+        finally:
+            await self.cache.stop()
+
+
+@dataclasses.dataclass
+class SidecarState:
+    """The mutable heart of one sidecar instance."""
+
+    config: configfile.SidecarConfig
+    slot: CacheSlot
+    metrics: ServerMetrics
+    elections: ElectionManager
+    identity: str
+    watch_heartbeat: float = 10.0
+    """Seconds of quiet after which a watch stream sends a blank keep-alive line."""
+    shutting_down: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @property
+    def cache(self) -> Cache:
+        return self.slot.cache
+
+    @property
+    def default_ttl(self) -> float:
+        """Seconds for a PUT without ttl: from the current config, so reloads apply at once."""
+        return self.config.backend.default_ttl
+
+
+STATE = web.AppKey("state", SidecarState)
