@@ -9,6 +9,7 @@ hands leadership to the other within 1 s (the handover time is printed).
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -77,7 +78,7 @@ def test_locks_exclude_each_other_across_sidecars(
     assert len(records) == 30
     assert {pod for *_, pod in records} == {"pod-a", "pod-b"}
     records.sort()
-    for earlier, later in zip(records, records[1:], strict=False):
+    for earlier, later in itertools.pairwise(records):
         assert earlier[1] <= later[0], f"overlap: {earlier} and {later}"
         assert earlier[2] < later[2], f"fence did not grow: {earlier} then {later}"
 
