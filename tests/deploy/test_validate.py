@@ -1,0 +1,208 @@
+"""Every rendered or shipped object is valid Kubernetes, for more than one version.
+
+Aspects:
+- each object of every value set passes kubernetes-validate (strict: unknown fields
+  fail) for the oldest and newest Kubernetes versions the chart targets;
+- kinds that come from other projects' CRDs (ServiceMonitor, Issuer, Certificate,
+  ClusterKopfPeering) have no schema in kubernetes-validate: they are checked for
+  their apiVersion and the fields we rely on, and skipped by kind only;
+- the plain manifests validate the same way;
+- the examples: Kubernetes kinds by kubernetes-validate, CacheConfigs by our CRD's
+  openAPIV3Schema (jsonschema) and by the operator's own spec checks, which carry the
+  intent of the CRD's CEL rules; broken specs are refused by both.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy import chart
+
+# Oldest version the chart's kubeVersion admits that has native sidecars on by default,
+# and the newest schema kubernetes-validate ships.
+K8S_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+
+# Kinds of CRDs that other projects own; kubernetes-validate has no schema for them.
+FOREIGN_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "Issuer": "cert-manager.io/v1",
+    "Certificate": "cert-manager.io/v1",
+    "ClusterKopfPeering": "kopf.dev/v1",
+}
+
+
+def _validate(obj: dict[str, Any], version: str) -> None:
+    if obj["kind"] == "CacheConfig":
+        _validate_cacheconfig(obj)
+        return
+    if obj["kind"] in FOREIGN_KINDS:
+        assert obj["apiVersion"] == FOREIGN_KINDS[obj["kind"]]
+        assert obj["metadata"]["name"]
+        return
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def _crd_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(chart.CRD_FILE.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def _to_json_schema(node: Any) -> Any:
+    """OpenAPI v3 (structural) → JSON Schema: drop the x-kubernetes-* extensions, and
+    close objects that list properties, as the API server prunes unknown fields."""
+    if isinstance(node, list):
+        return [_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {
+        k: _to_json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")
+    }
+    if (
+        "properties" in converted
+        and "additionalProperties" not in converted
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        converted["additionalProperties"] = False
+    if converted.get("type") == "object" and "properties" not in converted:
+        converted.setdefault("additionalProperties", True)  # metadata: {type: object}
+    return converted
+
+
+def _validate_cacheconfig(obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] == "podcache.io/v1alpha1"
+    jsonschema.Draft7Validator(_to_json_schema(_crd_schema())).validate(obj)
+    validation = pytest.importorskip("podcache_operator.validation")
+    settings = pytest.importorskip("podcache_operator.settings")
+    problems = validation.check_spec(
+        obj["spec"],
+        namespace=obj["metadata"].get("namespace", "default"),
+        name=obj["metadata"]["name"],
+        sidecar=settings.SidecarSettings(),
+    )
+    assert problems == [], [str(p) for p in problems]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("value_set", sorted(chart.VALUE_SETS))
+def test_rendered_objects_are_valid(
+    releases: dict[str, chart.Release], value_set: str, version: str
+) -> None:
+    for item in releases[value_set].objects:
+        try:
+            _validate(item.obj, version)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{item.template}: {item.kind}/{item.name} on {version}: {exc.message}")
+
+
+def test_foreign_kinds_are_really_rendered(releases: dict[str, chart.Release]) -> None:
+    """The skip list is not dead weight: each kind appears in some value set."""
+    rendered = set().union(*(release.kinds() for release in releases.values()))
+    assert set(FOREIGN_KINDS) <= rendered
+
+
+def _shipped_files() -> list[Path]:
+    return sorted(chart.MANIFESTS_DIR.glob("*.yaml")) + sorted(chart.EXAMPLES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", _shipped_files(), ids=lambda p: p.name)
+def test_shipped_manifests_are_valid(path: Path, version: str) -> None:
+    documents = list(chart.load_yaml_documents(path))
+    assert documents, f"{path} is empty"
+    for obj in documents:
+        _validate(obj, version)
+
+
+def test_examples_cover_every_backend_shape() -> None:
+    configs = [
+        obj
+        for path in sorted(chart.EXAMPLES_DIR.glob("*.yaml"))
+        for obj in chart.load_yaml_documents(path)
+        if obj["kind"] == "CacheConfig"
+    ]
+    shapes = {(c["spec"]["backend"], next(iter(c["spec"].get("redis", {"": 0})))) for c in configs}
+    assert {("memory", ""), ("redis", "url"), ("redis", "sentinel")} <= shapes
+    secrets = {
+        obj["metadata"]["name"]
+        for path in chart.EXAMPLES_DIR.glob("*.yaml")
+        for obj in chart.load_yaml_documents(path)
+        if obj["kind"] == "Secret"
+    }
+    for config in configs:
+        ref = config["spec"].get("redis", {}).get("passwordSecretRef")
+        if ref:
+            assert ref["name"] in secrets
+
+
+def test_demo_deployment_uses_the_socket() -> None:
+    (deployment,) = chart.load_yaml_documents(chart.EXAMPLES_DIR / "demo-deployment.yaml")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    configs = {
+        obj["metadata"]["name"]
+        for path in chart.EXAMPLES_DIR.glob("*.yaml")
+        for obj in chart.load_yaml_documents(path)
+        if obj["kind"] == "CacheConfig"
+    }
+    assert labels["podcache.io/config"] in configs
+    script = " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert '--unix-socket "$PODCACHE_SOCKET"' in script
+
+
+def _memory_example() -> dict[str, Any]:
+    (config,) = chart.load_yaml_documents(chart.EXAMPLES_DIR / "memory-cacheconfig.yaml")
+    return config
+
+
+def _redis_example() -> dict[str, Any]:
+    path = chart.EXAMPLES_DIR / "redis-cacheconfig.yaml"
+    return next(o for o in chart.load_yaml_documents(path) if o["kind"] == "CacheConfig")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda c: c["spec"].update(backend="memcached"), "schema"),
+        (lambda c: c["spec"].update(defaultTTL="five minutes"), "schema"),
+        (lambda c: c["spec"].update(replicas=3), "schema"),
+        (
+            lambda c: c["spec"]["redis"].update(
+                sentinel={"masterName": "m", "addresses": ["s:26379"]}
+            ),
+            "operator",
+        ),
+        (lambda c: c["spec"].pop("redis"), "operator"),
+        (lambda c: c["spec"]["locks"].update(defaultTTL="10m", maxTTL="1m"), "operator"),
+    ],
+    ids=[
+        "unknown-backend",
+        "bad-duration",
+        "unknown-field",
+        "two-redis-sources",
+        "redis-without-redis",
+        "lock-ttl-over-max",
+    ],
+)
+def test_broken_specs_are_refused(mutate: Any, where: str) -> None:
+    """The schema refuses shape errors; the CEL rules' intent (one Redis source, redis
+    needs spec.redis, defaultTTL <= maxTTL) is refused by the operator's checks."""
+    config = copy.deepcopy(_redis_example())
+    mutate(config)
+    with pytest.raises((jsonschema.ValidationError, AssertionError)) as caught:
+        _validate_cacheconfig(config)
+    if where == "schema":
+        assert isinstance(caught.value, jsonschema.ValidationError)
+    else:
+        assert not isinstance(caught.value, jsonschema.ValidationError)
+        assert "spec." in str(caught.value)
+
+
+def test_valid_memory_example_passes() -> None:
+    _validate_cacheconfig(_memory_example())
