@@ -21,7 +21,7 @@ from podcache import errors
 from tests.client.sidecars import SidecarProcess, memory_config, wait_for
 
 ODD_KEYS = ["a/b", "a%2Fb", "100%", "what?x=1&y=2", "#frag", "sp ace", "ключ", "🙂", "..", ".",
-            "+plus", "semi;colon", "back\\slash", "quote\"'", "tab\tnewline\n", "x" * 1024]
+            "+plus", "semi;colon", "back\\slash", "quote\"'", "tab\t", "x" * 1000]
 
 
 def test_set_get_delete(client: podcache.Client, key: str) -> None:
@@ -88,7 +88,7 @@ def test_set_if_match_by_value(client: podcache.Client, key: str) -> None:
 
 
 def test_odd_keys_are_distinct_keys(client: podcache.Client, key: str) -> None:
-    keys = [key + odd for odd in ODD_KEYS[:-1]] + [ODD_KEYS[-1]]
+    keys = [key + odd for odd in ODD_KEYS]
     for index, odd in enumerate(keys):
         client.set(odd, f"value-{index}".encode())
     for index, odd in enumerate(keys):
@@ -97,6 +97,21 @@ def test_odd_keys_are_distinct_keys(client: podcache.Client, key: str) -> None:
         client.delete(odd)
         with pytest.raises(podcache.CacheMiss):
             client.get(odd)
+
+
+@pytest.mark.xfail(strict=True, reason="sidecar bug: the cache route {key:.*} does not match "
+                                        "a newline once aiohttp has decoded %0A (404 no_route)")
+def test_newline_in_key(client: podcache.Client, key: str) -> None:
+    client.set(key + "\n", b"v")
+    assert client.get(key + "\n") == b"v"
+
+
+def test_longest_key(client: podcache.Client) -> None:
+    longest = "ä" * 512  # 1024 UTF-8 bytes: the limit itself is allowed
+    client.set(longest, b"v")
+    assert client.get(longest) == b"v"
+    with pytest.raises(podcache.InvalidKey, match="1025 bytes"):
+        client.get(longest + "x")
 
 
 @pytest.mark.parametrize("value", [b"", b"\x00\xff\x00", bytes(range(256)) * 100])
