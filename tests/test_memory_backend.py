@@ -48,7 +48,7 @@ async def backend():
     await b.stop()
 
 
-# -- basic operations ---------------------------------------------------------------
+# -- basic operations --
 
 
 async def test_set_then_get(backend: MemoryBackend) -> None:
@@ -86,7 +86,7 @@ async def test_bytearray_and_memoryview_values_are_copied(backend: MemoryBackend
     assert await backend.get("m") == b"xyz"
 
 
-# -- TTLs ------------------------------------------------------------------------------
+# -- TTLs --
 
 
 async def test_entry_expires_after_ttl(backend: MemoryBackend) -> None:
@@ -123,7 +123,7 @@ async def test_delete_of_expired_key_reports_absent(backend: MemoryBackend) -> N
     assert await backend.delete("k") is False
 
 
-# -- conditional writes ------------------------------------------------------------------
+# -- conditional writes --
 
 
 async def test_set_nx(backend: MemoryBackend) -> None:
@@ -164,7 +164,7 @@ async def test_set_if_match_applies_new_ttl(backend: MemoryBackend) -> None:
         await backend.get("k")
 
 
-# -- bounds ---------------------------------------------------------------------------------
+# -- bounds --
 
 
 async def test_lru_bound_by_items() -> None:
@@ -222,7 +222,7 @@ async def test_oversized_entry_refused_and_cache_kept() -> None:
         await b.stop()
 
 
-# -- reaper ---------------------------------------------------------------------------------
+# -- reaper --
 
 
 async def test_reaper_removes_expired_entries_without_reads(backend: MemoryBackend) -> None:
@@ -277,7 +277,7 @@ async def test_heap_is_compacted_under_repeated_overwrites() -> None:
         await b.stop()
 
 
-# -- bad input ---------------------------------------------------------------------------------
+# -- bad input --
 
 
 @pytest.mark.parametrize("value", ["text", 42, None, ["b"]])
@@ -305,7 +305,7 @@ async def test_longest_valid_key_accepted(backend: MemoryBackend) -> None:
     assert await backend.get("k" * 1024) == b"v"
 
 
-# -- concurrency and lifecycle -----------------------------------------------------------------
+# -- concurrency and lifecycle --
 
 
 async def test_many_concurrent_tasks_keep_accounting_exact() -> None:

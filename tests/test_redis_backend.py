@@ -102,7 +102,7 @@ async def test_ping(backend: RedisBackend) -> None:
     await backend.ping()
 
 
-# -- TTLs ---------------------------------------------------------------------------------------
+# -- TTLs --
 
 
 async def test_entry_expires_after_ttl(backend: RedisBackend) -> None:

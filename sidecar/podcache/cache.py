@@ -19,7 +19,6 @@ stopped by ``Cache.stop()`` before the backend they use.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -217,9 +216,7 @@ class Cache:
         self._electors.clear()
         task, self._items_task = self._items_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self.backend.stop()
 
     async def __aenter__(self) -> Cache:
@@ -227,6 +224,20 @@ class Cache:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], *, poll: float = 0.05) -> None:
+    """Cancel ``task`` and wait until it has really finished.
+
+    A single ``cancel()`` is not enough on Python 3.11: ``asyncio.wait_for`` (which
+    redis-py uses for socket reads) swallows a cancellation that races with a read
+    completing, and the task carries on. So cancel again until it is done.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=poll)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("background task %s ended with %r", task.get_name(), task.exception())
 
 
 def new_cache(
