@@ -1,0 +1,129 @@
+"""The chart's RBAC grants exactly the API calls the operator makes.
+
+Aspects:
+- the ClusterRole's (group, resource, verb) triples equal the operator's own list,
+  ``podcache_operator.kubeapi.API_CALLS``, minus the calls the chart's settings turn
+  off (each exclusion is tied to the rendered setting that turns it off, and must
+  still be in API_CALLS, so a stale exclusion fails);
+- no wildcards; the binding gives the role to the operator's ServiceAccount;
+- rbac.create=false renders no RBAC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from tests.deploy import chart
+
+kubeapi = pytest.importorskip("podcache_operator.kubeapi")
+
+Triple = tuple[str, str, str]
+
+# (group, resource) → (why it is not granted, predicate on the operator env that must
+# hold for the exclusion to be valid).
+EXCLUDED: dict[tuple[str, str], tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): (
+        "the chart owns the webhook configuration",
+        lambda env: env.get("PODCACHE_WEBHOOK_MANAGED") == "",
+    ),
+    ("kopf.dev", "kopfpeerings"): (
+        "namespaced peering; the operator runs cluster-wide",
+        lambda env: not any(name in env for name in ("PODCACHE_NAMESPACES", "PODCACHE_NAMESPACE")),
+    ),
+    ("", "namespaces"): (
+        "kopf only lists namespaces for --namespace patterns; cluster-wide here",
+        lambda env: not any(name in env for name in ("PODCACHE_NAMESPACES", "PODCACHE_NAMESPACE")),
+    ),
+}
+
+
+def _field(call: Any, *names: str) -> Any:
+    """API_CALLS entries are read by name (NamedTuple, dataclass or mapping)."""
+    for name in names:
+        if isinstance(call, Mapping) and name in call:
+            return call[name]
+        if hasattr(call, name):
+            return getattr(call, name)
+    raise AssertionError(f"API_CALLS entry {call!r} has none of {names}")
+
+
+def _operator_triples() -> set[Triple]:
+    triples: set[Triple] = set()
+    for call in kubeapi.API_CALLS:
+        group = _field(call, "group", "api_group")
+        resource = _field(call, "resource", "plural", "resources")
+        verbs = _field(call, "verbs", "verb")
+        for verb in [verbs] if isinstance(verbs, str) else verbs:
+            triples.add((group, resource, verb))
+    return triples
+
+
+def _rule_triples(rules: Iterable[Mapping[str, Any]]) -> set[Triple]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def _granted(release: chart.Release) -> set[Triple]:
+    rules = [
+        rule
+        for kind in ("ClusterRole", "Role")
+        for role in release.of_kind(kind)
+        for rule in role["rules"]
+    ]
+    return _rule_triples(rules)
+
+
+def test_api_calls_is_not_empty() -> None:
+    assert len(kubeapi.API_CALLS) >= 5
+
+
+def test_rbac_equals_operator_api_calls(default_release: chart.Release) -> None:
+    env = chart.env_of(chart.container(default_release.one("Deployment"), "operator"))
+    needed = _operator_triples()
+    for (group, resource), (reason, holds) in EXCLUDED.items():
+        assert any(t[:2] == (group, resource) for t in needed), (
+            f"stale exclusion {group}/{resource}: the operator no longer calls it"
+        )
+        assert holds(env), f"{group}/{resource} is not granted ({reason}), but the env needs it"
+        needed = {t for t in needed if t[:2] != (group, resource)}
+    granted = _granted(default_release)
+    assert sorted(needed - granted) == [], "calls the operator makes but may not"
+    assert sorted(granted - needed) == [], "grants the operator never uses"
+
+
+def test_no_wildcards(default_release: chart.Release) -> None:
+    for group, resource, verb in _granted(default_release):
+        assert "*" not in (group, resource, verb)
+
+
+def test_binding_targets_the_operator_service_account(default_release: chart.Release) -> None:
+    binding = default_release.one("ClusterRoleBinding")
+    role = default_release.one("ClusterRole")
+    account = default_release.one("ServiceAccount")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": chart.NAMESPACE,
+        }
+    ]
+    pod = default_release.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_rbac_can_be_left_to_the_cluster_admin() -> None:
+    release = chart.render({"rbac": {"create": False}})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & release.kinds()
