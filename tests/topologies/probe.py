@@ -69,30 +69,30 @@ class LoadProbe:
             round_no += 1
             key = f"{self.prefix}-{round_no % 50}"
             value = str(round_no).encode()
-            if await self._call("set", self.cache.set(key, value, ttl=30)):
+            stored, _ = await self._call("set", self.cache.set(key, value, ttl=30))
+            if stored:
                 try:
-                    await self._call("get", self.cache.get(key), raise_miss=True)
+                    await self._call("get", self.cache.get(key))
                 except CacheMiss:
                     self.lost_writes += 1  # written, then gone: a write lost in the failover
-            lease = await self._call("lock", self.cache.locks.acquire(self.lock_name, ttl=1))
-            if lease:
+            _, lease = await self._call("lock", self.cache.locks.acquire(self.lock_name, ttl=1))
+            if lease is not None:
                 self.fences.append(int(lease.fence))
                 await self._call("unlock", self.cache.locks.release(self.lock_name, lease.token))
             await asyncio.sleep(self.pause)
 
-    async def _call(self, op: str, awaitable: Any, *, raise_miss: bool = False) -> Any:
+    async def _call(self, op: str, awaitable: Any) -> tuple[bool, Any]:
+        """Await one call; return (succeeded, result). A miss is re-raised after recording."""
         try:
             result = await awaitable
         except BackendUnavailable as exc:
             self.outcomes.append(Outcome(time.monotonic(), op, False, str(exc)[:200]))
-            return None
+            return False, None
         except CacheMiss:
             self.outcomes.append(Outcome(time.monotonic(), op, True, "miss"))
-            if raise_miss:
-                raise
-            return None
+            raise
         self.outcomes.append(Outcome(time.monotonic(), op, True))
-        return result if result is not None else True
+        return True, result
 
     def figures(self, fault_at: float) -> Figures:
         failures = [o for o in self.outcomes if not o.ok]

@@ -17,6 +17,12 @@ Cluster: ``RedisCluster`` routes by slot and refreshes its slot map on MOVED/ASK
 and after connection errors. Multi-key Lua scripts must keep all their keys in one
 slot: lock and election keys carry one hash tag per name (``{...}``).
 
+Failover safety lives here too, because it is about what a topology change does to
+data: ``MONOTONIC_COUNTER_LUA`` derives fences and election terms so that a promoted
+replica that missed the latest writes still never hands out a number already used,
+and ``eval_and_wait`` runs a lease-writing script and ``WAIT`` on one connection
+(also on Cluster, where redis-py's pipeline refuses EVALSHA).
+
 Beware: retries are bounded by ``redis_connection.RETRIES`` (one quick retry), and
 the backend wraps every call in ``asyncio.timeout(operation_timeout)``; nothing
 here may loop longer than that.
@@ -24,10 +30,11 @@ here may loop longer than that.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -36,6 +43,8 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
 from podcache.backends import redis_connection
 from podcache.config import RedisSettings
@@ -162,3 +171,113 @@ def connect_cluster(settings: RedisSettings) -> RedisCluster:
         reinitialize_steps=1,
         **_data_kwargs(settings),
     )
+
+
+# --- Counters that never go backwards across a failover -------------------------------
+# Redis replicates asynchronously: a replica promoted by Sentinel or Cluster may miss the
+# last INCRs of a fence or term counter and would hand the same numbers out again. So a
+# counter remembers the *epoch* of the server that last advanced it: its run_id (new on
+# every restart) and master_replid (new on every promotion). When the epoch differs, some
+# writes may have been lost, and the counter first jumps to the server clock in
+# microseconds. Within one epoch it counts by one.
+#
+# Why that is enough: every number a server hands out is at most its clock at that moment
+# (it starts at the clock and grows by one per acquisition; no lock or election changes
+# hands a million times a second). A promoted replica takes over after at least the
+# failure-detection delay, so its clock is past every number the lost primary issued,
+# PROVIDED the servers' clocks agree to within that delay (NTP does far better). Numbers
+# stay below 2**53 (until the year 2255), so JSON clients read them exactly.
+MONOTONIC_COUNTER_LUA = """
+local function server_epoch()
+  local server = redis.call('INFO', 'server')
+  local replication = redis.call('INFO', 'replication')
+  return (string.match(server, 'run_id:(%x+)') or '?') .. '/' ..
+         (string.match(replication, 'master_replid:(%x+)') or '?')
+end
+local function next_counter(key)
+  local n = tonumber(redis.call('HGET', key, 'n') or '0')
+  local epoch = server_epoch()
+  if redis.call('HGET', key, 'epoch') ~= epoch then
+    local now = redis.call('TIME')
+    local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    if micros > n then n = micros end
+    redis.call('HSET', key, 'epoch', epoch)
+  end
+  n = n + 1
+  redis.call('HSET', key, 'n', string.format('%.0f', n))
+  return n
+end
+local function current_counter(key)
+  return tonumber(redis.call('HGET', key, 'n') or '0')
+end
+"""
+"""Lua functions ``next_counter(key)`` and ``current_counter(key)`` over a hash {n, epoch}."""
+
+
+async def eval_and_wait(
+    client: Any,
+    script: AsyncScript,
+    *,
+    keys: Sequence[str],
+    args: Sequence[object],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, int]:
+    """Run ``script`` then ``WAIT replicas timeout_ms`` on the same connection.
+
+    WAIT counts the replicas that acknowledged the writes of *its own* connection, so
+    both commands must share one. Returns the script's reply and the acknowledgements.
+    On Cluster the pair goes to the primary of ``keys[0]``'s slot; if the slot just
+    moved, the script runs through the cluster client (which follows the redirect) and
+    0 acknowledgements are reported: replication is then unconfirmed, never assumed.
+    """
+    if isinstance(client, RedisCluster):
+        return await _eval_and_wait_cluster(
+            client, script, keys=keys, args=args, replicas=replicas, timeout_ms=timeout_ms
+        )
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        try:
+            reply, acks = await pipe.execute()
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            await client.script_load(script.script)  # a restarted or promoted server
+            continue
+        return reply, int(acks)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _eval_and_wait_cluster(
+    client: RedisCluster,
+    script: AsyncScript,
+    *,
+    keys: Sequence[str],
+    args: Sequence[object],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, int]:
+    await client.initialize()  # a no-op once the slot map is known
+    node = client.get_node_from_key(keys[0])
+    if node is None:
+        raise ClusterDownError(f"no node serves the slot of {keys[0]!r}")
+    for attempt in (1, 2):
+        commands = [
+            PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
+            PipelineCommand(1, "WAIT", replicas, timeout_ms),
+        ]
+        await node.execute_pipeline(commands)
+        reply, acks = commands[0].result, commands[1].result
+        if isinstance(reply, NoScriptError) and attempt == 1:
+            await node.execute_command("SCRIPT", "LOAD", script.script)
+            continue
+        if isinstance(reply, MovedError | AskError | TryAgainError | ClusterDownError):
+            return await script(keys=keys, args=args), 0
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(acks, Exception):
+            raise acks
+        return reply, int(acks)
+    raise AssertionError("unreachable")  # pragma: no cover
