@@ -34,8 +34,9 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
+from podcache.backends import redis_topologies
 from podcache.errors import BackendUnavailable
 from podcache.locks.base import Busy, Lease, LockService
 
@@ -73,18 +74,19 @@ async def bounded(awaitable: Awaitable[T], *, seconds: float, what: str) -> T:
 
 
 # --- Fence generation: the ONE place that decides how a fence is derived. --------------
-# Today: INCR of a per-lock counter that never expires, run in the same script as the
-# SET NX, so a fence is handed out only together with the lock and is strictly greater
-# than every earlier one for as long as the counter survives. BEWARE (failover): an
-# asynchronous replica promoted by Sentinel/Cluster may miss the latest INCRs, and an
-# eviction policy other than noeviction/volatile-* may drop the counter; a hardened
-# derivation (e.g. mixing in a failover epoch) replaces these two functions only.
-FENCE_LUA = """
+# A per-lock counter that never expires, advanced in the same script as the SET NX, so a
+# fence is handed out only together with the lock. The counter (a hash {n, epoch}) is
+# failover-safe: when the server that advances it is not the one that last did (a
+# promoted replica that may have missed the latest writes, a restart, a lost or evicted
+# counter), it first jumps to the server clock in microseconds, so a fence already
+# handed out is never handed out again. See redis_topologies.MONOTONIC_COUNTER_LUA for
+# the guarantee and its clock assumption.
+FENCE_LUA = redis_topologies.MONOTONIC_COUNTER_LUA + """
 local function next_fence(counter_key)
-  return redis.call('INCR', counter_key)
+  return next_counter(counter_key)
 end
 local function current_fence(counter_key)
-  return tonumber(redis.call('GET', counter_key) or '0')
+  return current_counter(counter_key)
 end
 """
 
@@ -148,7 +150,7 @@ return 0
         """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it.
 
         ``replica_ack_timeout`` > 0 makes acquire and refresh ``WAIT`` for one replica
-        up to that long and report it in ``Lease.replicated`` (not for Cluster clients).
+        up to that long and report it in ``Lease.replicated``.
         """
         super().__init__(registry=registry, namespace=namespace)
         self._client = client
@@ -219,23 +221,13 @@ return 0
         if self._ack_timeout <= 0:
             call = script(keys=keys, args=args)
             return await bounded(call, seconds=self._timeout, what=what), None
-        for attempt in (1, 2):
-            # WAIT counts the writes of *its* connection, so both go down one pipeline.
-            pipe = self._client.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", 1, _ms(self._ack_timeout))
-            try:
-                reply, acks = await bounded(
-                    pipe.execute(), seconds=self._timeout + self._ack_timeout, what=what,
-                )
-            except BackendUnavailable as exc:
-                if attempt == 1 and isinstance(exc.__cause__, NoScriptError):
-                    await bounded(self._client.script_load(script.script), seconds=self._timeout,
-                                  what="script load")
-                    continue
-                raise
-            return reply, int(acks) >= 1
-        raise AssertionError("unreachable")  # pragma: no cover
+        # WAIT counts the writes of *its* connection, so both share one (also on Cluster).
+        call = redis_topologies.eval_and_wait(
+            self._client, script, keys=keys, args=args,
+            replicas=1, timeout_ms=_ms(self._ack_timeout),
+        )
+        reply, acks = await bounded(call, seconds=self._timeout + self._ack_timeout, what=what)
+        return reply, acks >= 1
 
 
 def _ms(seconds: float) -> int:
