@@ -1,0 +1,441 @@
+"""Sidecar benchmark: what the Unix-socket sidecar costs next to its floors (issue 3).
+
+In one run, at 1 and 32 concurrent keep-alive connections, it prints ops/s, p50,
+p99 and the server process's CPU time per operation (utime+stime from
+/proc/<pid>/stat, sampled when the measured phase starts and ends) for:
+
+- the sidecar on the memory backend, GET and SET over its socket, next to a
+  minimal aiohttp app on a Unix socket returning a fixed value (its own process,
+  same event loop flavour: the floor for Python HTTP over a Unix socket);
+- the sidecar on the Redis backend, GET and SET over its socket, next to redis-py
+  calling the same Redis directly;
+
+plus the sidecar's idle RSS (VmRSS) and the time from process start to a ready
+socket, then the issue's targets with PASS/MISS. It prints figures and asserts
+nothing.
+
+The load generator is a separate process (this file with ``--loadgen``): a tight
+asyncio HTTP/1.1 client over raw Unix-socket connections, so its CPU never counts
+as the server's. On a 2-core machine the server and the generator each get about
+one core; other work on the machine skews the figures, so compare within a run.
+
+Run: ``.venv/bin/python bench/bench_sidecar.py`` (about 50 s; ``--duration`` per case).
+Redis: ``--redis-url``, else a ``redis-server`` from PATH on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+KEY = "bench-key"
+IDLE_SETTLE = 1.0  # seconds after ready before reading the idle RSS: start-up garbage settles
+
+TARGET_CPU_RATIO = 1.3
+TARGET_THROUGHPUT_RATIO = 0.6
+TARGET_ADDED_P50_MS = 0.15
+TARGET_IDLE_RSS_MIB = 60.0
+TARGET_READY_S = 1.0
+
+
+# -- /proc ---------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- server processes ------------------------------------------------------------------------
+
+def _http_ready(path: str, request: bytes) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            sock.sendall(request)
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def wait_ready(process: subprocess.Popen[bytes], path: str, *, url: str = "/readyz",
+               timeout: float = 20.0) -> float:
+    """Seconds from now until ``url`` answers 200 on ``path`` (call right after spawning)."""
+    request = f"GET {url} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        if _http_ready(path, request):
+            return time.monotonic() - started
+        time.sleep(0.002)
+    raise RuntimeError(f"server on {path} not ready within {timeout}s")
+
+
+def start_sidecar(
+    workdir: Path, name: str, config: str
+) -> tuple[subprocess.Popen[bytes], str, float]:
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(config)
+    socket_path = str(workdir / f"{name}.sock")
+    env = dict(os.environ, POD_NAME=f"bench-{name}", PODCACHE_LOG_LEVEL="warning")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "podcache.sidecar.main", "--config", str(config_path),
+         "--socket", socket_path, "--metrics-port", "0"],
+        stdout=subprocess.DEVNULL, stderr=(workdir / f"{name}.log").open("wb"), env=env)
+    wait_ready(process, socket_path)
+    return process, socket_path, time.monotonic() - started
+
+
+def start_minimal_app(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    socket_path = str(workdir / "minimal.sock")
+    process = subprocess.Popen([sys.executable, __file__, "--minimal-app", socket_path],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_ready(process, socket_path, url="/healthz")
+    return process, socket_path
+
+
+def minimal_app(socket_path: str) -> None:
+    """The floor: aiohttp on a Unix socket, a fixed value for GET, 204 for PUT."""
+    from aiohttp import web
+
+    value = b"v" * 100
+
+    async def get(request: web.Request) -> web.Response:
+        return web.Response(body=value, content_type="application/octet-stream")
+
+    async def put(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=204)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/cache/{key}", get)
+    app.router.add_put("/v1/cache/{key}", put)
+    _use_uvloop()
+    web.run_app(app, path=socket_path, access_log=None, print=None)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def redis_url(given: str | None) -> Iterator[str]:
+    if given:
+        yield given
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+# -- load generator (its own process) --------------------------------------------------------
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class _HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request in flight, minimal parsing."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None  # uvloop's transports do not subclass asyncio.Transport
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15: head.find(b"\r\n", at) if b"\r\n" in head[at:] else None]) \
+            if at >= 0 else 0
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return
+        del self.buffer[:total]
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(int(head[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the server closed the connection"))
+
+    async def request(self, data: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    value = b"v" * spec["value_size"]
+    if spec["op"] == "get":
+        request = f"GET /v1/cache/{KEY} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        expected = 200
+    else:
+        request = (f"PUT /v1/cache/{KEY} HTTP/1.1\r\nHost: localhost\r\n"
+                   f"Content-Length: {len(value)}\r\n\r\n").encode() + value
+        expected = 204
+    connections = []
+    for _ in range(spec["concurrency"]):
+        _, protocol = await loop.create_unix_connection(_HttpConnection, spec["socket"])
+        connections.append(protocol)
+    errors = 0
+
+    async def call(connection: _HttpConnection) -> None:
+        nonlocal errors
+        if await connection.request(request) != expected:
+            errors += 1
+
+    result = await _drive([lambda c=c: call(c) for c in connections], spec)
+    for connection in connections:
+        assert connection.transport is not None
+        connection.transport.close()
+    result["errors"] = errors
+    return result
+
+
+async def _redis_load(spec: dict[str, Any]) -> dict[str, Any]:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(spec["redis_url"], max_connections=spec["concurrency"])
+    value = b"v" * spec["value_size"]
+    key = "bench-direct"
+    await client.set(key, value)
+
+    async def get() -> None:
+        await client.get(key)
+
+    async def put() -> None:
+        await client.set(key, value)
+
+    call = get if spec["op"] == "get" else put
+    result = await _drive([call] * spec["concurrency"], spec)
+    await client.aclose()
+    result["errors"] = 0
+    return result
+
+
+async def _drive(calls: list[Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one worker per call: a warm-up, then the measured phase bracketed by START/END."""
+    latencies: list[float] = []
+
+    async def worker(call: Any, until: float, record: bool) -> None:
+        clock = time.perf_counter
+        while True:
+            started = clock()
+            if started >= until:
+                return
+            await call()
+            if record:
+                latencies.append(clock() - started)
+
+    warm_until = time.perf_counter() + spec["warmup"]
+    await asyncio.gather(*(worker(call, warm_until, False) for call in calls))
+    print("START", flush=True)
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(call, began + spec["duration"], True) for call in calls))
+    elapsed = time.perf_counter() - began
+    print("END", flush=True)
+    latencies.sort()
+    count = len(latencies)
+    return {"ops": count, "elapsed": elapsed,
+            "p50": latencies[count // 2] if count else float("nan"),
+            "p99": latencies[min(count - 1, int(count * 0.99))] if count else float("nan")}
+
+
+def loadgen(spec: dict[str, Any]) -> None:
+    _use_uvloop()
+    runner = _redis_load if spec["kind"] == "redis" else _http_load
+    print(json.dumps(asyncio.run(runner(spec))), flush=True)
+
+
+def run_case(spec: dict[str, Any], *, server_pid: int | None) -> dict[str, Any]:
+    """Spawn the load generator; sample the server's CPU at its START and END lines."""
+    process = subprocess.Popen([sys.executable, __file__, "--loadgen", json.dumps(spec)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    cpu_start = cpu_end = 0.0
+    result: dict[str, Any] = {}
+    for line in process.stdout:
+        line = line.strip()
+        if line == "START" and server_pid is not None:
+            cpu_start = cpu_seconds(server_pid)
+        elif line == "END" and server_pid is not None:
+            cpu_end = cpu_seconds(server_pid)
+        elif line.startswith("{"):
+            result = json.loads(line)
+    if process.wait() != 0 or not result:
+        raise RuntimeError(f"load generator failed for {spec}")
+    result["ops_per_s"] = result["ops"] / result["elapsed"]
+    result["cpu_us_per_op"] = ((cpu_end - cpu_start) / result["ops"] * 1e6
+                               if server_pid is not None and result["ops"] else None)
+    return result
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per case")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds per case")
+    parser.add_argument("--concurrency", default="1,32", help="connection counts, comma-separated")
+    parser.add_argument("--value-size", type=int, default=100, help="value bytes")
+    parser.add_argument("--redis-url", default=None, help="default: a redis-server on a free port")
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)
+    parser.add_argument("--minimal-app", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        loadgen(json.loads(args.loadgen))
+        return
+    if args.minimal_app:
+        minimal_app(args.minimal_app)
+        return
+
+    levels = [int(level) for level in args.concurrency.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="pc-bench-", dir="/tmp"))
+    processes: list[subprocess.Popen[bytes]] = []
+    rows: list[tuple[str, str, int, dict[str, Any]]] = []
+    try:
+        with redis_url(args.redis_url) as url:
+            memory, memory_socket, memory_ready = start_sidecar(
+                workdir, "memory", "type: memory\nconfig: {defaultTTL: 5m}\n")
+            processes.append(memory)
+            time.sleep(IDLE_SETTLE)
+            memory_rss = rss_mib(memory.pid)
+            redis_sidecar, redis_socket, redis_ready = start_sidecar(
+                workdir, "redis", f"type: redis\nconfig: {{url: '{url}', defaultTTL: 5m, "
+                                  f"keyPrefix: 'bench:'}}\n")
+            processes.append(redis_sidecar)
+            time.sleep(IDLE_SETTLE)
+            redis_rss = rss_mib(redis_sidecar.pid)
+            minimal, minimal_socket = start_minimal_app(workdir)
+            processes.append(minimal)
+
+            base = {"value_size": args.value_size, "duration": args.duration,
+                    "warmup": args.warmup}
+            targets = [
+                ("minimal aiohttp app", "http", minimal_socket, minimal.pid),
+                ("sidecar memory", "http", memory_socket, memory.pid),
+                ("sidecar redis", "http", redis_socket, redis_sidecar.pid),
+                ("redis-py direct", "redis", None, None),
+            ]
+            for level in levels:
+                for label, kind, path, pid in targets:
+                    for op in ("set", "get"):  # set first: the get then finds the key
+                        spec = dict(base, kind=kind, op=op, concurrency=level, socket=path,
+                                    redis_url=url)
+                        rows.append((label, op.upper(), level, run_case(spec, server_pid=pid)))
+            idle_after_load = {"memory": rss_mib(memory.pid), "redis": rss_mib(redis_sidecar.pid)}
+    finally:
+        for process in processes:
+            stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    _report(rows, levels=levels, args=args, memory_rss=memory_rss, redis_rss=redis_rss,
+            rss_after=idle_after_load, memory_ready=memory_ready, redis_ready=redis_ready)
+
+
+def _report(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels: list[int],
+            args: argparse.Namespace, memory_rss: float, redis_rss: float,
+            rss_after: dict[str, float], memory_ready: float, redis_ready: float) -> None:
+    print(f"\npodcache sidecar benchmark: value {args.value_size} B, {args.duration:g} s per case "
+          f"after {args.warmup:g} s warm-up, {os.cpu_count()} CPUs, Python "
+          f"{sys.version.split()[0]}")
+    print(f"{'case':<22}{'op':<5}{'conns':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'server CPU us/op':>18}{'errors':>8}")
+    by_case: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for label, op, level, result in rows:
+        by_case[(label, op, level)] = result
+        cpu = result["cpu_us_per_op"]
+        print(f"{label:<22}{op:<5}{level:>6}{result['ops_per_s']:>10.0f}"
+              f"{result['p50'] * 1000:>9.3f}{result['p99'] * 1000:>9.3f}"
+              f"{(f'{cpu:.1f}' if cpu is not None else '-'):>18}{result['errors']:>8}")
+
+    print("\ntargets (issue 3)")
+    for level in levels:
+        sidecar = by_case[("sidecar memory", "GET", level)]["cpu_us_per_op"]
+        floor = by_case[("minimal aiohttp app", "GET", level)]["cpu_us_per_op"]
+        ratio = sidecar / floor
+        print(f"  memory GET CPU/op vs minimal app, {level:>2} conns: {sidecar:.1f} / "
+              f"{floor:.1f} us = {ratio:.2f}x (<= {TARGET_CPU_RATIO}x)  "
+              f"{_verdict(ratio <= TARGET_CPU_RATIO)}")
+    for level in levels:
+        through = by_case[("sidecar redis", "GET", level)]
+        direct = by_case[("redis-py direct", "GET", level)]
+        ratio = through["ops_per_s"] / direct["ops_per_s"]
+        print(f"  redis GET throughput vs redis-py, {level:>2} conns: {through['ops_per_s']:.0f} / "
+              f"{direct['ops_per_s']:.0f} ops/s = {ratio:.2f}x (>= {TARGET_THROUGHPUT_RATIO}x)  "
+              f"{_verdict(ratio >= TARGET_THROUGHPUT_RATIO)}")
+    for level in levels:
+        through = by_case[("sidecar redis", "GET", level)]
+        direct = by_case[("redis-py direct", "GET", level)]
+        added = (through["p50"] - direct["p50"]) * 1000
+        print(f"  redis GET added p50, {level:>2} conns: {through['p50'] * 1000:.3f} - "
+              f"{direct['p50'] * 1000:.3f} = {added:+.3f} ms (<= +{TARGET_ADDED_P50_MS} ms)  "
+              f"{_verdict(added <= TARGET_ADDED_P50_MS)}")
+    for name, rss in (("memory", memory_rss), ("redis", redis_rss)):
+        print(f"  idle RSS, {name} sidecar: {rss:.1f} MiB (after the load: {rss_after[name]:.1f} "
+              f"MiB) (<= {TARGET_IDLE_RSS_MIB:g} MiB)  {_verdict(rss <= TARGET_IDLE_RSS_MIB)}")
+    for name, ready in (("memory", memory_ready), ("redis", redis_ready)):
+        print(f"  start to ready socket, {name} sidecar: {ready:.2f} s (<= {TARGET_READY_S:g} s)  "
+              f"{_verdict(ready <= TARGET_READY_S)}")
+
+
+if __name__ == "__main__":
+    main()
