@@ -5,11 +5,10 @@ Elections listed in the config are joined at start; ``PUT``/``DELETE
 elector on the current cache; a backend swap (``rebind``) resigns on the old
 backend and campaigns again on the new one.
 
-Watchers need to hear about every change of (leader, holder, term), including a
-change of holder between two other pods, which fires no callback here. So each
-election has one small task reading the elector's in-memory state every
-``poll_interval`` (no backend traffic: the elector itself talks to the backend) and
-waking its watchers on a change; the elected/revoked callbacks wake it at once.
+Watch streams must survive such a swap, so they do not subscribe to the elector
+(whose subscription ends when it stops) but to the ``Election``: a small task
+follows the current elector's ``subscribe()`` and republishes every change of
+(leader, holder, term) to the election's watchers.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ from podcache.sidecar.http_metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.05
-"""Seconds between reads of an elector's local state: bounds a watcher's lag, costs ~nothing."""
-
 
 @dataclasses.dataclass(frozen=True)
 class LeaderState:
@@ -43,12 +39,10 @@ class LeaderState:
         return {"leader": self.leader, "holder": self.holder, "term": self.term}
 
 
-def read_state(elector: Any) -> LeaderState:
-    holder = getattr(elector, "holder", None)
+def _convert(state: Any) -> LeaderState:
+    holder = state.holder
     return LeaderState(
-        leader=bool(elector.is_leader),
-        holder=str(holder) if holder else None,
-        term=int(getattr(elector, "term", 0) or 0),
+        leader=bool(state.leader), holder=str(holder) if holder else None, term=int(state.term or 0)
     )
 
 
@@ -62,19 +56,16 @@ class Election:
         identity: str,
         from_config: bool,
         metrics: ServerMetrics,
-        poll_interval: float,
     ) -> None:
         self.settings = settings
         self.identity = identity
         self.from_config = from_config
         self.elector: Any = None
         self._metrics = metrics
-        self._poll_interval = poll_interval
         self._state = LeaderState(leader=False, holder=None, term=0)
         self._changed = asyncio.Event()
-        self._wake = asyncio.Event()
         self._closed = False
-        self._poller: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -82,45 +73,46 @@ class Election:
 
     @property
     def state(self) -> LeaderState:
-        if self.elector is not None:
-            self._observe()
         return self._state
 
     async def start(self, cache: Cache) -> None:
         """Campaign on ``cache``'s backend (the elector renews and retries by itself)."""
-        self.elector = cache.elector(
+        elector = cache.elector(
             self.name,
             identity=self.identity,
             lease_duration=self.settings.lease_duration,
             renew_deadline=self.settings.renew_deadline,
             retry_period=self.settings.retry_period,
-            on_elected=self._poke,
-            on_revoked=self._poke,
         )
-        await self.elector.start()
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll(), name=f"podcache-election-{self.name}")
+        await elector.start()
+        self.elector = elector
+        self._follower = asyncio.create_task(
+            self._follow(elector), name=f"podcache-election-{self.name}"
+        )
+
+    async def _follow(self, elector: Any) -> None:
+        async for state in elector.subscribe():
+            self._publish(_convert(state))
 
     async def stop_elector(self) -> None:
         """Resign (so a successor takes over at once) and stop campaigning."""
         elector, self.elector = self.elector, None
-        if elector is None:
-            return
-        try:
-            await elector.stop()
-        except Exception:
-            logger.exception("resigning election %r failed", self.name)
+        follower, self._follower = self._follower, None
+        if elector is not None:
+            try:
+                await elector.stop()
+            except Exception:
+                logger.exception("resigning election %r failed", self.name)
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         self._publish(LeaderState(leader=False, holder=None, term=self._state.term))
 
     async def close(self) -> None:
-        """Leave the election for good: resign, end the watch streams, stop polling."""
+        """Leave the election for good: resign and end the watch streams."""
         await self.stop_elector()
         self.close_watchers()
-        poller, self._poller = self._poller, None
-        if poller is not None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
         with contextlib.suppress(KeyError):  # never published a state
             self._metrics.is_leader.remove(self.name)
 
@@ -128,28 +120,9 @@ class Election:
         self._closed = True
         self._signal()
 
-    def _poke(self, *_: Any, **__: Any) -> None:
-        # Called by the elector on elected/revoked: look now instead of at the next tick.
-        self._wake.set()
-
-    async def _poll(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            if self.elector is not None:
-                self._observe()
-
-    def _observe(self) -> None:
-        try:
-            current = read_state(self.elector)
-        except Exception:  # a half-stopped elector: keep the last state
-            return
-        if current != self._state:
-            self._publish(current)
-
     def _publish(self, state: LeaderState) -> None:
+        if state == self._state:
+            return
         if state.leader != self._state.leader:
             logger.info(
                 "election %r: %s (holder %s, term %d)",
@@ -173,7 +146,7 @@ class Election:
         """
         last: LeaderState | None = None
         while not self._closed:
-            current = self.state
+            current = self._state
             if current != last:
                 last = current
                 yield current
@@ -189,12 +162,9 @@ class Election:
 class ElectionManager:
     """Joined elections by name."""
 
-    def __init__(
-        self, *, identity: str, metrics: ServerMetrics, poll_interval: float = POLL_INTERVAL
-    ) -> None:
+    def __init__(self, *, identity: str, metrics: ServerMetrics) -> None:
         self.identity = identity
         self._metrics = metrics
-        self._poll_interval = poll_interval
         self._elections: dict[str, Election] = {}
         self._cache: Cache | None = None
         self._lock = asyncio.Lock()  # join/leave/rebind never interleave
@@ -225,7 +195,6 @@ class ElectionManager:
                 identity=self.identity,
                 from_config=from_config,
                 metrics=self._metrics,
-                poll_interval=self._poll_interval,
             )
             await election.start(self._cache)
             self._elections[settings.name] = election

@@ -54,7 +54,6 @@ class Options:
     reload_interval: float = reload_mod.POLL_INTERVAL
     watch_heartbeat: float = 10.0
     """Seconds of quiet before a watch stream sends a blank keep-alive line."""
-    election_poll_interval: float = elections_mod.POLL_INTERVAL
     metrics_host: str | None = None
     """Interface of the metrics listener; None = all (the ServiceMonitor scrapes the pod IP)."""
 
@@ -111,11 +110,7 @@ class Sidecar:
             slot=slot,
             metrics=metrics,
             identity=identity,
-            elections=elections_mod.ElectionManager(
-                identity=identity,
-                metrics=metrics,
-                poll_interval=self.options.election_poll_interval,
-            ),
+            elections=elections_mod.ElectionManager(identity=identity, metrics=metrics),
             watch_heartbeat=self.options.watch_heartbeat,
         )
         self.state = state
