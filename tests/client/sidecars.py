@@ -95,6 +95,11 @@ class SidecarProcess:
                 process.wait(timeout=5)
         return process.returncode
 
+    def wait(self, *, timeout: float = 15.0) -> int:
+        """Wait for the process to end by itself (after a signal already sent); its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
     def restart(self) -> None:
         self.stop()
         self.start()

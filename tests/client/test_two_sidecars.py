@@ -117,7 +117,7 @@ def test_exactly_one_leader_and_sigterm_hands_over(
         assert status.holder == follower.pod_name
         assert status.term > term
         assert handover < HANDOVER_LIMIT
-        assert leader.stop() == 0  # it exits cleanly after resigning
+        assert leader.wait() == 0  # it exits cleanly after resigning
     finally:
         for client in clients:
             client.stop()
