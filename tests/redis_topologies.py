@@ -472,6 +472,23 @@ class ClusterTopology:
                            timeout=10)
         for node in self.primaries():
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        # Replicas learn the new owner by gossip; until then they may still redirect back.
+        for node in self.nodes:
+            if node.running:
+                wait_until(lambda n=node: self._owner_seen_by(n, slot) == target.port,
+                           timeout=10, what=f"{node.address} to see slot {slot} moved")
+
+    def _owner_seen_by(self, observer: Node, slot: int) -> int | None:
+        for entry in self._nodes_view(observer):
+            if "master" not in entry["flags"]:
+                continue
+            for span in entry["slots"]:
+                if span.startswith("["):
+                    continue
+                low, _, high = span.partition("-")
+                if int(low) <= slot <= int(high or low):
+                    return int(entry["port"])
+        return None
 
     def _owns(self, node: Node, slot: int) -> bool:
         for entry in self._nodes_view(node):

@@ -166,9 +166,10 @@ def connect_cluster(settings: RedisSettings) -> RedisCluster:
         # The server's cluster-require-full-coverage decides; the client still serves the
         # shards that are up while one has no primary.
         require_full_coverage=False,
-        # Refresh the whole slot map on the first MOVED: after a failover or a resharding
-        # many slots move at once.
-        reinitialize_steps=1,
+        # A MOVED patches that one slot at once; the whole map is refreshed every 5th.
+        # (Refreshing on every MOVED re-reads the map from nodes still gossiping the
+        # change and can bounce a call until redis-py's redirect budget runs out.)
+        reinitialize_steps=5,
         **_data_kwargs(settings),
     )
 
