@@ -272,6 +272,11 @@ class TestWebhook:
         assert webhook_service["spec"]["ports"][0]["port"] == service["port"]
         assert webhook_service["spec"]["ports"][0]["targetPort"] == "webhook"
 
+    def test_path_is_the_operator_handler(self, default_release: chart.Release) -> None:
+        webhook = pytest.importorskip("podcache_operator.webhook")
+        (hook,) = default_release.one("MutatingWebhookConfiguration")["webhooks"]
+        assert hook["clientConfig"]["service"]["path"] == f"/{webhook.HANDLER_ID}"
+
     def test_failure_policy_from_values(self, releases: dict[str, chart.Release]) -> None:
         (hook,) = releases["ha"].one("MutatingWebhookConfiguration")["webhooks"]
         assert hook["failurePolicy"] == "Fail"
