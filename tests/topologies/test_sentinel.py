@@ -7,13 +7,17 @@ Aspects:
 - ``connect_sentinel_replica`` reads from a replica, never from the primary;
 - kill the primary under a steady load of sets, gets and lock acquisitions: calls fail
   only during the failover window, the same Cache then succeeds on the new primary
-  without a restart, and lock fences never repeat nor go backwards.
+  without a restart, and lock fences never repeat nor go backwards;
+- a failover that lost writes (the replica was cut off while fences were handed out)
+  still never hands out a fence again: the lost leases reported ``replicated=False``,
+  and the promoted replica's first fence is above every lost one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -22,6 +26,7 @@ from podcache.backends.redis import RedisBackend
 from podcache.cache import new_cache
 from podcache.config import Config
 from podcache.errors import BackendUnavailable, CacheMiss
+from podcache.locks.redis import lock_keys
 from tests.redis_topologies import SentinelTopology
 from tests.topologies.probe import LoadProbe
 
@@ -131,3 +136,68 @@ async def test_primary_killed_under_load_fails_over_without_restart(
     assert new.command("EXISTS", "load:probe-1") == 1
     assert probe.fences == sorted(set(probe.fences)), "a fence repeated or went backwards"
     await cache.stop()
+
+
+async def _acquire_until_served(cache: Any, name: str, *, within: float) -> Any:
+    """Acquire ``name``, retrying while the backend is unavailable (a failover window)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            lease = await cache.locks.acquire(name, ttl=5)
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        assert lease is not None
+        return lease
+
+
+@pytest.mark.slow
+async def test_fences_never_reused_after_a_failover_that_lost_writes(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    config = Config(type="redis", config=sentinel_topology.config(
+        keyPrefix="f:", replicaAckTimeout="300ms",
+        timeouts={"operation": "500ms", "connect": "300ms"},
+    ))
+    cache = new_cache(config)
+    name = "payments"
+    _, counter, _ = lock_keys("f:", name)
+    try:
+        kept = []
+        for _ in range(3):
+            lease = await cache.locks.acquire(name, ttl=5)
+            assert lease.replicated is True
+            assert await cache.locks.release(name, lease.token)
+            kept.append(lease.fence)
+        # Cut the replica off: frozen, and its link closed by the primary, so the next
+        # writes exist on the primary only (not even in the replica's socket buffer).
+        replica = sentinel_topology.replicas()[0]
+        primary = sentinel_topology.primary()
+        replica.pause()
+        primary.command("CLIENT", "KILL", "TYPE", "replica")
+        lost = []
+        for _ in range(5):
+            lease = await cache.locks.acquire(name, ttl=5)
+            assert lease.replicated is False  # visible: no replica acknowledged it
+            assert await cache.locks.release(name, lease.token)
+            lost.append(lease.fence)
+        assert kept + lost == sorted(set(kept + lost))
+        sentinel_topology.kill_primary()
+        replica.resume()
+        new = await asyncio.to_thread(sentinel_topology.wait_for_failover, primary.port)
+        assert new.port == replica.port
+        survived = int(new.command("HGET", counter, "n"))
+        assert survived < max(lost), "the promoted replica did not lose the writes"
+        after = await _acquire_until_served(cache, name, within=15)
+        print(f"fences: kept {kept}, lost {lost}, survived counter {survived}, "
+              f"after failover {after.fence}")
+        assert after.fence > max(lost)
+        again = await _acquire_until_served(cache, name + "-other", within=5)
+        assert again.fence > 0
+        assert await cache.locks.release(name, after.token)
+        following = await cache.locks.acquire(name, ttl=5)
+        assert following.fence == after.fence + 1  # back to counting by one
+    finally:
+        await cache.stop()
