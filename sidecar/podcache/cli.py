@@ -198,10 +198,13 @@ def _leader(client: Client, args: argparse.Namespace) -> int:
 # -- probes ----------------------------------------------------------------------------------
 
 def _health(client: Client, args: argparse.Namespace) -> int:
-    ok = client.health() if args.live else client.ready()
+    ok, reason = client.readiness(live=args.live)
     if not args.quiet:
         what = "live" if args.live else "ready"
-        print(what if ok else f"not {what}", file=sys.stdout if ok else sys.stderr)
+        if ok:
+            print(what)
+        else:
+            print(f"podcache: not {what}: {reason}", file=sys.stderr)
     return EXIT_OK if ok else EXIT_NEGATIVE
 
 

@@ -194,6 +194,10 @@ class AsyncClient:
         """True when the sidecar's backend answers (``/readyz``); False while it does not."""
         return await self._run(protocol.ready())
 
+    async def readiness(self, *, live: bool = False) -> tuple[bool, str]:
+        """``(ready, reason)``: ``ready()`` (``health()`` if ``live``) with the sidecar's reason."""
+        return await self._run(protocol.readiness(live=live))
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _ensure_session(self) -> aiohttp.ClientSession:

@@ -355,6 +355,17 @@ def _probe(reply: Reply) -> bool:
     raise error_from(reply)
 
 
+def readiness(*, live: bool = False) -> Call[tuple[bool, str]]:
+    """``/readyz`` (or ``/healthz``) with the sidecar's reason when it is not ready."""
+    def interpret(reply: Reply) -> tuple[bool, str]:
+        if reply.status == 200:
+            return True, ""
+        if reply.status == 503:
+            return False, _error_fields(reply)[1]
+        raise error_from(reply)
+    return Call("GET", "/healthz" if live else "/readyz", interpret)
+
+
 def health() -> Call[bool]:
     return Call("GET", "/healthz", _probe)
 

@@ -199,6 +199,10 @@ class Client:
         """True when the sidecar's backend answers (``/readyz``); False while it does not."""
         return self._run(protocol.ready())
 
+    def readiness(self, *, live: bool = False) -> tuple[bool, str]:
+        """``(ready, reason)``: ``ready()`` (``health()`` if ``live``) with the sidecar's reason."""
+        return self._run(protocol.readiness(live=live))
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _run(self, call: protocol.Call[T], *, request_timeout: float | None = None) -> T:
