@@ -4,7 +4,8 @@ Aspects: get prints raw bytes and exits 1 on a miss; set from an argument or std
 with ``--ttl`` and ``--if-absent``; delete; ``lock NAME -- CMD`` runs the command
 with the lease in its environment, returns its exit code and releases the lock;
 ``lock NAME`` prints the lease as JSON and ``unlock`` releases it; a held lock exits
-3; leader status/join/resign/watch; health exits 0 when ready and 4 when the
+3; a lock lost while its command runs stops the command (exit 7); leader
+status/join/resign/watch; health exits 0 when ready and 4 when the
 sidecar is unreachable; bad input exits 6 with a message.
 """
 
@@ -17,11 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 import podcache
 from podcache import cli
-from tests.client.conftest import ELECTION
-from tests.client.sidecars import SidecarProcess
+from tests.client.conftest import ELECTION, steal
+from tests.client.sidecars import SidecarProcess, wait_for
 
 PODCACHE = str(Path(sys.executable).parent / "podcache")
 
@@ -149,3 +151,22 @@ def test_socket_flag_wins_over_env(sidecar: SidecarProcess, tmp_path: Path) -> N
     result = run(None, "--socket", sidecar.socket_path, "health",
                  socket_path=str(tmp_path / "none.sock"))
     assert result.returncode == 0
+
+
+def test_lost_lock_stops_the_command(redis_sidecar: SidecarProcess, raw_redis: redis.Redis,
+                                     key: str, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    script = f'echo "$PODCACHE_LOCK_TOKEN" > {token_file}; exec sleep 30'
+    locked = subprocess.Popen([PODCACHE, "lock", key, "--ttl", "600ms", "--", "sh", "-c", script],
+                              stderr=subprocess.PIPE,
+                              env=dict(os.environ, PODCACHE_SOCKET=redis_sidecar.socket_path))
+    try:
+        token = wait_for(lambda: token_file.exists() and token_file.read_text().strip(),
+                         timeout=10.0, message="the command started")
+        assert steal(raw_redis, token) == 1
+        assert locked.wait(timeout=5.0) == cli.EXIT_LOCK_LOST
+        assert locked.stderr is not None
+        assert b"refused" in locked.stderr.read()
+    finally:
+        locked.kill()
+        locked.wait()
