@@ -209,11 +209,7 @@ class TestOperatorDeployment:
         assert parsed.peering.name == "podcache-operator"
         source = (chart.ROOT / "operator" / "podcache_operator" / "settings.py").read_text()
         unknown = [
-            name
-            for name in env
-            if name.startswith("PODCACHE_")
-            and f'"{name}"' not in source
-            and name != "PODCACHE_LOG_LEVEL"
+            name for name in env if name.startswith("PODCACHE_") and f'"{name}"' not in source
         ]
         assert unknown == []
 
