@@ -68,15 +68,19 @@ class CacheMetrics:
         self.misses = Counter(
             "cache_misses", "Total number of cache misses", namespace=namespace, registry=registry
         )
+        # Bound children up front: labels() costs a lock and a dict build per call,
+        # a measurable share of a ~60 us Redis round trip.
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
         for operation, statuses in _STATUSES.items():
-            self.duration.labels(operation)
+            self._durations[operation] = self.duration.labels(operation)
             for status in statuses:
-                self.requests.labels(operation, status)
+                self._requests[operation, status] = self.requests.labels(operation, status)
 
     def observe(self, operation: Operation, status: Status, seconds: float) -> None:
         """Count one finished call and its duration; a get also feeds hits/misses."""
-        self.requests.labels(operation, status).inc()
-        self.duration.labels(operation).observe(seconds)
+        self._requests[operation, status].inc()
+        self._durations[operation].observe(seconds)
         if status == "hit":
             self.hits.inc()
         elif status == "miss":
