@@ -5,12 +5,13 @@ strings) expiring, set_if_absent, compare-and-set by ETag and by value, keys wit
 odd characters (each a distinct key), binary and empty values, the server's typed
 errors (invalid key, invalid ttl, too large, unknown election) with the server
 still serving after them, keep-alive reuse of one connection, many threads on one
-client, reconnecting after the sidecar restarts, a clear ``ClientError`` when the
-sidecar is down, and the health/readiness probes.
+client, a forked child opening its own connection, reconnecting after the sidecar
+restarts, a clear ``ClientError`` when the sidecar is down, and the probes.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
@@ -208,3 +209,18 @@ def test_stopped_client_refuses_calls(sidecar: SidecarProcess) -> None:
     client.stop()
     with pytest.raises(errors.ClientError, match="stopped"):
         client.get("k")
+
+
+def test_forked_child_opens_its_own_connection(client: podcache.Client, key: str) -> None:
+    client.set(key, b"v")
+    pid = os.fork()
+    if pid == 0:  # the child: must not talk on the parent's pooled socket
+        code = 1
+        try:
+            code = 0 if client.get(key) == b"v" and client.connects == 2 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.get(key) == b"v"
+    assert client.connects == 1

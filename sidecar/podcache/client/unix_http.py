@@ -11,13 +11,13 @@ pooled connection whose peer has gone is dropped before reuse (a zero-timeout
 readability check, as urllib3 does), and a request that still fails on a reused
 connection before any reply byte arrives is sent once more on a fresh one.
 Failures to reach the sidecar become ``ClientError`` with a message an operator
-can act on.
+can act on. After a fork the child drops the inherited idle connections.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
+import os
 import select
 import socket
 import threading
@@ -73,6 +73,7 @@ class ConnectionPool:
         self._idle: list[UnixHTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
         self.connects = 0
         """Connections opened so far (tests use it to see keep-alive at work)."""
 
@@ -139,6 +140,10 @@ class ConnectionPool:
             conn.close()
 
     def _checkout(self, timeout: float | None) -> tuple[UnixHTTPConnection, bool]:
+        if os.getpid() != self._pid:
+            # A forked child (gunicorn, multiprocessing) must not share the parent's sockets:
+            # forget them (the parent still uses them) and start afresh.
+            self._idle, self._lock, self._pid = [], threading.Lock(), os.getpid()
         while True:
             with self._lock:
                 if self._closed:
@@ -183,8 +188,3 @@ class ConnectionPool:
         with self._lock:
             self.connects += 1
         return conn
-
-
-def close_quietly(conn: http.client.HTTPConnection) -> None:
-    with contextlib.suppress(OSError):
-        conn.close()
