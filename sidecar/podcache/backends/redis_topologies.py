@@ -30,6 +30,9 @@ here may loop longer than that.
 
 from __future__ import annotations
 
+import re
+import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -231,11 +234,15 @@ async def eval_and_wait(
     On Cluster the pair goes to the primary of ``keys[0]``'s slot; if the slot just
     moved, the script runs through the cluster client (which follows the redirect) and
     0 acknowledgements are reported: replication is then unconfirmed, never assumed.
+    A server known to have no replica (checked every ``REPLICA_CHECK_INTERVAL``) is not
+    waited on: the write is reported unacknowledged at once instead of after the timeout.
     """
     if isinstance(client, RedisCluster):
         return await _eval_and_wait_cluster(
             client, script, keys=keys, args=args, replicas=replicas, timeout_ms=timeout_ms
         )
+    if not await _has_replicas(client, None):
+        return await script(keys=keys, args=args), 0
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -264,6 +271,8 @@ async def _eval_and_wait_cluster(
     node = client.get_node_from_key(keys[0])
     if node is None:
         raise ClusterDownError(f"no node serves the slot of {keys[0]!r}")
+    if not await _has_replicas(client, node):
+        return await script(keys=keys, args=args), 0
     for attempt in (1, 2):
         commands = [
             PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
@@ -282,3 +291,36 @@ async def _eval_and_wait_cluster(
             raise acks
         return reply, int(acks)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+REPLICA_CHECK_INTERVAL = 5.0
+"""Seconds a server's replica count is trusted before INFO replication is read again."""
+
+_replica_counts: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per client, per node name ("" for a standalone or Sentinel primary): (until, count)."""
+
+
+async def _has_replicas(client: Any, node: ClusterNode | None) -> bool:
+    counts = _replica_counts.setdefault(client, {})
+    name = node.name if node is not None else ""
+    now = time.monotonic()
+    known = counts.get(name)
+    if known is not None and known[0] > now:
+        return known[1] > 0
+    if node is not None:
+        info = await node.execute_command("INFO", "replication")
+    else:
+        info = await client.execute_command("INFO", "replication")
+    count = _connected_replicas(info)
+    counts[name] = (now + REPLICA_CHECK_INTERVAL, count)
+    return count > 0
+
+
+def _connected_replicas(info: Any) -> int:
+    if isinstance(info, dict):
+        return int(info.get("connected_slaves", 0))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    found = re.search(r"connected_slaves:(\d+)", text)
+    return int(found.group(1)) if found else 0
