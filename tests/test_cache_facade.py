@@ -304,3 +304,17 @@ async def test_locks_are_built_once_and_stopped_with_the_cache(cache: Cache) -> 
     assert lease is not None
     assert await locks.release("job", lease.token) is True
     await cache.stop()
+
+
+async def test_electors_built_on_the_cache_and_resigned_by_stop(cache: Cache) -> None:
+    pytest.importorskip("podcache.election")
+    first = cache.elector("scheduler", identity="pod-a", lease_duration=2,
+                          renew_deadline=1, retry_period=0.1)
+    second = cache.elector("reports", identity="pod-a", lease_duration=2,
+                           renew_deadline=1, retry_period=0.1)
+    await first.start()
+    await second.start()
+    await wait_for(lambda: first.is_leader and second.is_leader)
+    await cache.stop()
+    assert not first.is_leader
+    assert not second.is_leader

@@ -72,6 +72,7 @@ return 0
         self.default_ttl = settings.default_ttl
         self.key_prefix: str = settings.key_prefix
         self.client = redis_connection.connect(settings)
+        self._reader = redis_connection.connect_reader(settings, self.client)
         # register_script computes the SHA once; calls run EVALSHA and load on NOSCRIPT.
         self._set_if_match = self.client.register_script(self.SET_IF_MATCH_SCRIPT)
         self._stopped = False
@@ -100,10 +101,10 @@ return 0
 
     async def get(self, key: str) -> bytes:
         validation.check_key(key)
-        value = await self.call("GET", self.client.get(self.key(key)))
+        value = await self.call("GET", self._reader.get(self.key(key)))
         if value is None:
             raise CacheMiss(key)
-        return bytes(value)
+        return value if isinstance(value, bytes) else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         key, value, seconds = self._checked(key, value, ttl)
@@ -165,6 +166,8 @@ return 0
         self._stopped = True
         # Closing connections to a dead Redis has nothing left to release.
         with contextlib.suppress(RedisError, OSError):
+            if self._reader is not self.client:
+                await self._reader.aclose()
             await self.client.aclose()
 
     # -- internals ----------------------------------------------------------------

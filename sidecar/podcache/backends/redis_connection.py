@@ -47,8 +47,8 @@ def connect(settings: RedisSettings) -> RedisClient:
         from podcache.backends import redis_topologies
 
         if settings.sentinel is not None:
-            return redis_topologies.connect_sentinel(settings)  # type: ignore[no-any-return]
-        return redis_topologies.connect_cluster(settings)  # type: ignore[no-any-return]
+            return redis_topologies.connect_sentinel(settings)
+        return redis_topologies.connect_cluster(settings)
     if settings.url is None:
         raise ConfigError("config.url", "required when neither sentinel nor cluster is given")
     url = settings.url
@@ -66,6 +66,19 @@ def connect(settings: RedisSettings) -> RedisClient:
         **kwargs,
     )
     return redis.asyncio.Redis.from_pool(pool)
+
+
+def connect_reader(settings: RedisSettings, client: RedisClient) -> RedisClient:
+    """The client for cache reads: Sentinel replicas when asked for, else ``client``.
+
+    Replicas lag the primary, so only plain ``get`` may use them, never conditional
+    writes, locks or elections.
+    """
+    if settings.sentinel is not None and settings.sentinel.read_from_replicas:
+        from podcache.backends import redis_topologies
+
+        return redis_topologies.connect_sentinel_replica(settings)
+    return client
 
 
 def common_kwargs(settings: RedisSettings) -> dict[str, Any]:
