@@ -6,6 +6,7 @@ Aspects:
   negative ttl refused before anything is written;
 - set_nx (SET NX PX) and set_if_match (Lua, EVALSHA, survives SCRIPT FLUSH);
 - key prefix isolation: two tenants on one Redis never see or count each other's keys,
+  lock and election keys are not counted as items,
   glob metacharacters in a prefix are escaped in SCAN MATCH, counts beyond one SCAN step;
 - bad input refused before any write;
 - connection options: unix:// URL, password, password file, ACL username, wrong
@@ -207,6 +208,16 @@ async def test_count_items_counts_only_own_prefix(
     await redis_client.set("unrelated", b"v")
     assert await shop.count_items() == 3
     assert await blog.count_items() == 1
+
+
+async def test_count_items_leaves_out_lock_and_election_keys(
+    backend: RedisBackend, redis_client: redis.asyncio.Redis
+) -> None:
+    await backend.set("k", b"v")
+    await redis_client.set("t:podcache:lock:{job}", b"token")
+    await redis_client.set("t:podcache:lock:{job}:fence", b"7")
+    await redis_client.set("t:podcache:leader:{scheduler}", b"pod-a")
+    assert await backend.count_items() == 1
 
 
 async def test_glob_metacharacters_in_prefix_are_escaped(

@@ -39,6 +39,10 @@ SCAN_COUNT = 1000
 
 _GLOB_SPECIAL = frozenset("*?[]\\^-")
 
+INTERNAL_KEY_SPACES = ("podcache:lock:", "podcache:leader:")
+"""Lock and election keys (``podcache.locks``, ``podcache.election``) share the tenant
+prefix; they are not cache items, so the item count leaves them out."""
+
 
 def escape_glob(text: str) -> str:
     """Escape Redis MATCH metacharacters so ``text`` matches only itself."""
@@ -75,6 +79,7 @@ return 0
         self._reader = redis_connection.connect_reader(settings, self.client)
         # register_script computes the SHA once; calls run EVALSHA and load on NOSCRIPT.
         self._set_if_match = self.client.register_script(self.SET_IF_MATCH_SCRIPT)
+        self._internal = tuple((self.key_prefix + space).encode() for space in INTERNAL_KEY_SPACES)
         self._stopped = False
 
     def key(self, name: str) -> str:
@@ -135,7 +140,11 @@ return 0
         await self.call("PING", self.client.ping())
 
     async def count_items(self) -> int:
-        """Keys under the prefix, by an incremental SCAN (each step bounded by the timeout)."""
+        """Cache keys under the prefix, by an incremental SCAN (each step bounded by the timeout).
+
+        Lock and election keys are not counted. SCAN may return a key twice while Redis
+        resizes its table, so the figure is approximate: right for a gauge.
+        """
         pattern = escape_glob(self.key_prefix) + "*"
         if isinstance(self.client, RedisCluster):
             return await self._count_cluster(pattern)
@@ -145,7 +154,7 @@ return 0
             cursor, keys = await self.call(
                 "SCAN", self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
             )
-            count += len(keys)
+            count += sum(1 for key in keys if not self._is_internal(key))
             if cursor == 0:
                 return count
 
@@ -155,10 +164,15 @@ return 0
         keys = self.client.scan_iter(match=pattern, count=SCAN_COUNT)
         while True:
             try:
-                await self.call("SCAN", anext(keys))
+                key = await self.call("SCAN", anext(keys))
             except StopAsyncIteration:
                 return count
-            count += 1
+            if not self._is_internal(key):
+                count += 1
+
+    def _is_internal(self, key: bytes | str) -> bool:
+        raw = key if isinstance(key, bytes) else key.encode()
+        return raw.startswith(self._internal)
 
     async def stop(self) -> None:
         if self._stopped:
