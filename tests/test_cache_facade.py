@@ -7,11 +7,12 @@ Aspects:
   (get hit/miss/error, set/delete ok/error, set_nx and set_if_match as "set"),
   timed in the duration histogram, and hits/misses feed their own counters;
 - bad input and refused conditional writes are counted, and the cache keeps serving;
-- the metric names are exactly the seed's, under a configurable namespace, on a
-  registry per instance and never on the global default registry;
+- the metric names are exactly the seed's, under a configurable namespace (a bad one
+  is a clear ConfigError), on a registry per instance, never on the global registry;
 - the items gauge: exact for memory, a prefix-only SCAN refreshed in the background
   for Redis (two tenants on one Redis each count their own keys);
-- stop() is idempotent, works as an async context manager, and stops locks too.
+- stop() is idempotent, works as an async context manager, and stops the locks and
+  electors built on the cache.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from podcache.backends.memory import MemoryBackend
 from podcache.backends.redis import RedisBackend
 from podcache.cache import Cache, new_cache
 from podcache.config import Config
-from podcache.errors import CacheMiss, InvalidKey, InvalidTTL, InvalidValue
+from podcache.errors import CacheMiss, ConfigError, InvalidKey, InvalidTTL, InvalidValue
 
 MakeCache = Callable[..., Cache]
 
@@ -206,6 +207,12 @@ async def test_namespace_is_configurable(make_cache: MakeCache) -> None:
     assert cache.registry.get_sample_value("shop_cache_items") is not None
     names = {metric.name for metric in cache.registry.collect()}
     assert not any(name.startswith("lab_") for name in names)
+
+
+@pytest.mark.parametrize("namespace", ["my-app", "9lives", "", "a b"])
+def test_bad_namespace_is_a_config_error(namespace: str) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.namespace"):
+        new_cache(Config(type="memory"), namespace)
 
 
 async def test_exact_seed_metric_names(cache: Cache) -> None:

@@ -12,10 +12,13 @@ zeros rather than missing series before the first call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from podcache.errors import ConfigError
 
 Operation = Literal["get", "set", "delete"]
 Status = Literal["hit", "miss", "error", "ok"]
@@ -26,6 +29,8 @@ _STATUSES: dict[Operation, tuple[Status, ...]] = {
     "set": ("ok", "error"),
     "delete": ("ok", "error"),
 }
+
+_NAMESPACE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 # A cache call takes microseconds in memory and ~0.1-2 ms over the network; the
 # default Prometheus buckets start at 5 ms and would put nearly everything in one.
@@ -39,6 +44,7 @@ class CacheMetrics:
     """Counters, histogram and gauge of one cache instance, on its own registry."""
 
     def __init__(self, registry: CollectorRegistry, namespace: str = "lab") -> None:
+        check_namespace(namespace)
         self.registry = registry
         self.namespace = namespace
         self.requests = Counter(
@@ -93,3 +99,14 @@ class CacheMetrics:
     def track_items(self, count: Callable[[], float]) -> None:
         """Read the item count at scrape time (the memory backend knows it exactly)."""
         self.items.set_function(count)
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it can start a Prometheus metric name, else raise ConfigError."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(
+            "metrics.namespace",
+            f"{namespace!r} is not a valid Prometheus name prefix "
+            "(letters, digits, '_' and ':', not starting with a digit)",
+        )
+    return namespace
