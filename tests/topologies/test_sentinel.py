@@ -4,7 +4,8 @@ Aspects:
 - every cache operation through Sentinel with a data password and a sentinel password;
   the data lands on the primary the sentinels name;
 - a wrong sentinel password or no reachable sentinel is ``BackendUnavailable``, fast;
-- ``connect_sentinel_replica`` reads from a replica, never from the primary;
+- ``connect_sentinel_replica`` reads from a replica, never from the primary, and the
+  backend serves ``get`` from it with ``readFromReplicas`` (writes stay on the primary);
 - kill the primary under a steady load of sets, gets and lock acquisitions: calls fail
   only during the failover window, the same Cache then succeeds on the new primary
   without a restart, and lock fences never repeat nor go backwards;
@@ -100,6 +101,29 @@ async def test_replica_client_reads_from_a_replica(sentinel_topology: SentinelTo
     finally:
         await primary.aclose()
         await replica.aclose()
+
+
+async def test_backend_reads_from_replicas_when_asked(sentinel_topology: SentinelTopology) -> None:
+    settings = sentinel_topology.settings(keyPrefix="t:", sentinel={"readFromReplicas": True})
+    backend = RedisBackend(settings)
+    replica = sentinel_topology.replicas()[0]
+    primary = sentinel_topology.primary()
+
+    def gets(node: Any) -> int:
+        return int(node.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    try:
+        await backend.set("k", b"v", ttl=30)
+        primary.command("WAIT", 1, 2000)
+        before_replica, before_primary = gets(replica), gets(primary)
+        for _ in range(5):
+            assert await backend.get("k") == b"v"
+        assert gets(replica) - before_replica == 5
+        assert gets(primary) == before_primary
+        assert await backend.set_if_match("k", b"w", b"v") is True  # writes: the primary
+        assert primary.command("GET", "t:k") == b"w"
+    finally:
+        await backend.stop()
 
 
 @pytest.mark.slow
