@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import ssl
 import threading
@@ -106,6 +107,16 @@ class TestChartMetadata:
             if not previous.startswith("#") and not is_block_child:
                 uncommented.append(f"{index + 1}: {stripped}")
         assert uncommented == []
+
+
+    def test_helpers_are_prefixed_and_commented(self) -> None:
+        source = (chart.CHART_DIR / "templates" / "_helpers.tpl").read_text()
+        defines = re.findall(r'(\*/\}\}\s*)?\{\{-? define "([^"]+)"', source)
+        assert len(defines) >= 5
+        for comment_end, name in defines:
+            assert name.startswith("podcache."), name
+            assert comment_end, f"{name} has no comment above it"
+            assert f"{name}:" in source, f"the comment above {name} does not name it"
 
 
 class TestCrds:
