@@ -6,7 +6,8 @@ Aspects:
 - set_nx and set_if_match, including on expired entries;
 - LRU bounds by item count and by bytes, recency refreshed by get;
 - an entry larger than maxBytes is refused, not stored by flushing everything;
-- the reaper frees expired entries nobody reads, started lazily or by start();
+- the reaper frees expired entries nobody reads, started lazily or by start(),
+  in batches that let other tasks run in between;
 - bad input (non-bytes value, empty/overlong/non-str key) is refused before any change;
 - many concurrent tasks keep the byte and item accounting exact;
 - stop() is idempotent and later calls fail clearly.
@@ -255,6 +256,28 @@ async def test_reap_works_in_batches() -> None:
         assert b.item_count == REAP_BATCH + 10
         await b.reap_expired()
         assert b.item_count == 0
+    finally:
+        await b.stop()
+
+
+async def test_reaper_yields_to_other_tasks_between_batches() -> None:
+    b = MemoryBackend(MemorySettings(reap_interval=3600))
+    try:
+        total = REAP_BATCH * 4
+        for i in range(total):
+            await b.set(f"k{i}", b"v", ttl=0.01)
+        await asyncio.sleep(0.03)
+        seen: list[int] = []
+
+        async def probe() -> None:
+            for _ in range(3):
+                seen.append(b.item_count)
+                await asyncio.sleep(0)
+
+        sweep = asyncio.create_task(b.reap_expired())
+        await asyncio.gather(sweep, probe())
+        assert b.item_count == 0
+        assert any(0 < count < total for count in seen), seen  # ran in the middle of the sweep
     finally:
         await b.stop()
 
