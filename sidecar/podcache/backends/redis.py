@@ -11,6 +11,9 @@ within that bound instead of a hang; every redis-py error, OSError and timeout i
 mapped to ``BackendUnavailable`` (chained with ``from``). The client reconnects by
 itself when Redis comes back: nothing needs to be recreated.
 
+Reads: ``get`` goes to Sentinel replicas only when ``readFromReplicas`` is set (they
+lag); conditional writes, locks and elections always use the primary.
+
 ``client``, ``key_prefix``, ``settings`` and ``key()`` are public: the Redis locks
 and elections (``podcache.locks``, ``podcache.election``) build on them.
 """
@@ -37,7 +40,7 @@ T = TypeVar("T")
 SCAN_COUNT = 1000
 """Keys Redis examines per SCAN step: big enough to be quick, small enough not to block it."""
 
-_GLOB_SPECIAL = frozenset("*?[]\\^-")
+_GLOB_SPECIAL = frozenset("*?[]\\^-")  # ^ and - only matter inside [...]; escaping is harmless
 
 INTERNAL_KEY_SPACES = ("podcache:lock:", "podcache:leader:")
 """Lock and election keys (``podcache.locks``, ``podcache.election``) share the tenant
