@@ -9,7 +9,10 @@ the config ConfigMap read-only, and the Redis secrets as env vars / files.
 Beware of JSONPatch indices: every op on an existing container uses the index it
 had in the pod as received, so all of those come before the op that inserts the
 sidecar at ``/spec/initContainers/0``. Idempotent: a pod that already has the
-sidecar (or our annotation) gets an empty patch.
+sidecar gets an empty patch — except that when the apiserver re-invokes us
+(``reinvocationPolicy: IfNeeded``) after another webhook added containers to a pod
+*we* injected, those new app containers get the socket mount and env too.
+A hand-made ``podcache`` container without our annotation is left alone entirely.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class InjectionError(ValueError):
 
 
 def is_injected(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod has a sidecar already (ours, or one made by hand)."""
     spec = pod.get("spec") or {}
     names = {
         c.get("name") for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
@@ -70,7 +74,7 @@ def build_patch(
 ) -> JSONPatch:
     """The ops that inject the sidecar into ``pod``; ``[]`` if it already has one."""
     if is_injected(pod):
-        return []
+        return _reinvocation_ops(pod)
     pod_spec = pod.get("spec")
     if not isinstance(pod_spec, Mapping) or not pod_spec.get("containers"):
         raise InjectionError("spec.containers: the pod has no containers")
@@ -89,6 +93,20 @@ def build_patch(
             ops.append({"op": "add", "path": "/spec/initContainers", "value": [container]})
     else:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
+    return ops
+
+
+def _reinvocation_ops(pod: Mapping[str, Any]) -> JSONPatch:
+    """Socket mount and env for app containers added after our injection (by other webhooks)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if INJECTED_ANNOTATION not in annotations:
+        return []  # somebody else's sidecar: not ours to touch
+    pod_spec = pod.get("spec") or {}
+    ops: JSONPatch = []
+    for kind in ("containers", "initContainers"):
+        for index, container in enumerate(pod_spec.get(kind) or []):
+            if container.get("name") != SIDECAR_NAME:
+                ops += _app_container_ops(container, path=f"/spec/{kind}/{index}")
     return ops
 
 
@@ -162,6 +180,8 @@ def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
     ops: JSONPatch = []
     mounts = container.get("volumeMounts") or []
     for mount in mounts:
+        if mount.get("name") == SOCKET_VOLUME:
+            continue
         if mount.get("mountPath", "").rstrip("/") == rendering.SOCKET_DIR:
             raise InjectionError(
                 f"{path[1:].replace('/', '.')}.volumeMounts: {rendering.SOCKET_DIR}"
@@ -169,9 +189,10 @@ def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
                 f" in container {container.get('name')!r}"
             )
     mount = {"name": SOCKET_VOLUME, "mountPath": rendering.SOCKET_DIR}
-    if mounts:
+    mounted = any(existing.get("name") == SOCKET_VOLUME for existing in mounts)
+    if mounts and not mounted:
         ops.append({"op": "add", "path": f"{path}/volumeMounts/-", "value": mount})
-    else:
+    elif not mounts:
         ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [mount]})
     env = container.get("env") or []
     if not any(item.get("name") == "PODCACHE_SOCKET" for item in env):  # the app's own choice wins

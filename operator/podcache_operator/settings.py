@@ -85,6 +85,8 @@ class WatchSettings:
     request_timeout: float = 60.0
     """One API request (not a watch) never takes longer than this."""
     reconnect_backoff: float = 1.0
+    error_backoffs: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    """Pauses between retries of a failing API request before a handler sees the error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,10 @@ class Settings:
     """Where kopf serves its liveness probe; None turns it off."""
     post_events: bool = True
     """Post Kubernetes Events for what the operator does (and Warnings for bad specs)."""
+    secret_retry_delay: float = 30.0
+    """How soon a CacheConfig waiting for a missing Secret looks again."""
+    log_level: str = "info"
+    """debug, info, warning or error (``--verbose``/``--quiet`` override it)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -178,6 +184,10 @@ class Settings:
             peering=peering,
             liveness_endpoint=env.optional("PODCACHE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
             post_events=env.bool("PODCACHE_POST_EVENTS", cls.post_events),
+            secret_retry_delay=env.float("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
+            log_level=env.choice(
+                "PODCACHE_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")
+            ),
         )
 
 

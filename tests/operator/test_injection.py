@@ -290,8 +290,9 @@ class TestProbe:
     @staticmethod
     async def probe(socket_path: str) -> int:
         script = injection._PROBE_SCRIPT.replace("/var/run/podcache/cache.sock", socket_path)
-        process = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
-                                                       stderr=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stderr=asyncio.subprocess.DEVNULL
+        )
         return await process.wait()
 
     @staticmethod
@@ -312,3 +313,27 @@ class TestProbe:
 
     async def test_probe_fails_without_a_socket(self, tmp_path: Path) -> None:
         assert await self.probe(str(tmp_path / "absent.sock")) == 1
+
+
+class TestReinvocation:
+    """``reinvocationPolicy: IfNeeded``: containers added by later webhooks get the socket too."""
+
+    def test_a_container_added_after_injection_gets_the_socket(self) -> None:
+        once = inject(samples.pod())
+        once["spec"]["containers"].append({"name": "mesh-proxy", "image": "proxy:1"})
+        again = inject(once)
+        proxy = again["spec"]["containers"][-1]
+        assert proxy["volumeMounts"] == [
+            {"name": "podcache-socket", "mountPath": "/var/run/podcache"}
+        ]
+        assert proxy["env"] == [
+            {"name": "PODCACHE_SOCKET", "value": "/var/run/podcache/cache.sock"}
+        ]
+        assert sum(c["name"] == "podcache" for c in again["spec"]["initContainers"]) == 1
+        assert inject(again) == again
+        kubernetes_validate.validate(again, "1.30", strict=True)
+
+    def test_a_hand_made_sidecar_pod_gets_nothing(self) -> None:
+        pod = samples.pod(containers=2)
+        pod["spec"]["containers"].append({"name": "podcache", "image": "mine"})
+        assert injection.build_patch(pod, cacheconfig="shop", spec={}, sidecar=SIDECAR) == []

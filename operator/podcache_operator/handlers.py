@@ -1,0 +1,196 @@
+"""The kopf handlers: thin glue from cluster events to ``reconciling`` and status patches.
+
+* CacheConfig create/update/resume → ``reconciling.reconcile``; a bad spec sets
+  Ready=False, posts a Warning and is not retried (``kopf.PermanentError``) until the
+  spec changes; a missing Secret or a failing API is retried (``kopf.TemporaryError``).
+* Deletion needs no handler: the ConfigMap, Service and ServiceMonitor carry owner
+  references, so the garbage collector removes them; running pods keep their last
+  config (a deleted ConfigMap volume stays mounted as it was).
+* Two indices: every CacheConfig (for the webhook and for revisits), and the
+  labelled pods with a running sidecar (for ``status.pods``).
+* Pod events keep ``status.pods`` current; the ServiceMonitor CRD appearing (or
+  going) revisits every CacheConfig that wants a ServiceMonitor.
+
+The watched resources come from ``kubeapi`` so its ``API_CALLS`` covers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from podcache_operator import injection, kubeapi, reconciling, rendering
+from podcache_operator import settings as podcache_settings
+
+CACHECONFIGS = (
+    kubeapi.CACHECONFIGS.group,
+    kubeapi.CACHECONFIGS.version,
+    kubeapi.CACHECONFIGS.plural,
+)
+PODS = (kubeapi.PODS.group, kubeapi.PODS.version, kubeapi.PODS.plural)
+CRDS = (kubeapi.CRDS.group, kubeapi.CRDS.version, kubeapi.CRDS.plural)
+LABELLED = {rendering.CONFIG_LABEL: kopf.PRESENT}
+
+Key = tuple[str, str]
+"""(namespace, CacheConfig name)."""
+
+
+@dataclasses.dataclass
+class RuntimeState:
+    """Operator-wide state shared by all handlers (``memo.state``).
+
+    kopf gives every object a shallow copy of the operator's memo, so shared state
+    must live in one mutable object like this, never in plain memo attributes.
+    """
+
+    pod_counts: dict[Key, int] = dataclasses.field(default_factory=dict)
+    """The ``status.pods`` last written per CacheConfig (to skip no-op patches)."""
+    pod_count_locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    servicemonitor_crd: bool | None = None
+    """Whether the ServiceMonitor CRD is established; None until its first event."""
+
+
+@kopf.index(*CACHECONFIGS)
+def cacheconfigs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    """Every CacheConfig by (namespace, name): a snapshot, not kopf's live body."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.index(*PODS, labels=LABELLED)
+def sidecar_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str] | None:
+    """Labelled pods whose injected sidecar runs, by the CacheConfig they name."""
+    if not runs_sidecar(body):
+        return None
+    return {(namespace, body.metadata.labels[rendering.CONFIG_LABEL]): name}
+
+
+def runs_sidecar(pod: Mapping[str, Any]) -> bool:
+    metadata = pod.get("metadata") or {}
+    if metadata.get("deletionTimestamp") or not injection.is_injected(pod):
+        return False
+    return (pod.get("status") or {}).get("phase") == "Running"
+
+
+def pod_count(index: Mapping[Key, Any], key: Key) -> int:
+    return len(index.get(key, ()))
+
+
+@kopf.on.resume(*CACHECONFIGS)
+@kopf.on.create(*CACHECONFIGS)
+@kopf.on.update(*CACHECONFIGS, field="spec")
+async def reconcile_cacheconfig(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    sidecar_pods: kopf.Index[Key, str],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Render and apply what the CacheConfig owns; write its status."""
+    key: Key = (body.metadata.namespace or "", body.metadata.name or "")
+    context = _context(memo, logger)
+    pods = pod_count(sidecar_pods, key)
+    try:
+        status = await reconciling.reconcile(body, pods=pods, context=context)
+    except reconciling.InvalidSpec as exc:
+        patch.status.update(exc.status)
+        kopf.warn(body, reason=exc.reason, message=str(exc))
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+    except reconciling.Blocked as exc:
+        patch.status.update(exc.status)
+        kopf.warn(body, reason=exc.reason, message=str(exc))
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    patch.status.update(status)
+    memo.state.pod_counts[key] = pods
+    logger.info("Reconciled: config %s, %d pod(s) with the sidecar", status.get("configHash"), pods)
+
+
+@kopf.on.event(*PODS, labels=LABELLED)
+async def count_pods(
+    namespace: str,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    sidecar_pods: kopf.Index[Key, str],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Keep ``status.pods`` of the named CacheConfig equal to its running sidecars."""
+    key: Key = (namespace, labels[rendering.CONFIG_LABEL])
+    state: RuntimeState = memo.state
+    lock = state.pod_count_locks.setdefault(key, asyncio.Lock())
+    async with lock:  # two pods' events must not write counts out of order
+        count = pod_count(sidecar_pods, key)
+        if state.pod_counts.get(key) == count:
+            return
+        try:
+            result = await kubeapi.patch_status(
+                kubeapi.CACHECONFIGS,
+                namespace=key[0],
+                name=key[1],
+                status={"pods": count},
+                settings=memo.kopf_settings,
+                logger=logger,
+            )
+        except kubeapi.TRANSIENT as exc:  # the next pod event tries again
+            logger.warning("Could not update status.pods of CacheConfig %s/%s: %s", *key, exc)
+            return
+        if result is not None:
+            state.pod_counts[key] = count
+
+
+def _is_servicemonitor_crd(name: str, **_: Any) -> bool:
+    return name == kubeapi.SERVICEMONITOR_CRD
+
+
+@kopf.on.event(*CRDS, when=_is_servicemonitor_crd)
+async def servicemonitor_crd_changed(
+    type: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    cacheconfigs: kopf.Index[Key, dict[str, Any]],
+    sidecar_pods: kopf.Index[Key, str],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """The ServiceMonitor CRD came (or went): revisit CacheConfigs that want a ServiceMonitor."""
+    present = type != "DELETED" and kubeapi.is_established(body)
+    state: RuntimeState = memo.state
+    if state.servicemonitor_crd == present:
+        return
+    state.servicemonitor_crd = present
+    logger.info(
+        "%s is %s; revisiting CacheConfigs",
+        kubeapi.SERVICEMONITOR_CRD,
+        "established" if present else "gone",
+    )
+    context = _context(memo, logger)
+    wanted = reconciling.needs_service_monitor(
+        [item for store in cacheconfigs.values() for item in store]
+    )
+    for snapshot in wanted:
+        metadata = snapshot["metadata"]
+        key: Key = (metadata["namespace"], metadata["name"])
+        try:
+            status = await reconciling.reconcile(
+                snapshot, pods=pod_count(sidecar_pods, key), context=context
+            )
+        except reconciling.ReconcileFailure:
+            continue  # its own handler reports and retries it
+        await kubeapi.patch_status(
+            kubeapi.CACHECONFIGS,
+            namespace=key[0],
+            name=key[1],
+            status=status,
+            settings=context.kopf_settings,
+            logger=logger,
+        )
+
+
+def _context(memo: kopf.Memo, logger: kopf.Logger) -> reconciling.Context:
+    config: podcache_settings.Settings = memo.config
+    return reconciling.Context(config=config, kopf_settings=memo.kopf_settings, logger=logger)

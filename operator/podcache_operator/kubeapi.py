@@ -1,0 +1,231 @@
+"""Every Kubernetes API call the operator makes, and the RBAC they need (``API_CALLS``).
+
+The Helm chart derives the operator's Role/ClusterRole from ``API_CALLS`` (its test
+imports the constant and compares), so a call added here without a matching entry
+fails that test instead of failing with 403 in a cluster. The resources kopf
+watches for our handlers are declared here too (``CACHECONFIGS``, ``PODS``...), and
+``handlers`` takes them from here, so one constant covers both.
+
+The calls go through kopf's own API client (``kopf._cogs.clients.api``): it shares
+kopf's credentials, re-authenticates on 401 and retries 429/5xx with
+``settings.networking.error_backoffs``. That module is private to kopf — this is the
+one place that imports it, so a kopf upgrade that moves it breaks only this file.
+All calls are async: never the synchronous ``kubernetes`` client inside handlers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import aiohttp
+import kopf
+from kopf._cogs.clients import api, errors
+
+APIError = errors.APIError
+TRANSIENT: tuple[type[BaseException], ...] = (errors.APIError, aiohttp.ClientError, TimeoutError)
+"""What a call may raise once kopf's own retries are exhausted: worth a later retry."""
+NotFound = errors.APINotFoundError
+Conflict = errors.APIConflictError
+Forbidden = errors.APIForbiddenError
+
+Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """One API resource: where it lives and how to build its URLs."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def url(
+        self,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> str:
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [root]
+        if self.namespaced and namespace is not None:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(name)
+            if subresource is not None:
+                parts.append(subresource)
+        return "/".join(parts)
+
+
+CACHECONFIGS = Resource("podcache.io", "v1alpha1", "cacheconfigs")
+PODS = Resource("", "v1", "pods")
+CONFIGMAPS = Resource("", "v1", "configmaps")
+SERVICES = Resource("", "v1", "services")
+SECRETS = Resource("", "v1", "secrets")
+SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+
+class ApiCall(NamedTuple):
+    """A (group, version, resource, verbs) RBAC rule the operator needs."""
+
+    group: str
+    version: str
+    resource: str
+    verbs: tuple[str, ...]
+
+
+API_CALLS: tuple[ApiCall, ...] = (
+    # kopf: watch CacheConfigs, keep its progress annotations on them, write status.
+    ApiCall("podcache.io", "v1alpha1", "cacheconfigs", ("get", "list", "watch", "patch")),
+    ApiCall("podcache.io", "v1alpha1", "cacheconfigs/status", ("get", "patch")),
+    # Owned objects carry blockOwnerDeletion; clusters enforcing OwnerReferencesPermission
+    # (OpenShift) require update on the owner's finalizers for that.
+    ApiCall("podcache.io", "v1alpha1", "cacheconfigs/finalizers", ("update",)),
+    # kopf: index labelled pods for status.pods.
+    ApiCall("", "v1", "pods", ("get", "list", "watch")),
+    # The objects each CacheConfig owns (applied as merge-patch, created when absent).
+    ApiCall("", "v1", "configmaps", ("get", "create", "patch")),
+    ApiCall("", "v1", "services", ("get", "create", "patch")),
+    ApiCall("monitoring.coreos.com", "v1", "servicemonitors", ("get", "create", "patch", "delete")),
+    # Validation: referenced Secrets exist and hold their key (never copied anywhere).
+    ApiCall("", "v1", "secrets", ("get",)),
+    # kopf posts Events for handler outcomes and our Warnings.
+    ApiCall("", "v1", "events", ("create",)),
+    # Notice the ServiceMonitor CRD appearing later; kopf also scans CRDs for resources.
+    ApiCall("apiextensions.k8s.io", "v1", "customresourcedefinitions", ("get", "list", "watch")),
+    # kopf manages the webhook configuration (settings.webhook.managed).
+    ApiCall(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        ("get", "list", "watch", "create", "patch"),
+    ),
+    # kopf peering: several replicas, one active.
+    ApiCall("kopf.dev", "v1", "kopfpeerings", ("get", "list", "watch", "patch")),
+    ApiCall("kopf.dev", "v1", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
+    # kopf follows namespaces when started with --namespace patterns (globs).
+    ApiCall("", "v1", "namespaces", ("get", "list", "watch")),
+)
+
+WATCHED: tuple[Resource, ...] = (CACHECONFIGS, PODS, CRDS)
+"""Resources our kopf handlers and indices watch (each needs get/list/watch above)."""
+
+
+async def get(
+    resource: Resource,
+    *,
+    namespace: str | None,
+    name: str,
+    settings: kopf.OperatorSettings,
+    logger: Logger,
+) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
+    try:
+        result: dict[str, Any] = await api.get(
+            resource.url(namespace=namespace, name=name), settings=settings, logger=logger
+        )
+    except errors.APINotFoundError:
+        return None
+    return result
+
+
+async def apply(
+    resource: Resource, obj: Mapping[str, Any], *, settings: kopf.OperatorSettings, logger: Logger
+) -> dict[str, Any]:
+    """Make the object look like ``obj``: merge-patch it, or create it when absent.
+
+    A merge patch replaces lists whole and keeps keys we never set, which is what
+    an owner of labels/data/spec wants; stale keys we set earlier and dropped since
+    are cleared by the caller setting them to None.
+    """
+    metadata = obj["metadata"]
+    url = resource.url(namespace=metadata.get("namespace"), name=metadata["name"])
+    try:
+        result: dict[str, Any] = await api.patch(
+            url, payload=dict(obj), headers=MERGE_PATCH, settings=settings, logger=logger
+        )
+        return result
+    except errors.APINotFoundError:
+        pass
+    try:
+        result = await api.post(
+            resource.url(namespace=metadata.get("namespace")),
+            payload=dict(obj),
+            settings=settings,
+            logger=logger,
+        )
+    except errors.APIConflictError:  # created by someone in between: patch it after all
+        result = await api.patch(
+            url, payload=dict(obj), headers=MERGE_PATCH, settings=settings, logger=logger
+        )
+    return result
+
+
+async def delete(
+    resource: Resource,
+    *,
+    namespace: str | None,
+    name: str,
+    settings: kopf.OperatorSettings,
+    logger: Logger,
+) -> bool:
+    """Delete the object; False when it was already gone."""
+    try:
+        await api.delete(
+            resource.url(namespace=namespace, name=name), settings=settings, logger=logger
+        )
+    except errors.APINotFoundError:
+        return False
+    return True
+
+
+async def patch_status(
+    resource: Resource,
+    *,
+    namespace: str | None,
+    name: str,
+    status: Mapping[str, Any],
+    settings: kopf.OperatorSettings,
+    logger: Logger,
+) -> dict[str, Any] | None:
+    """Merge-patch ``status`` through the status subresource; None if the object is gone."""
+    url = resource.url(namespace=namespace, name=name, subresource="status")
+    try:
+        result: dict[str, Any] = await api.patch(
+            url,
+            payload={"status": dict(status)},
+            headers=MERGE_PATCH,
+            settings=settings,
+            logger=logger,
+        )
+    except errors.APINotFoundError:
+        return None
+    return result
+
+
+async def crd_established(name: str, *, settings: kopf.OperatorSettings, logger: Logger) -> bool:
+    """Whether the CRD exists, is not being deleted, and is not reported as un-established."""
+    crd = await get(CRDS, namespace=None, name=name, settings=settings, logger=logger)
+    return is_established(crd)
+
+
+def is_established(crd: Mapping[str, Any] | None) -> bool:
+    if crd is None or (crd.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for condition in (crd.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Established":
+            return condition.get("status") == "True"
+    return True  # no status yet: the apiserver fills it within moments

@@ -1,0 +1,143 @@
+"""``podcache-operator``: run kopf with podcache's handlers and settings.
+
+``main()`` parses a small CLI, reads ``Settings`` from the environment and runs
+kopf in this process (no ``kopf run`` subprocess, no module path to remember).
+The one ``@kopf.on.startup()`` handler, ``configure``, copies our settings into
+kopf's: where kopf keeps its bookkeeping (annotations under ``podcache.io``, never
+in our status), peering, watch and request timeouts, event posting, and the
+admission webhook server. Tests run ``kopf.operator(...)`` with a ``memo`` holding
+their own ``Settings``; ``configure`` uses those instead of the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from podcache_operator import handlers, webhook
+from podcache_operator import settings as podcache_settings
+
+PREFIX = "podcache.io"
+
+
+@kopf.on.startup()
+def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Apply podcache's settings to kopf, once, before anything is watched."""
+    config: podcache_settings.Settings | None = memo.get("config")
+    if config is None:  # started some other way, e.g. `kopf run -m podcache_operator.main`
+        config = podcache_settings.Settings.from_env()
+        memo["config"] = config
+    memo["state"] = handlers.RuntimeState()
+    memo["kopf_settings"] = settings  # resource handlers are not given kopf's settings
+
+    # Kopf's bookkeeping goes into annotations: our status schema stays ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+
+    settings.watching.server_timeout = config.watch.server_timeout
+    settings.watching.client_timeout = config.watch.client_timeout
+    settings.watching.connect_timeout = config.watch.connect_timeout
+    settings.watching.reconnect_backoff = config.watch.reconnect_backoff
+    settings.networking.request_timeout = config.watch.request_timeout
+    settings.networking.connect_timeout = config.watch.connect_timeout
+    settings.networking.error_backoffs = config.watch.error_backoffs
+
+    settings.peering.name = config.peering.name
+    settings.peering.priority = config.peering.priority
+    settings.peering.standalone = settings.peering.standalone or config.peering.standalone
+
+    settings.posting.enabled = config.post_events
+    settings.posting.reporting_component = "podcache-operator"
+
+    if config.webhook.enabled:
+        settings.admission.server = webhook.build_server(config.webhook)
+        settings.admission.managed = config.webhook.managed
+    else:
+        settings.admission.server = _no_webhooks
+        settings.admission.managed = None
+    logger.info("podcache-operator configured: %s", podcache_settings.as_dict(config))
+
+
+async def _no_webhooks(fn: kopf.WebhookFn) -> Any:
+    """A webhook 'server' that never serves: the webhook is turned off."""
+    await asyncio.Event().wait()
+    yield  # pragma: no cover - never reached; makes this an async generator
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="podcache-operator",
+        description="Runs the podcache operator: renders CacheConfigs into sidecar config,"
+        " Services and ServiceMonitors, and injects the sidecar into labelled pods."
+        " Settings come from PODCACHE_* environment variables"
+        " (see podcache_operator.settings).",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NAMESPACE",
+        help="serve only this namespace (repeatable; globs like 'team-*' allowed)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="serve every namespace (the default)"
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz"
+        " (default: $PODCACHE_LIVENESS_ENDPOINT)",
+    )
+    parser.add_argument(
+        "--standalone", action="store_true", help="run without peering (one replica only)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = podcache_settings.Settings.from_env()
+    except podcache_settings.SettingsError as exc:
+        print(f"podcache-operator: {exc}", file=sys.stderr)
+        return 2
+    level = "debug" if args.verbose else "warning" if args.quiet else config.log_level
+    kopf.configure(verbose=level == "debug", quiet=level in ("warning", "error"))
+    logging.getLogger().setLevel(level.upper())
+    kopf.run(
+        loop=_new_loop(),
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True if args.standalone else None,
+        liveness_endpoint=args.liveness or config.liveness_endpoint,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works, a bit slower
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

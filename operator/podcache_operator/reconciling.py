@@ -1,0 +1,223 @@
+"""Bring one CacheConfig's owned objects in line with its spec and compute its status.
+
+Used by the create/update/resume handlers and again when the ServiceMonitor CRD
+appears, so the same steps run whatever woke us: validate, render, apply the
+ConfigMap and the headless Service (owned through ``ownerReferences`` so the
+garbage collector removes them with the CacheConfig), then the ServiceMonitor if
+its CRD is served. The result is the full ``status`` to write.
+
+Failures are classified here for kopf: ``InvalidSpec`` (the user must edit the
+spec — do not retry) and ``Blocked`` (a referenced Secret is missing, the API is
+failing — retry later). Both carry the status to write before giving up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from podcache_operator import conditions, kubeapi, rendering, settings, validation
+
+
+class ReconcileFailure(Exception):
+    """The CacheConfig cannot be reconciled now; ``status`` says why."""
+
+    def __init__(self, message: str, *, reason: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+class InvalidSpec(ReconcileFailure):
+    """The spec itself is wrong; retrying without an edit cannot help."""
+
+
+class Blocked(ReconcileFailure):
+    """Something outside the spec is missing or failing; retrying can help."""
+
+    def __init__(self, message: str, *, reason: str, status: dict[str, Any], delay: float) -> None:
+        super().__init__(message, reason=reason, status=status)
+        self.delay = delay
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a reconciliation needs besides the CacheConfig itself."""
+
+    config: settings.Settings
+    kopf_settings: kopf.OperatorSettings
+    logger: kubeapi.Logger
+
+
+async def reconcile(body: Mapping[str, Any], *, pods: int, context: Context) -> dict[str, Any]:
+    """Apply the owned objects of ``body`` and return its new ``status``."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata["namespace"], metadata["name"]
+    spec = body.get("spec") or {}
+    generation = metadata.get("generation")
+    existing = (body.get("status") or {}).get("conditions")
+    moment = conditions.now()
+
+    def status(*updates: conditions.Condition, config_hash: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "observedGeneration": generation,
+            "conditions": conditions.merge(existing, updates, generation=generation, moment=moment),
+            "pods": pods,
+        }
+        if config_hash is not None:
+            result["configHash"] = config_hash
+        return result
+
+    problems = validation.check_spec(
+        spec, namespace=namespace, name=name, sidecar=context.config.sidecar
+    )
+    if problems:
+        message = "; ".join(str(problem) for problem in problems)
+        raise InvalidSpec(
+            message,
+            reason="InvalidSpec",
+            status=status(
+                conditions.Condition.false(
+                    conditions.CONFIG_RENDERED, reason="InvalidSpec", message=message
+                ),
+                conditions.Condition.false(conditions.READY, reason="InvalidSpec", message=message),
+            ),
+        )
+
+    async def fetch_secret(secret: str) -> Mapping[str, Any] | None:
+        return await kubeapi.get(
+            kubeapi.SECRETS,
+            namespace=namespace,
+            name=secret,
+            settings=context.kopf_settings,
+            logger=context.logger,
+        )
+
+    try:
+        missing = await validation.check_secrets(spec, fetch=fetch_secret)
+    except kubeapi.TRANSIENT as exc:
+        raise _api_failure(exc, status=status) from exc
+    if missing:
+        message = "; ".join(str(problem) for problem in missing)
+        raise Blocked(
+            message,
+            reason="SecretNotFound",
+            delay=context.config.secret_retry_delay,
+            status=status(
+                conditions.Condition.false(
+                    conditions.READY, reason="SecretNotFound", message=message
+                ),
+            ),
+        )
+
+    rendered = rendering.render(
+        spec, namespace=namespace, name=name, metrics_port=context.config.sidecar.metrics_port
+    )
+    owned = [rendered.config_map, rendered.service]
+    if rendered.service_monitor is not None:
+        owned.append(rendered.service_monitor)
+    kopf.adopt(owned, owner=kopf.Body(dict(body)))
+    try:
+        await kubeapi.apply(
+            kubeapi.CONFIGMAPS,
+            rendered.config_map,
+            settings=context.kopf_settings,
+            logger=context.logger,
+        )
+        await kubeapi.apply(
+            kubeapi.SERVICES,
+            rendered.service,
+            settings=context.kopf_settings,
+            logger=context.logger,
+        )
+        monitor = await _service_monitor(rendered, namespace=namespace, name=name, context=context)
+    except kubeapi.TRANSIENT as exc:
+        raise _api_failure(exc, status=status) from exc
+    return status(
+        conditions.Condition.true(
+            conditions.CONFIG_RENDERED,
+            reason="Rendered",
+            message=f"ConfigMap {rendered.config_map['metadata']['name']}"
+            f" holds config {rendered.config_hash}",
+        ),
+        monitor,
+        conditions.Condition.true(
+            conditions.READY, reason="Reconciled", message="config rendered, Service applied"
+        ),
+        config_hash=rendered.config_hash,
+    )
+
+
+async def _service_monitor(
+    rendered: rendering.Rendered, *, namespace: str, name: str, context: Context
+) -> conditions.Condition:
+    established = await kubeapi.crd_established(
+        kubeapi.SERVICEMONITOR_CRD, settings=context.kopf_settings, logger=context.logger
+    )
+    if rendered.service_monitor is None:
+        if established:  # switched off after it was on: remove ours
+            await kubeapi.delete(
+                kubeapi.SERVICEMONITORS,
+                namespace=namespace,
+                name=rendering.object_name(name),
+                settings=context.kopf_settings,
+                logger=context.logger,
+            )
+        return conditions.Condition.false(
+            conditions.SERVICE_MONITOR_READY,
+            reason="Disabled",
+            message="spec.metrics.serviceMonitor.enabled is false",
+        )
+    not_installed = conditions.Condition.false(
+        conditions.SERVICE_MONITOR_READY,
+        reason="CRDNotInstalled",
+        message=f"{kubeapi.SERVICEMONITOR_CRD} is not installed; the ServiceMonitor is created"
+        " as soon as it is",
+    )
+    if not established:
+        return not_installed
+    try:
+        await kubeapi.apply(
+            kubeapi.SERVICEMONITORS,
+            rendered.service_monitor,
+            settings=context.kopf_settings,
+            logger=context.logger,
+        )
+    except kubeapi.NotFound:  # the CRD exists but is not served yet
+        return not_installed
+    return conditions.Condition.true(
+        conditions.SERVICE_MONITOR_READY,
+        reason="Applied",
+        message=f"ServiceMonitor {rendered.service_monitor['metadata']['name']} applied",
+    )
+
+
+def _api_failure(exc: BaseException, *, status: Any) -> Blocked:
+    message = f"Kubernetes API call failed: {exc}"
+    return Blocked(
+        message,
+        reason="APIError",
+        delay=_retry_delay(exc),
+        status=status(
+            conditions.Condition.false(conditions.READY, reason="APIError", message=message),
+        ),
+    )
+
+
+def _retry_delay(exc: BaseException) -> float:
+    # Forbidden is a deployment problem (RBAC); do not hammer the apiserver about it.
+    return 60.0 if isinstance(exc, kubeapi.Forbidden) else 10.0
+
+
+def needs_service_monitor(bodies: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """CacheConfigs whose spec asks for a ServiceMonitor (revisited when its CRD comes or goes)."""
+    return [
+        body
+        for body in bodies
+        if (((body.get("spec") or {}).get("metrics") or {}).get("serviceMonitor") or {}).get(
+            "enabled", True
+        )
+    ]

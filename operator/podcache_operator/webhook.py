@@ -1,0 +1,226 @@
+"""The mutating admission webhook: kopf's ``@kopf.on.mutate`` behind a stricter HTTPS server.
+
+Kopf serves the endpoint (``/inject``, the handler's id) and, when
+``settings.webhook.managed`` names one, keeps a MutatingWebhookConfiguration up to
+date with our CA and an ``objectSelector`` on ``podcache.io/config`` — so pods that
+do not opt in never reach us. The Helm chart may own that configuration instead.
+
+``AdmissionServer`` wraps kopf's ``WebhookServer`` to check each AdmissionReview
+before kopf sees it: a body that is not an ``admission.k8s.io`` AdmissionReview
+with a uid, a resource, an operation and an object gets a 400 with a JSON reason,
+and any unexpected failure becomes a denied review — never a 500 with a traceback,
+and never a stopped server.
+
+Which CacheConfig a pod names is looked up in an index kopf keeps of all
+CacheConfigs (no API call per pod), with one GET as a fallback for a CacheConfig
+created a moment ago.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp.web
+import kopf
+
+from podcache_operator import conditions, injection, kubeapi, rendering
+from podcache_operator import settings as podcache_settings
+
+logger = logging.getLogger(__name__)
+
+HANDLER_ID = "inject"
+"""Also the URL path (``/inject``) the chart's MutatingWebhookConfiguration points at."""
+REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+class AdmissionServer(kopf.WebhookServer):
+    """kopf's HTTPS webhook server, with AdmissionReview requests checked before kopf's handling."""
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async def guarded(
+            request: Any,
+            *,
+            webhook: str | None = None,
+            headers: Mapping[str, str] | None = None,
+            sslpeer: Mapping[str, Any] | None = None,
+        ) -> Any:
+            problem = review_problem(request)
+            if problem is not None:
+                logger.warning("Refused a malformed admission request: %s", problem)
+                raise aiohttp.web.HTTPBadRequest(
+                    text=json.dumps({"error": "bad_admission_review", "message": problem}),
+                    content_type="application/json",
+                )
+            _fill_namespace(request)
+            try:
+                return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
+            except aiohttp.web.HTTPException:
+                raise
+            except Exception as exc:  # the apiserver gets an answer, the server keeps serving
+                logger.exception("Admission request %s failed", request["request"]["uid"])
+                return denied(request, code=500, message=f"podcache webhook failed: {exc!r}")
+
+        async for client_config in super().__call__(guarded):  # type: ignore[arg-type]
+            yield client_config
+
+
+def review_problem(review: Any) -> str | None:
+    """What makes ``review`` not a usable AdmissionReview request, or None if it is fine."""
+    if not isinstance(review, Mapping):
+        return f"expected an AdmissionReview object, got {type(review).__name__}"
+    if review.get("kind") != "AdmissionReview":
+        return f"kind: expected AdmissionReview, got {review.get('kind')!r}"
+    if review.get("apiVersion") not in REVIEW_VERSIONS:
+        expected = ", ".join(REVIEW_VERSIONS)
+        return f"apiVersion: expected one of {expected}, got {review.get('apiVersion')!r}"
+    request = review.get("request")
+    if not isinstance(request, Mapping):
+        return "request: missing or not an object"
+    if not isinstance(request.get("uid"), str) or not request["uid"]:
+        return "request.uid: missing"
+    resource = request.get("resource")
+    if not isinstance(resource, Mapping) or not all(
+        isinstance(resource.get(key), str) for key in ("group", "version", "resource")
+    ):
+        return "request.resource: expected {group, version, resource}"
+    if request.get("operation") not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
+        return f"request.operation: unknown operation {request.get('operation')!r}"
+    if not isinstance(request.get("userInfo"), Mapping):
+        return "request.userInfo: missing"
+    if request["operation"] == "CREATE" and not isinstance(request.get("object"), Mapping):
+        return "request.object: missing for a CREATE"
+    for key in ("object", "oldObject"):
+        if request.get(key) is not None and not isinstance(request[key], Mapping):
+            return f"request.{key}: expected an object"
+    return None
+
+
+def denied(review: Mapping[str, Any], *, code: int, message: str) -> dict[str, Any]:
+    """An AdmissionReview response refusing the request with ``message``."""
+    return {
+        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": review["request"]["uid"],
+            "allowed": False,
+            "status": {"code": code, "message": message},
+        },
+    }
+
+
+def _fill_namespace(review: dict[str, Any]) -> None:
+    # The object may lack its namespace on CREATE; the request always names it.
+    request = review["request"]
+    namespace = request.get("namespace")
+    if namespace and isinstance(request.get("object"), dict):
+        metadata = request["object"].setdefault("metadata", {})
+        if isinstance(metadata, dict):
+            metadata.setdefault("namespace", namespace)
+
+
+def build_server(config: podcache_settings.WebhookSettings) -> AdmissionServer:
+    return AdmissionServer(
+        addr=config.addr,
+        port=config.port,
+        host=config.host,
+        certfile=config.cert_file,
+        pkeyfile=config.key_file,
+        cafile=config.ca_file,
+    )
+
+
+async def find_cacheconfig(
+    *,
+    namespace: str,
+    name: str,
+    index: Mapping[Any, Any],
+    kopf_settings: kopf.OperatorSettings,
+    logger: kubeapi.Logger,
+) -> Mapping[str, Any] | None:
+    """The CacheConfig a pod names: from kopf's index, else one GET (it may be brand new)."""
+    for snapshot in index.get((namespace, name), ()):
+        return snapshot  # type: ignore[no-any-return]
+    return await kubeapi.get(
+        kubeapi.CACHECONFIGS, namespace=namespace, name=name, settings=kopf_settings, logger=logger
+    )
+
+
+def merge_patch(original: Mapping[str, Any], patched: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch (for kopf's ``patch``) that turns ``original`` into ``patched``.
+
+    Only the pod sections injection touches: annotations key by key, and the
+    containers/initContainers/volumes lists whole (kopf turns it into a JSONPatch).
+    """
+    result: dict[str, Any] = {}
+    old_annotations = (original.get("metadata") or {}).get("annotations") or {}
+    new_annotations = (patched.get("metadata") or {}).get("annotations") or {}
+    changed = {k: v for k, v in new_annotations.items() if old_annotations.get(k) != v}
+    if changed:
+        result["metadata"] = {"annotations": changed}
+    spec_changes = {
+        key: patched["spec"][key]
+        for key in ("containers", "initContainers", "volumes")
+        if (patched.get("spec") or {}).get(key) != (original.get("spec") or {}).get(key)
+    }
+    if spec_changes:
+        result["spec"] = spec_changes
+    return result
+
+
+@kopf.on.mutate(
+    kubeapi.PODS.group or "",
+    kubeapi.PODS.version,
+    kubeapi.PODS.plural,
+    id=HANDLER_ID,
+    operations=["CREATE"],
+    labels={rendering.CONFIG_LABEL: kopf.PRESENT},
+)
+async def inject(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    warnings: list[str],
+    memo: kopf.Memo,
+    cacheconfigs: kopf.Index[Any, Any],
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Add the podcache sidecar to a pod that names a CacheConfig."""
+    config: podcache_settings.Settings = memo.config
+    pod = dict(body)
+    namespace = body.metadata.namespace or ""
+    name = body.metadata.labels.get(rendering.CONFIG_LABEL, "")
+    pod_name = body.metadata.name or body.metadata.get("generateName", "<generated>")
+    cacheconfig = await find_cacheconfig(
+        namespace=namespace,
+        name=name,
+        index=cacheconfigs,
+        kopf_settings=memo.kopf_settings,
+        logger=logger,
+    )
+    if cacheconfig is None:
+        message = (
+            f"CacheConfig {namespace}/{name} named by label {rendering.CONFIG_LABEL} does not exist"
+        )
+        if config.webhook.reject_missing_config:
+            raise kopf.AdmissionError(f"{message}; create it or remove the label", code=400)
+        warnings.append(f"{message}; pod admitted without the podcache sidecar")
+        logger.warning("%s; admitting pod %s without the sidecar", message, pod_name)
+        return
+    ready = conditions.find((cacheconfig.get("status") or {}).get("conditions"), conditions.READY)
+    if ready is not None and ready.get("status") != "True":
+        warnings.append(
+            f"CacheConfig {namespace}/{name} is not Ready ({ready.get('reason')}:"
+            f" {ready.get('message')}); the sidecar waits for its config"
+        )
+    try:
+        ops = injection.build_patch(
+            pod, cacheconfig=name, spec=cacheconfig.get("spec") or {}, sidecar=config.sidecar
+        )
+    except injection.InjectionError as exc:
+        raise kopf.AdmissionError(f"cannot inject the podcache sidecar: {exc}", code=422) from exc
+    if ops:
+        patch.update(merge_patch(pod, injection.apply_patch(pod, ops)))
+        logger.info("Injected the podcache sidecar (CacheConfig %s) into pod %s", name, pod_name)
