@@ -4,8 +4,9 @@ Aspects:
 - the project builds into one wheel from the same inputs the Dockerfile copies
   (pyproject.toml, README.md, sidecar/, operator/), holding both packages and the
   three console scripts;
-- installed into a fresh virtualenv (no system site-packages; dependencies from
-  PyPI), ``podcache-sidecar --help`` and ``podcache-operator --help`` work;
+- the Dockerfile's steps without Docker: dependencies turned into wheels, a fresh
+  virtualenv (no system site-packages) installing podcache from those wheels only,
+  then pip removed; ``podcache-sidecar --help`` and ``podcache-operator --help`` work;
 - the installed sidecar starts with its embedded default config and answers
   ``GET /readyz`` on its Unix socket, then stops cleanly on SIGTERM.
 
@@ -82,17 +83,29 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def _pip(python: Path | str, *args: str, timeout: float = 600) -> None:
+    subprocess.run(
+        [str(python), "-m", "pip", *args, "--disable-pip-version-check", "--quiet"],
+        check=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the wheel and its dependencies; yields its bin/."""
+    """The Dockerfile's steps, without Docker; yields the fresh virtualenv's bin/.
+
+    builder: the dependencies become wheels next to ours (``pip wheel --prefer-binary``);
+    final: a virtualenv without system site-packages installs podcache from those
+    wheels alone (``--no-index``), then loses pip and setuptools, as the image does, so
+    nothing may need them at run time.
+    """
+    _pip(sys.executable, "wheel", "--prefer-binary", "--wheel-dir", str(wheel.parent), str(wheel))
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", str(wheel)],
-        check=True,
-        timeout=600,
-    )
+    _pip(python, "install", "--no-index", f"--find-links={wheel.parent}", "podcache")
+    _pip(python, "uninstall", "--yes", "pip", "setuptools", "wheel")
     return env_dir / "bin"
 
 
@@ -109,7 +122,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert "podcache = podcache.cli:main" in scripts
 
 
-def test_venv_is_isolated(installed: Path) -> None:
+def test_venv_is_isolated_and_has_no_installer(installed: Path) -> None:
     result = subprocess.run(
         [str(installed / "python"), "-c", "import sys; print(sys.prefix, sys.base_prefix)"],
         capture_output=True,
@@ -123,6 +136,7 @@ def test_venv_is_isolated(installed: Path) -> None:
         [str(installed / "python"), "-c", "import helm_python"], capture_output=True, timeout=30
     )
     assert probe.returncode != 0  # a test-only package of .venv is not visible here
+    assert not (installed / "pip").exists()
 
 
 @pytest.mark.parametrize("command", ["podcache-sidecar", "podcache-operator"])
