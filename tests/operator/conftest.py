@@ -14,12 +14,12 @@ the webhook on HTTPS with a throwaway CA on a free port, managed by kopf.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime
 import itertools
 import ssl
 import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -249,6 +249,7 @@ def operator_settings(certificates: dict[str, Path]) -> podcache_settings.Settin
         ),
         peering=podcache_settings.PeeringSettings(standalone=True),
         liveness_endpoint=None,
+        secret_retry_delay=0.2,
     )
 
 
@@ -256,14 +257,21 @@ def operator_settings(certificates: dict[str, Path]) -> podcache_settings.Settin
 async def operator(
     cluster: ClusterEmulator, operator_settings: podcache_settings.Settings
 ) -> AsyncIterator[podcache_settings.Settings]:
-    """The operator running in this event loop until the test ends."""
+    """The operator running in a thread of its own (its own event loop) until the test ends.
+
+    A separate loop, as in ``kopf.testing.KopfRunner``: at exit kopf waits for and
+    cancels every task of its loop it did not know at start — here only its own.
+    """
     assert operator_main.configure  # the startup handler is registered by importing main
-    vault = credentials.Vault()
-    await vault.populate({"kmock": kopf.ConnectionInfo(server=str(cluster.url).rstrip("/"))})
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
+    server = str(cluster.url).rstrip("/")
+    stop = threading.Event()
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    async def run() -> None:
+        vault = credentials.Vault()
+        await vault.populate({"kmock": kopf.ConnectionInfo(server=server)})
+        await kopf.operator(
             clusterwide=True,
             standalone=True,
             vault=vault,
@@ -271,26 +279,33 @@ async def operator(
             ready_flag=ready,
             memo=kopf.Memo(config=operator_settings),
         )
-    )
-    done, _ = await asyncio.wait(
-        [task, asyncio.create_task(ready.wait())],
-        timeout=DEADLINE,
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    if task in done:
-        task.result()  # raise its error
+
+    def target() -> None:
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # reported by the fixture, not lost in the thread
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=target, name="kopf-operator", daemon=True)
+    thread.start()
+    await asyncio.to_thread(ready.wait, DEADLINE)
+    if errors:
+        raise errors[0]
     assert ready.is_set(), "the operator did not start"
     try:
         yield operator_settings
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=DEADLINE)
+        await asyncio.to_thread(thread.join, DEADLINE)
+        assert not thread.is_alive(), "the operator did not stop"
+        if errors:
+            raise errors[0]
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = DEADLINE, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy (and return it); fail after ``timeout``."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(check: Callable[[], Any], *, within: float = DEADLINE, what: str = "") -> Any:
+    """Poll ``check`` until it returns something truthy (and return it); fail after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
     last: Any = None
     while True:
         try:

@@ -89,3 +89,174 @@ async def test_cacheconfig_renders_owned_objects_and_turns_ready(
     assert (monitor["status"], monitor["reason"]) == ("False", "CRDNotInstalled")
     assert get(cluster, SERVICEMONITORS, "podcache-shop") is None
     assert body["status"]["pods"] == 0
+
+
+def events(cluster: ClusterEmulator, reason: str) -> list[dict[str, Any]]:
+    return [
+        obj.raw
+        for (res, _, _), obj in cluster.objects.items()
+        if res == "v1/events" and not obj.deleted and obj.raw.get("reason") == reason
+    ]
+
+
+async def test_spec_change_rerenders_config_and_hash(
+    cluster: ClusterEmulator, operator: Any
+) -> None:
+    await create(cluster, "shop", samples.MEMORY_SPEC)
+    first = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+    await patch_spec(cluster, "shop", {"defaultTTL": "42s"})
+    second = await eventually(
+        lambda: ready(cluster, "shop", generation=2), what="Ready at generation 2"
+    )
+    assert second["status"]["configHash"] != first["status"]["configHash"]
+    config_map = get(cluster, "v1/configmaps", "podcache-shop")
+    assert "defaultTTL: 42s" in config_map["data"]["config.yaml"]
+    assert (
+        config_map["metadata"]["annotations"]["podcache.io/config-hash"]
+        == second["status"]["configHash"]
+    )
+    assert condition(second, "Ready")["observedGeneration"] == 2
+
+
+async def test_invalid_spec_is_reported_and_the_operator_keeps_serving(
+    cluster: ClusterEmulator, operator: Any
+) -> None:
+    bad = samples.spec(samples.MEMORY_SPEC, locks={"defaultTTL": "10m", "maxTTL": "1m"})
+    await create(cluster, "broken", bad)
+
+    def invalid() -> dict[str, Any] | None:
+        cond = condition(get(cluster, CACHECONFIGS, "broken"), "Ready")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    cond = await eventually(invalid, what="Ready=False InvalidSpec")
+    assert cond["status"] == "False"
+    assert "spec.locks.defaultTTL" in cond["message"]
+    (event,) = await eventually(lambda: events(cluster, "InvalidSpec"), what="a Warning event")
+    assert event["type"] == "Warning"
+    assert "spec.locks.defaultTTL" in event["message"]
+    assert event["involvedObject"]["name"] == "broken"
+    assert get(cluster, "v1/configmaps", "podcache-broken") is None
+
+    await create(cluster, "fine", samples.MEMORY_SPEC)  # the operator still serves others
+    await eventually(lambda: ready(cluster, "fine"), what="another CacheConfig Ready")
+    await patch_spec(cluster, "broken", {"locks": {"defaultTTL": "10s", "maxTTL": "1m"}})
+    await eventually(lambda: ready(cluster, "broken", generation=2), what="fixed spec Ready")
+
+
+async def test_missing_secret_is_waited_for(cluster: ClusterEmulator, operator: Any) -> None:
+    await create(cluster, "shop", samples.REDIS_SPEC)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = condition(get(cluster, CACHECONFIGS, "shop"), "Ready")
+        return cond if cond and cond["reason"] == "SecretNotFound" else None
+
+    cond = await eventually(waiting, what="Ready=False SecretNotFound")
+    assert "spec.redis.passwordSecretRef: Secret 'redis-auth' not found" in cond["message"]
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "redis-auth", "namespace": NAMESPACE},
+        "data": {"password": base64.b64encode(b"hunter2").decode()},
+    }
+    response = await cluster.post(f"/api/v1/namespaces/{NAMESPACE}/secrets", json=secret)
+    assert response.status < 300
+    await eventually(lambda: ready(cluster, "shop"), what="Ready once the Secret exists")
+    config_map = get(cluster, "v1/configmaps", "podcache-shop")
+    assert "hunter2" not in config_map["data"]["config.yaml"]
+
+
+async def test_delete_removes_what_it_owns(cluster: ClusterEmulator, operator: Any) -> None:
+    await create(cluster, "shop", samples.MEMORY_SPEC)
+    await eventually(lambda: ready(cluster, "shop"), what="Ready")
+    response = await cluster.delete(f"{BASE}/shop")
+    assert response.status < 300
+    await eventually(
+        lambda: get(cluster, "v1/configmaps", "podcache-shop") is None, what="ConfigMap gone"
+    )
+    assert get(cluster, "v1/services", "podcache-shop") is None
+    await create(cluster, "again", samples.MEMORY_SPEC)  # and nothing broke
+    await eventually(lambda: ready(cluster, "again"), what="Ready after a delete")
+
+
+class TestServiceMonitor:
+    async def test_with_the_crd_installed(self, cluster: ClusterEmulator, operator: Any) -> None:
+        install_servicemonitor_crd(cluster)
+        cluster.objects[CRDS, None, "servicemonitors.monitoring.coreos.com"] = servicemonitor_crd()
+        await create(cluster, "shop", samples.REDIS_SPEC | {"redis": {"url": "redis://r:6379"}})
+        body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        assert condition(body, "ServiceMonitorReady")["status"] == "True"
+        monitor = get(cluster, SERVICEMONITORS, "podcache-shop")
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "metrics", "path": "/metrics", "interval": "15s"}
+        ]
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        assert monitor["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
+
+    async def test_the_crd_appearing_later(self, cluster: ClusterEmulator, operator: Any) -> None:
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        assert condition(body, "ServiceMonitorReady")["reason"] == "CRDNotInstalled"
+        install_servicemonitor_crd(cluster)
+        response = await cluster.post(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=servicemonitor_crd()
+        )
+        assert response.status < 300
+
+        def applied() -> bool:
+            cond = condition(get(cluster, CACHECONFIGS, "shop"), "ServiceMonitorReady")
+            return bool(cond and cond["status"] == "True")
+
+        await eventually(applied, what="ServiceMonitorReady=True")
+        assert get(cluster, SERVICEMONITORS, "podcache-shop") is not None
+
+    async def test_disabled(self, cluster: ClusterEmulator, operator: Any) -> None:
+        spec = samples.spec(samples.MEMORY_SPEC, metrics={"serviceMonitor": {"enabled": False}})
+        await create(cluster, "shop", spec)
+        body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        assert condition(body, "ServiceMonitorReady")["reason"] == "Disabled"
+
+
+class TestPodCount:
+    @staticmethod
+    async def add_pod(
+        cluster: ClusterEmulator, name: str, *, phase: str, injected: bool = True
+    ) -> None:
+        pod = samples.pod(name=name)
+        if injected:
+            pod["metadata"]["annotations"] = {"podcache.io/injected": "native"}
+        pod["status"] = {"phase": phase}
+        response = await cluster.post(f"/api/v1/namespaces/{NAMESPACE}/pods", json=pod)
+        assert response.status < 300
+
+    @staticmethod
+    def pods(cluster: ClusterEmulator) -> int | None:
+        body = get(cluster, CACHECONFIGS, "shop")
+        return ((body or {}).get("status") or {}).get("pods")
+
+    async def test_running_sidecars_are_counted(
+        self, cluster: ClusterEmulator, operator: Any
+    ) -> None:
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        await self.add_pod(cluster, "a", phase="Running")
+        await self.add_pod(cluster, "b", phase="Running")
+        await self.add_pod(cluster, "c", phase="Pending")
+        await self.add_pod(cluster, "d", phase="Running", injected=False)
+        await eventually(lambda: self.pods(cluster) == 2, what="status.pods == 2")
+        response = await cluster.patch(
+            f"/api/v1/namespaces/{NAMESPACE}/pods/c", json={"status": {"phase": "Running"}}
+        )
+        assert response.status < 300
+        await eventually(lambda: self.pods(cluster) == 3, what="status.pods == 3")
+        response = await cluster.delete(f"/api/v1/namespaces/{NAMESPACE}/pods/a")
+        assert response.status < 300
+        await eventually(lambda: self.pods(cluster) == 2, what="status.pods == 2 after a delete")
+
+
+async def test_kopf_keeps_its_bookkeeping_out_of_our_status(
+    cluster: ClusterEmulator, operator: Any
+) -> None:
+    await create(cluster, "shop", samples.MEMORY_SPEC)
+    body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+    assert set(body["status"]) == {"observedGeneration", "conditions", "pods", "configHash"}
+    assert any(key.startswith("podcache.io/") for key in body["metadata"]["annotations"])
