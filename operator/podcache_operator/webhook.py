@@ -5,7 +5,7 @@ Kopf serves the endpoint (``/inject``, the handler's id) and, when
 date with our CA and an ``objectSelector`` on ``podcache.io/config`` — so pods that
 do not opt in never reach us. The Helm chart may own that configuration instead.
 
-``AdmissionServer`` wraps kopf's ``WebhookServer`` to check each AdmissionReview
+``AdmissionServer`` is kopf's ``WebhookServer`` checking each AdmissionReview
 before kopf sees it: a body that is not an ``admission.k8s.io`` AdmissionReview
 with a uid, a resource, an operation and an object gets a 400 with a JSON reason,
 and any unexpected failure becomes a denied review — never a 500 with a traceback,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp.web
@@ -37,34 +37,43 @@ REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
 
 class AdmissionServer(kopf.WebhookServer):
-    """kopf's HTTPS webhook server, with AdmissionReview requests checked before kopf's handling."""
+    """kopf's HTTPS webhook server, with each request checked before kopf's handling.
 
-    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-        async def guarded(
-            request: Any,
-            *,
-            webhook: str | None = None,
-            headers: Mapping[str, str] | None = None,
-            sslpeer: Mapping[str, Any] | None = None,
-        ) -> Any:
-            problem = review_problem(request)
-            if problem is not None:
-                logger.warning("Refused a malformed admission request: %s", problem)
-                raise aiohttp.web.HTTPBadRequest(
-                    text=json.dumps({"error": "bad_admission_review", "message": problem}),
-                    content_type="application/json",
-                )
-            _fill_namespace(request)
-            try:
-                return await fn(request, webhook=webhook, headers=headers, sslpeer=sslpeer)
-            except aiohttp.web.HTTPException:
-                raise
-            except Exception as exc:  # the apiserver gets an answer, the server keeps serving
-                logger.exception("Admission request %s failed", request["request"]["uid"])
-                return denied(request, code=500, message=f"podcache webhook failed: {exc!r}")
+    Overrides kopf's per-request ``_serve`` (its aiohttp handler): kopf answers a
+    body that is not UTF-8 JSON, or lacks fields it expects, with a 500 and a
+    traceback; here every such request gets a 400 with a JSON reason instead.
+    """
 
-        async for client_config in super().__call__(guarded):  # type: ignore[arg-type]
-            yield client_config
+    @staticmethod
+    async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        raw = await request.read()
+        try:
+            review = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # not UTF-8, not JSON, or a number too long to parse
+            return bad_request(f"not a JSON document: {exc}")
+        problem = review_problem(review)
+        if problem is not None:
+            return bad_request(problem)
+        _fill_namespace(review)
+        headers = dict(request.headers)
+        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+        try:
+            response = await fn(
+                review, webhook=request.match_info.get("id"), headers=headers, sslpeer=sslpeer
+            )
+        except Exception as exc:  # the apiserver gets an answer, the server keeps serving
+            logger.exception("Admission request %s failed", review["request"]["uid"])
+            return aiohttp.web.json_response(
+                denied(review, code=500, message=f"podcache webhook failed: {exc!r}")
+            )
+        return aiohttp.web.json_response(response)
+
+
+def bad_request(problem: str) -> aiohttp.web.Response:
+    logger.warning("Refused a malformed admission request: %s", problem)
+    return aiohttp.web.json_response(
+        {"error": "bad_admission_review", "message": problem}, status=400
+    )
 
 
 def review_problem(review: Any) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime
 import itertools
 import ssl
@@ -227,8 +228,12 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def operator_settings(certificates: dict[str, Path]) -> podcache_settings.Settings:
-    return podcache_settings.Settings(
+def operator_settings(
+    certificates: dict[str, Path], request: pytest.FixtureRequest
+) -> podcache_settings.Settings:
+    """Test settings; parametrize indirectly with a dict of WebhookSettings fields to change."""
+    webhook_changes: dict[str, Any] = getattr(request, "param", {})
+    settings = podcache_settings.Settings(
         sidecar=podcache_settings.SidecarSettings(image="podcache:test"),
         webhook=podcache_settings.WebhookSettings(
             addr="127.0.0.1",
@@ -250,6 +255,9 @@ def operator_settings(certificates: dict[str, Path]) -> podcache_settings.Settin
         peering=podcache_settings.PeeringSettings(standalone=True),
         liveness_endpoint=None,
         secret_retry_delay=0.2,
+    )
+    return dataclasses.replace(
+        settings, webhook=dataclasses.replace(settings.webhook, **webhook_changes)
     )
 
 
