@@ -26,6 +26,9 @@ from podcache.sidecar.http_metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
+STOP_TIMEOUT = 5.0
+"""Seconds an elector may take to resign and stop: a shutdown must never hang on it."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LeaderState:
@@ -49,19 +52,11 @@ def _convert(state: Any) -> LeaderState:
 class Election:
     """One joined election: its elector, its last known state and its watchers."""
 
-    def __init__(
-        self,
-        settings: ElectionSettings,
-        *,
-        identity: str,
-        from_config: bool,
-        metrics: ServerMetrics,
-    ) -> None:
+    def __init__(self, settings: ElectionSettings, *, identity: str, from_config: bool) -> None:
         self.settings = settings
         self.identity = identity
         self.from_config = from_config
         self.elector: Any = None
-        self._metrics = metrics
         self._state = LeaderState(leader=False, holder=None, term=0)
         self._changed = asyncio.Event()
         self._closed = False
@@ -100,7 +95,14 @@ class Election:
         follower, self._follower = self._follower, None
         if elector is not None:
             try:
-                await elector.stop()
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await elector.stop()
+            except TimeoutError:
+                logger.error(
+                    "election %r: the elector did not stop within %ss; going on",
+                    self.name,
+                    STOP_TIMEOUT,
+                )
             except Exception:
                 logger.exception("resigning election %r failed", self.name)
         if follower is not None:
@@ -113,8 +115,6 @@ class Election:
         """Leave the election for good: resign and end the watch streams."""
         await self.stop_elector()
         self.close_watchers()
-        with contextlib.suppress(KeyError):  # never published a state
-            self._metrics.is_leader.remove(self.name)
 
     def close_watchers(self) -> None:
         self._closed = True
@@ -132,7 +132,6 @@ class Election:
                 state.term,
             )
         self._state = state
-        self._metrics.is_leader.labels(self.name).set(1 if state.leader else 0)
         self._signal()
 
     def _signal(self) -> None:
@@ -145,12 +144,14 @@ class Election:
         Ends when the election is left or the sidecar shuts down.
         """
         last: LeaderState | None = None
-        while not self._closed:
+        while True:
             current = self._state
             if current != last:
                 last = current
                 yield current
                 continue
+            if self._closed:
+                return
             event = self._changed
             try:
                 async with asyncio.timeout(heartbeat):
@@ -194,7 +195,6 @@ class ElectionManager:
                 settings,
                 identity=self.identity,
                 from_config=from_config,
-                metrics=self._metrics,
             )
             await election.start(self._cache)
             self._elections[settings.name] = election

@@ -1,8 +1,9 @@
 """The sidecar's own metrics and the one registry ``/metrics`` exposes per instance.
 
 Two sources feed a scrape: the sidecar's metrics (HTTP requests, connections, config
-reloads, leases held) and the current cache's registry (the seed's cache metrics plus
-the lock and election metrics the library registers there). ``Exposition`` is a
+reloads, backend swaps, elections joined) and the current cache's registry (the seed's
+cache metrics plus the lock and election metrics the library registers there, e.g.
+``<ns>_lock_held`` and ``<ns>_leader_is_leader{election}``). ``Exposition`` is a
 ``CollectorRegistry`` holding one collector per source, so a scrape is one
 ``generate_latest`` call.
 
@@ -78,22 +79,9 @@ class ServerMetrics:
             namespace=namespace,
             registry=self.registry,
         )
-        self.leases_held = Gauge(
-            "sidecar_leases_held",
-            "Locks held through this sidecar (released at shutdown)",
-            namespace=namespace,
-            registry=self.registry,
-        )
         self.elections_joined = Gauge(
             "sidecar_elections_joined",
             "Elections this sidecar campaigns in",
-            namespace=namespace,
-            registry=self.registry,
-        )
-        self.is_leader = Gauge(
-            "sidecar_leader",
-            "1 while this pod leads the election, else 0",
-            ["election"],
             namespace=namespace,
             registry=self.registry,
         )

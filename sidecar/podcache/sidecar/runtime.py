@@ -92,10 +92,7 @@ class Sidecar:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
     async def _new_slot(self, config: configfile.SidecarConfig) -> CacheSlot:
-        metrics = self.state.metrics if self.state is not None else None
-        cache = new_cache(config.backend, config.metrics.namespace)
-        on_leases = metrics.leases_held.set if metrics is not None else None
-        return CacheSlot(cache, config.backend, on_leases_change=on_leases)
+        return CacheSlot(new_cache(config.backend, config.metrics.namespace), config.backend)
 
     async def start(self) -> None:
         began = time.monotonic()
@@ -103,7 +100,7 @@ class Sidecar:
         socket_site.prepare_path(config.socket)  # a live socket fails here, before any work
         metrics = ServerMetrics(config.metrics.namespace)
         cache = new_cache(config.backend, config.metrics.namespace)
-        slot = CacheSlot(cache, config.backend, on_leases_change=metrics.leases_held.set)
+        slot = CacheSlot(cache, config.backend)
         identity = self.options.identity or default_identity()
         state = SidecarState(
             config=config,

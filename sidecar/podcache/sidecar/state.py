@@ -49,11 +49,11 @@ def backend_identity(config: Config) -> tuple[str, tuple[tuple[str, Any], ...]]:
 class CacheSlot:
     """One backend generation and the requests and leases that use it."""
 
-    def __init__(self, cache: Cache, config: Config, *, on_leases_change: Any = None) -> None:
+    def __init__(self, cache: Cache, config: Config) -> None:
         self.cache = cache
         self.config = config
         self.identity = backend_identity(config)
-        self.leases = leases.LeaseBook(on_change=on_leases_change)
+        self.leases = leases.LeaseBook()
         self.inflight = 0
         self._idle: asyncio.Event | None = None
 
