@@ -27,9 +27,9 @@ from tests.client.sidecars import SidecarProcess, memory_config
 
 
 def test_held_lock_is_refreshed_past_its_ttl(client: podcache.Client, key: str) -> None:
-    with client.lock(key, ttl=0.3) as held:
+    with client.lock(key, ttl=0.4) as held:
         fence = held.fence
-        time.sleep(1.0)  # more than three ttls: only the refreshes keep it ours
+        time.sleep(1.0)  # two and a half ttls: only the refreshes keep it ours
         assert not held.lost
         held.check()
         with pytest.raises(podcache.LockNotAcquired) as caught:
@@ -137,7 +137,7 @@ def test_unanswered_refreshes_lose_the_lock_by_its_ttl(pausable_sidecar: Sidecar
 
 async def test_async_lock_is_refreshed_past_its_ttl(aclient: podcache.AsyncClient,
                                                     key: str) -> None:
-    async with aclient.lock(key, ttl=0.3) as held:
+    async with aclient.lock(key, ttl=0.4) as held:
         await asyncio.sleep(1.0)
         assert not held.lost
         with pytest.raises(podcache.LockNotAcquired):
