@@ -1,0 +1,372 @@
+"""The operator started the way the chart starts it, against the KMock emulator.
+
+The chart's Deployment is rendered, and ``podcache-operator`` runs as a process with
+exactly that container's environment and the chart-generated webhook TLS Secret as
+files. Only what cannot work outside a pod is changed: the mount directory of the
+Secret (a temporary one), the listening ports (free ones, never fixed) and the API
+server (KMock, through a kubeconfig).
+
+Aspects:
+- the operator accepts the chart's environment and serves kopf's liveness endpoint;
+- the admission webhook serves HTTPS with the chart's certificate, verified with the
+  caBundle the chart put into the MutatingWebhookConfiguration, for the Service name
+  the API server dials, at the path the configuration names;
+- a pod labelled for a CacheConfig gets the sidecar image the chart's values chose;
+- the operator keeps alive in the ClusterKopfPeering object the chart creates;
+- HA: two replicas with the chart's env keep exactly one active. This is a strict
+  xfail today (both get priority 0 and kopf pauses every same-priority peer); with
+  distinct priorities the chart's peering does keep one active (a passing test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+
+from tests.deploy import chart
+
+DEADLINE = 30.0  # seconds for the operator to come up; it is usually about two
+CACHECONFIGS = "podcache.io/v1alpha1/cacheconfigs"
+PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
+VALUES = {"sidecar": {"image": {"repository": "registry.example/podcache", "tag": "9.9.9"}}}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    return {**kmock_options, "cls": kmock.KubernetesEmulator}
+
+
+@pytest.fixture
+def release() -> chart.Release:
+    return chart.render(VALUES)
+
+
+@pytest.fixture
+def cluster(kmock: kmock.KubernetesEmulator, release: chart.Release) -> kmock.KubernetesEmulator:
+    """An API server with the resources the operator discovers, the CRD and the peering."""
+    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
+    info = kmock.ResourceInfo
+    kmock.resources[CACHECONFIGS] = info(
+        kind="CacheConfig",
+        singular="cacheconfig",
+        namespaced=True,
+        subresources={"status"},
+        verbs=verbs,
+    )
+    for plural, kind in [
+        ("pods", "Pod"),
+        ("configmaps", "ConfigMap"),
+        ("services", "Service"),
+        ("secrets", "Secret"),
+        ("events", "Event"),
+    ]:
+        kmock.resources[f"v1/{plural}"] = info(
+            kind=kind, singular=kind.lower(), namespaced=True, verbs=verbs
+        )
+    kmock.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=verbs)
+    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
+        kind="CustomResourceDefinition", namespaced=False, verbs=verbs
+    )
+    kmock.resources[PEERINGS] = info(kind="ClusterKopfPeering", namespaced=False, verbs=verbs)
+    for crd in release.of_kind("CustomResourceDefinition"):
+        kmock.objects[
+            "apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]
+        ] = crd
+    peering = release.one("ClusterKopfPeering")
+    kmock.objects[PEERINGS, None, peering["metadata"]["name"]] = peering
+    return kmock
+
+
+class Operator:
+    """One podcache-operator process with the chart's environment."""
+
+    def __init__(
+        self, *, process: asyncio.subprocess.Process, webhook_port: int, tls_dir: Path
+    ) -> None:
+        self.process = process
+        self.webhook_port = webhook_port
+        self.tls_dir = tls_dir
+        self.output = ""
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.output += line.decode(errors="replace")
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout=15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reader, timeout=5)
+        print(self.output[-4000:])  # shown by pytest when the test fails
+
+
+def _prepare_files(
+    cluster: kmock.KubernetesEmulator, release: chart.Release, workdir: Path
+) -> tuple[Path, Path]:
+    """The chart's TLS Secret as files (what the volume mount gives), and a kubeconfig."""
+    workdir.mkdir()
+    tls_dir = workdir / "webhook-tls"
+    tls_dir.mkdir()
+    for key, value in release.one("Secret")["data"].items():
+        (tls_dir / key).write_bytes(base64.b64decode(value))
+    kubeconfig = workdir / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
+                "clusters": [
+                    {"name": "kmock", "cluster": {"server": str(cluster.url).rstrip("/")}}
+                ],
+                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+                "users": [{"name": "test", "user": {"token": "test"}}],
+            }
+        )
+    )
+    return tls_dir, kubeconfig
+
+
+@contextlib.asynccontextmanager
+async def start_operator(
+    cluster: kmock.KubernetesEmulator,
+    release: chart.Release,
+    workdir: Path,
+    *,
+    pod_id: str,
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[Operator]:
+    """Run podcache-operator with the chart's env (plus extra_env) until the block ends."""
+    container = chart.container(release.one("Deployment"), "operator")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-tls")["mountPath"]
+    tls_dir, kubeconfig = _prepare_files(cluster, release, workdir)
+    webhook_port, health_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODCACHE_", "KUBE"))}
+    for name, value in chart.env_of(container).items():
+        if isinstance(value, str):
+            env[name] = value.replace(mount, str(tls_dir))
+    env.update(
+        POD_ID=pod_id,  # what the chart's fieldRef gives each pod
+        KUBECONFIG=str(kubeconfig),
+        PODCACHE_WEBHOOK_ADDR="127.0.0.1",
+        PODCACHE_WEBHOOK_PORT=str(webhook_port),
+        PODCACHE_LIVENESS_ENDPOINT=env["PODCACHE_LIVENESS_ENDPOINT"].replace(
+            "0.0.0.0:8080", f"127.0.0.1:{health_port}"
+        ),
+    )
+    assert str(health_port) in env["PODCACHE_LIVENESS_ENDPOINT"]
+    env.update(extra_env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "podcache_operator.main",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    operator = Operator(process=process, webhook_port=webhook_port, tls_dir=tls_dir)
+    try:
+        await _wait_live(f"http://127.0.0.1:{health_port}/healthz", process)
+        yield operator
+    finally:
+        await operator.stop()
+
+
+@pytest.fixture
+async def operator(
+    cluster: kmock.KubernetesEmulator, release: chart.Release, tmp_path: Path
+) -> AsyncIterator[Operator]:
+    async with start_operator(cluster, release, tmp_path / "op-0", pod_id="podcache-test-0") as op:
+        yield op
+
+
+async def _wait_live(url: str, process: asyncio.subprocess.Process) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while loop.time() < deadline:
+        if process.returncode is not None:
+            raise AssertionError(f"podcache-operator exited with {process.returncode}")
+        with contextlib.suppress(OSError):
+            status = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=1).status)
+            if status == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the operator's liveness endpoint never answered")
+
+
+async def _wait_port(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while loop.time() < deadline:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on the webhook port {port}")
+
+
+def _admit(
+    *, port: int, cafile: Path, server_name: str, path: str, review: dict[str, Any]
+) -> dict[str, Any]:
+    """POST an AdmissionReview as the API server does: TLS verified for the Service name."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        connection = http.client.HTTPConnection(server_name, timeout=10)
+        connection.sock = tls
+        connection.request(
+            "POST", path, body=json.dumps(review), headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 200, body
+        return dict(json.loads(body))
+
+
+async def test_webhook_injects_with_the_charts_tls_and_values(
+    operator: Operator, cluster: kmock.KubernetesEmulator, release: chart.Release
+) -> None:
+    cluster.objects[CACHECONFIGS, "shop", "sessions"] = {
+        "apiVersion": "podcache.io/v1alpha1",
+        "kind": "CacheConfig",
+        "metadata": {"name": "sessions", "namespace": "shop", "uid": "u-1"},
+        "spec": {"backend": "memory", "defaultTTL": "5m"},
+    }
+    (hook,) = release.one("MutatingWebhookConfiguration")["webhooks"]
+    service = hook["clientConfig"]["service"]
+    ca_bundle = operator.tls_dir / "ca-bundle.crt"
+    ca_bundle.write_bytes(base64.b64decode(hook["clientConfig"]["caBundle"]))
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": "shop",
+            "labels": {"podcache.io/config": "sessions"},
+        },
+        "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+    }
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "r-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "object": pod,
+            "userInfo": {"username": "system:serviceaccount:shop:default"},
+            "dryRun": False,
+        },
+    }
+    await _wait_port(operator.webhook_port)  # kopf starts it after resource discovery
+    answer = await asyncio.to_thread(
+        _admit,
+        port=operator.webhook_port,
+        cafile=ca_bundle,
+        server_name=f"{service['name']}.{service['namespace']}.svc",
+        path=service["path"],
+        review=review,
+    )
+    response = answer["response"]
+    assert response["uid"] == "r-1"
+    assert response["allowed"] is True
+    patch = json.loads(base64.b64decode(response["patch"]))
+    assert "registry.example/podcache:9.9.9" in json.dumps(patch)
+
+
+async def test_operator_keeps_alive_in_the_charts_peering(
+    operator: Operator, cluster: kmock.KubernetesEmulator, release: chart.Release
+) -> None:
+    name = release.one("ClusterKopfPeering")["metadata"]["name"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    status: dict[str, Any] = {}
+    while loop.time() < deadline:
+        status = cluster.objects[PEERINGS, None, name].get("status") or {}
+        if "podcache-test-0" in status:
+            break
+        await asyncio.sleep(0.1)
+    assert "podcache-test-0" in status, status
+
+
+async def _wait_until(condition: Callable[[], bool]) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while loop.time() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="kopf pauses ALL peers that share a priority, and every replica of the "
+    "Deployment gets the same PODCACHE_PEERING_PRIORITY (default 0): the operator needs "
+    "a distinct priority per replica (e.g. random when unset) for HA to keep one active",
+)
+async def test_ha_replicas_keep_exactly_one_active(
+    cluster: kmock.KubernetesEmulator, tmp_path: Path
+) -> None:
+    release = chart.render({"operator": {"replicaCount": 3}})
+    async with (
+        start_operator(cluster, release, tmp_path / "a", pod_id="podcache-a") as a,
+        start_operator(cluster, release, tmp_path / "b", pod_id="podcache-b") as b,
+    ):
+        # Each replica decides once it sees the other's keep-alive: stand by, or pause all.
+        decided = ("Pausing operations in favour of", "Pausing all operators")
+        both_decided = await _wait_until(lambda: any(d in a.output + b.output for d in decided))
+        assert both_decided, "the replicas never noticed each other"
+        assert "Pausing all operators" not in a.output + b.output
+        assert "Pausing operations in favour of" in a.output + b.output
+
+
+async def test_replicas_with_distinct_priorities_keep_one_active(
+    cluster: kmock.KubernetesEmulator, tmp_path: Path
+) -> None:
+    """What the chart's HA needs from the operator, shown with explicit priorities: the
+    chart's peering object lets the lower replica stand by for the higher one."""
+    release = chart.render({"operator": {"replicaCount": 2}})
+    low = {"PODCACHE_PEERING_PRIORITY": "10"}
+    high = {"PODCACHE_PEERING_PRIORITY": "20"}
+    async with (
+        start_operator(cluster, release, tmp_path / "a", pod_id="podcache-a", extra_env=low) as a,
+        start_operator(cluster, release, tmp_path / "b", pod_id="podcache-b", extra_env=high) as b,
+    ):
+        assert await _wait_until(lambda: "Pausing operations in favour of" in a.output)
+        assert "Pausing" not in b.output
