@@ -1,0 +1,215 @@
+"""Election leases on Redis: atomic campaign, renew and resign scripts, pub/sub notices.
+
+Keys of one election share a Cluster hash tag, so every script touches one slot:
+
+- ``<prefix>podcache:leader:{<name>}``        hash {holder, nonce, term}; expires with the lease
+- ``<prefix>podcache:leader:{<name>}:term``   term counter, never expires (terms only grow)
+- channel ``<prefix>podcache:leader:{<name>}:events``  "elected" / "resigned" notices
+
+The notices only make followers react sooner; correctness never depends on them.
+A follower also re-checks after ``retry_period`` and when the holder's lease is due
+to expire, and a lost subscription is simply re-established on the next wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from podcache.election.store import LeaseRecord, LeaseStore
+from podcache.errors import BackendUnavailable
+from podcache.locks.redis import bounded, hash_tag
+
+logger = logging.getLogger(__name__)
+
+
+def election_keys(prefix: str, name: str) -> tuple[str, str, str]:
+    """Lease hash, term counter and notice channel of election ``name``."""
+    base = f"{prefix}podcache:leader:{{{hash_tag(name)}}}"
+    return base, f"{base}:term", f"{base}:events"
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _record(holder: Any, term: Any, pttl: Any) -> LeaseRecord:
+    pttl = int(pttl)
+    expires_in: float | None = None  # -2: no lease
+    if pttl != -2:
+        expires_in = math.inf if pttl == -1 else pttl / 1000
+    return LeaseRecord(holder=_text(holder), term=int(term), expires_in=expires_in)
+
+
+class RedisLeaseStore(LeaseStore):
+    """The lease of election ``name`` on Redis (standalone, Sentinel or Cluster)."""
+
+    CAMPAIGN_LUA = """
+-- KEYS[1] - lease hash {holder, nonce, term}, expires with the lease
+-- KEYS[2] - term counter, never expires
+-- ARGV[1] - candidate identity
+-- ARGV[2] - candidate nonce (fresh for every campaign)
+-- ARGV[3] - lease duration in milliseconds
+-- ARGV[4] - notice channel
+-- return {1, holder, term, pttl} when the candidate became leader (term + 1) or already
+--        holds the lease under this nonce (an earlier reply was lost; the lease is extended),
+--        {0, holder, term, pttl} when someone else holds the lease
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local term = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'nonce', ARGV[2], 'term', term)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PUBLISH', ARGV[4], 'elected')
+  return {1, ARGV[1], term, tonumber(ARGV[3])}
+end
+if redis.call('HGET', KEYS[1], 'nonce') == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3])}
+end
+return {0, redis.call('HGET', KEYS[1], 'holder'),
+        tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
+
+    RENEW_LUA = """
+-- KEYS[1] - lease hash
+-- ARGV[1] - the leader's nonce
+-- ARGV[2] - lease duration in milliseconds
+-- return the term when extended; nil when the nonce no longer holds the lease
+if redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('HGET', KEYS[1], 'term'))
+end
+return false
+"""
+
+    RESIGN_LUA = """
+-- KEYS[1] - lease hash
+-- ARGV[1] - the leader's nonce
+-- ARGV[2] - notice channel
+-- return 1 when resigned (watchers notified); 0 when the nonce does not hold the lease
+if redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'resigned')
+  return 1
+end
+return 0
+"""
+
+    READ_LUA = """
+-- KEYS[1] - lease hash
+-- KEYS[2] - term counter
+-- return {holder or nil, term, pttl of the lease (-2 when vacant)}
+return {redis.call('HGET', KEYS[1], 'holder'),
+        tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
+
+    def __init__(
+        self, client: Any, *, name: str, key_prefix: str = "", operation_timeout: float = 1.0,
+    ) -> None:
+        """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it."""
+        self.name = name
+        self._client = client
+        self._lease_key, self._term_key, self._channel = election_keys(key_prefix, name)
+        self._timeout = operation_timeout
+        self._campaign = client.register_script(self.CAMPAIGN_LUA)
+        self._renew = client.register_script(self.RENEW_LUA)
+        self._resign = client.register_script(self.RESIGN_LUA)
+        self._read = client.register_script(self.READ_LUA)
+        self._pubsub: Any = None
+        self._closing: set[asyncio.Future[None]] = set()
+        """Background closes of dropped subscriptions (referenced so they are not collected)."""
+
+    async def try_acquire(
+        self, *, identity: str, nonce: str, duration: float,
+    ) -> tuple[bool, LeaseRecord]:
+        call = self._campaign(keys=(self._lease_key, self._term_key),
+                              args=(identity, nonce, _ms(duration), self._channel))
+        won, holder, term, pttl = await bounded(call, seconds=self._timeout, what="campaign")
+        return bool(int(won)), _record(holder, term, pttl)
+
+    async def renew(self, *, nonce: str, duration: float) -> int | None:
+        call = self._renew(keys=(self._lease_key,), args=(nonce, _ms(duration)))
+        term = await bounded(call, seconds=self._timeout, what="renew")
+        return None if term is None else int(term)
+
+    async def resign(self, *, nonce: str) -> bool:
+        call = self._resign(keys=(self._lease_key,), args=(nonce, self._channel))
+        return bool(int(await bounded(call, seconds=self._timeout, what="resign")))
+
+    async def read(self) -> LeaseRecord:
+        call = self._read(keys=(self._lease_key, self._term_key))
+        holder, term, pttl = await bounded(call, seconds=self._timeout, what="read")
+        return _record(holder, term, pttl)
+
+    async def open(self) -> None:
+        try:
+            await self._subscribed()
+        except BackendUnavailable as exc:
+            logger.debug("election %s: no change notices yet: %s", self.name, exc)
+
+    async def wait_for_change(self, *, at_most: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + at_most
+        try:
+            pubsub = await self._subscribed()
+            while (remaining := deadline - loop.time()) > 0:
+                read = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+                try:
+                    message = await bounded(read, seconds=remaining + self._timeout,
+                                            what="wait for notices")
+                except asyncio.CancelledError:
+                    self._forget_subscription()  # an abandoned read may still hold it
+                    raise
+                if message is not None:
+                    return
+        except BackendUnavailable as exc:
+            # Without notices we still poll every retry period; resubscribe next time.
+            logger.debug("election %s: change notices lost: %s", self.name, exc)
+            self._forget_subscription()
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def close(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await _close_quietly(pubsub)
+
+    async def _subscribed(self) -> Any:
+        if self._pubsub is None:
+            pubsub = self._client.pubsub()
+            try:
+                await bounded(self._subscribe(pubsub), seconds=self._timeout, what="subscribe")
+            except BaseException:
+                self._closing.add(asyncio.ensure_future(_close_quietly(pubsub)))
+                raise
+            self._pubsub = pubsub
+        return self._pubsub
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        # Wait for the confirmation: only then are notices published after it ours.
+        await pubsub.subscribe(self._channel)
+        while True:
+            message = await pubsub.get_message(timeout=self._timeout)
+            if message is not None and message["type"] == "subscribe":
+                return
+
+    def _forget_subscription(self) -> None:
+        """Drop the subscription without waiting: it is closed in the background."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            task = asyncio.ensure_future(_close_quietly(pubsub))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await bounded(pubsub.aclose(), seconds=1.0, what="close pub/sub")
+    except Exception as exc:  # clean-up of a connection that may be broken already
+        logger.debug("closing a pub/sub connection failed: %s", exc)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
