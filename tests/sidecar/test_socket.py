@@ -26,6 +26,10 @@ from podcache.sidecar.socket_site import SocketInUse
 from tests.sidecar.conftest import StartSidecar
 
 
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 async def test_socket_mode_is_0660_and_parent_is_created(
     start_sidecar: StartSidecar, short_tmp: Path
 ) -> None:
@@ -52,7 +56,7 @@ async def test_live_socket_is_refused(start_sidecar: StartSidecar) -> None:
     with pytest.raises(SocketInUse, match="already serving"):
         await start_sidecar(name="same")
     # The first one was not disturbed.
-    assert os.path.exists(first.socket_path)
+    assert exists(first.socket_path)
     assert (await api.request("GET", "/healthz")).status == 200
 
 
@@ -66,9 +70,9 @@ async def test_regular_file_is_not_replaced(start_sidecar: StartSidecar, short_t
 
 async def test_shutdown_removes_the_socket_file(start_sidecar: StartSidecar) -> None:
     sidecar, _ = await start_sidecar()
-    assert os.path.exists(sidecar.socket_path)
+    assert exists(sidecar.socket_path)
     await sidecar.shutdown()
-    assert not os.path.exists(sidecar.socket_path)
+    assert not exists(sidecar.socket_path)
 
 
 async def _open(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -122,4 +126,3 @@ async def test_slow_client_does_not_delay_others_and_gets_408(
     assert answer.split()[1] == b"408"
     assert b'"request_timeout"' in answer
     assert (await api.request("GET", "/v1/cache/slow")).status == 404
-

@@ -77,6 +77,7 @@ class Reloader:
         metrics_server: MetricsServer,
         new_slot: SlotFactory,
         interval: float = POLL_INTERVAL,
+        seen: Fingerprint = None,
     ) -> None:
         self.path = path
         self._overrides = overrides
@@ -85,6 +86,7 @@ class Reloader:
         self._metrics_server = metrics_server
         self._new_slot = new_slot
         self._interval = interval
+        self._seen = seen if seen is not None else fingerprint(path)
         self._poke = asyncio.Event()
         self._retiring: set[asyncio.Task[None]] = set()
         self._apply_lock = asyncio.Lock()
@@ -95,7 +97,7 @@ class Reloader:
 
     async def watch(self) -> None:
         """Poll forever; run as a task and cancel it to stop."""
-        last = fingerprint(self.path)
+        last = self._seen
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):

@@ -96,6 +96,9 @@ class Sidecar:
 
     async def start(self) -> None:
         began = time.monotonic()
+        # Fingerprint before reading, so a change racing with start-up is reloaded, not missed.
+        path = self.options.config_path
+        seen = reload_mod.fingerprint(path) if path else None
         config = self._initial if self._initial is not None else load_config(self.options)
         socket_site.prepare_path(config.socket)  # a live socket fails here, before any work
         metrics = ServerMetrics(config.metrics.namespace)
@@ -155,6 +158,7 @@ class Sidecar:
                 metrics_server=self.metrics_server,
                 new_slot=self._new_slot,
                 interval=self.options.reload_interval,
+                seen=seen,
             )
             self._watch_task = asyncio.create_task(
                 self.reloader.watch(), name="podcache-config-watch"
