@@ -1,8 +1,9 @@
 """Lock context managers: acquire, refresh in the background while held, release on exit.
 
-``HeldLock`` (a thread refreshes it) serves ``Client.lock``; ``async_locking.AsyncHeldLock``
-(a task refreshes it, same rules) serves ``AsyncClient.lock``. Both refresh every ttl/3 and, when
-a refresh fails, retry quickly until the lease would have expired.
+``HeldLock`` (a thread refreshes it) serves ``Client.lock``;
+``async_locking.AsyncHeldLock`` (a task refreshes it, same rules) serves
+``AsyncClient.lock``. Both refresh every ttl/3 and, when a refresh fails, retry
+quickly until the lease would have expired.
 
 The lock is LOST, and the holder told (``lost`` turns true, ``lost_event`` is set,
 ``on_lost`` is called, ``check()`` raises ``LockLost``), when the sidecar refuses a
