@@ -108,7 +108,6 @@ class TestChartMetadata:
                 uncommented.append(f"{index + 1}: {stripped}")
         assert uncommented == []
 
-
     def test_helpers_are_prefixed_and_commented(self) -> None:
         source = (chart.CHART_DIR / "templates" / "_helpers.tpl").read_text()
         defines = re.findall(r'(\*/\}\}\s*)?\{\{-? define "([^"]+)"', source)
@@ -117,6 +116,20 @@ class TestChartMetadata:
             assert name.startswith("podcache."), name
             assert comment_end, f"{name} has no comment above it"
             assert f"{name}:" in source, f"the comment above {name} does not name it"
+
+    @pytest.mark.parametrize("value_set", sorted(chart.VALUE_SETS))
+    def test_no_trailing_whitespace(self, value_set: str) -> None:
+        with helm.Chart.load(chart.CHART_DIR) as loaded:
+            rendered = loaded.render(
+                chart.VALUE_SETS[value_set], name=chart.RELEASE, namespace=chart.NAMESPACE
+            )
+        untidy = [
+            f"{path}:{number}"
+            for path, text in rendered.items()
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line != line.rstrip()
+        ]
+        assert untidy == []
 
 
 class TestCrds:

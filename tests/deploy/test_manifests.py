@@ -60,6 +60,13 @@ def test_render_is_deterministic_and_check_agrees(tmp_path: Path) -> None:
     assert "stale" in stale.stderr
 
 
+def test_no_blank_or_trailing_space_lines_from_templates() -> None:
+    """Whitespace left by template actions shows the chart's output is tidy."""
+    for path in chart.MANIFESTS_DIR.glob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            assert line == line.rstrip(), f"{path.name}:{number} ends in whitespace"
+
+
 def test_plain_manifests_layout() -> None:
     crds = list(chart.load_yaml_documents(chart.MANIFESTS_DIR / "crds.yaml"))
     assert {obj["kind"] for obj in crds} == {"CustomResourceDefinition"}

@@ -113,7 +113,7 @@ API server uses <service>.<namespace>.svc).
 */}}
 {{- define "podcache.webhookDNSNames" -}}
 {{- $service := include "podcache.webhookServiceName" . }}
-{{- $namespace := include "podcache.namespace" . }}
+{{- $namespace := include "podcache.namespace" . -}}
 - {{ $service }}
 - {{ printf "%s.%s" $service $namespace }}
 - {{ printf "%s.%s.svc" $service $namespace }}
@@ -179,7 +179,7 @@ podcache_operator.settings reads (Settings.from_env): identity, peering, health,
 webhook TLS, and the sidecar defaults the webhook injects.
 */}}
 {{- define "podcache.operatorEnv" -}}
-{{- $certDir := include "podcache.webhookCertDir" . }}
+{{- $certDir := include "podcache.webhookCertDir" . -}}
 # kopf's peer identity: the pod name, so `kubectl get clusterkopfpeering -o yaml` is readable.
 - name: POD_ID
   valueFrom:
