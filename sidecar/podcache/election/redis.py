@@ -3,7 +3,7 @@
 Keys of one election share a Cluster hash tag, so every script touches one slot:
 
 - ``<prefix>podcache:leader:{<name>}``        hash {holder, nonce, term}; expires with the lease
-- ``<prefix>podcache:leader:{<name>}:term``   term counter, never expires (terms only grow)
+- ``<prefix>podcache:leader:{<name>}:term``   term counter {n, epoch}; never expires, only grows
 - channel ``<prefix>podcache:leader:{<name>}:events``  "elected" / "resigned" notices
 
 The notices only make followers react sooner; correctness never depends on them.
@@ -18,6 +18,9 @@ import logging
 import math
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
+from podcache.backends import redis_topologies
 from podcache.election.store import LeaseRecord, LeaseStore
 from podcache.errors import BackendUnavailable
 from podcache.locks.redis import bounded, hash_tag
@@ -48,9 +51,12 @@ def _record(holder: Any, term: Any, pttl: Any) -> LeaseRecord:
 class RedisLeaseStore(LeaseStore):
     """The lease of election ``name`` on Redis (standalone, Sentinel or Cluster)."""
 
-    CAMPAIGN_LUA = """
+    # Terms come from the failover-safe counter (redis_topologies.MONOTONIC_COUNTER_LUA):
+    # by one per change of leader, and never a term already used even when a promoted
+    # replica or a restarted Redis lost the latest writes (it jumps ahead instead).
+    CAMPAIGN_LUA = redis_topologies.MONOTONIC_COUNTER_LUA + """
 -- KEYS[1] - lease hash {holder, nonce, term}, expires with the lease
--- KEYS[2] - term counter, never expires
+-- KEYS[2] - term counter (hash {n, epoch}), never expires
 -- ARGV[1] - candidate identity
 -- ARGV[2] - candidate nonce (fresh for every campaign)
 -- ARGV[3] - lease duration in milliseconds
@@ -59,7 +65,7 @@ class RedisLeaseStore(LeaseStore):
 --        holds the lease under this nonce (an earlier reply was lost; the lease is extended),
 --        {0, holder, term, pttl} when someone else holds the lease
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  local term = redis.call('INCR', KEYS[2])
+  local term = next_counter(KEYS[2])
   redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'nonce', ARGV[2], 'term', term)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PUBLISH', ARGV[4], 'elected')
@@ -70,7 +76,7 @@ if redis.call('HGET', KEYS[1], 'nonce') == ARGV[2] then
   return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3])}
 end
 return {0, redis.call('HGET', KEYS[1], 'holder'),
-        tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
+        current_counter(KEYS[2]), redis.call('PTTL', KEYS[1])}
 """
 
     RENEW_LUA = """
@@ -98,12 +104,12 @@ end
 return 0
 """
 
-    READ_LUA = """
+    READ_LUA = redis_topologies.MONOTONIC_COUNTER_LUA + """
 -- KEYS[1] - lease hash
 -- KEYS[2] - term counter
 -- return {holder or nil, term, pttl of the lease (-2 when vacant)}
 return {redis.call('HGET', KEYS[1], 'holder'),
-        tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
+        current_counter(KEYS[2]), redis.call('PTTL', KEYS[1])}
 """
 
     def __init__(
@@ -188,6 +194,8 @@ return {redis.call('HGET', KEYS[1], 'holder'),
         return self._pubsub
 
     async def _subscribe(self, pubsub: Any) -> None:
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()  # cluster pub/sub routes by the slot map: load it
         # Wait for the confirmation: only then are notices published after it ours.
         await pubsub.subscribe(self._channel)
         while True:
