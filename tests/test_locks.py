@@ -15,7 +15,8 @@ Aspects tested (both backends unless marked):
 - Redis: key layout with one hash tag per lock (also for names with braces), key
   prefix isolation, build_locks on the real backends, replica acknowledgement (WAIT),
   outage (stopped or paused Redis) surfaces as BackendUnavailable fast and counted as
-  error, recovery without restarting anything
+  error, recovery without restarting anything; a cancelled call stays cancelled even
+  where redis-py swallows the cancellation
 """
 
 from __future__ import annotations
@@ -482,4 +483,27 @@ async def test_redis_paused_fails_within_the_operation_timeout(redis_server: Red
         assert time.monotonic() - started < 1.0
     finally:
         redis_server.resume()
+        await client.aclose()
+
+
+async def test_redis_calls_honour_cancellation(redis_url: str) -> None:
+    # redis-py on Python 3.11 can swallow a cancellation (asyncio.wait_for, gh-86296);
+    # the lock service must re-raise it, or a cancelled acquire would carry on.
+    client = redis.asyncio.Redis.from_url(redis_url)
+    locks = RedisLocks(client, namespace=NS)
+    try:
+        for i in range(40):
+            async def churn(name: str = f"churn-{i}") -> None:
+                while True:
+                    lease = await locks.acquire(name, ttl=5)
+                    assert lease is not None
+                    await locks.release(name, lease.token)
+
+            task = asyncio.create_task(churn())
+            await asyncio.sleep(0.0001 * (i % 8))
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=1)
+            assert done, f"cancellation lost in round {i}"
+            assert task.cancelled()
+    finally:
         await client.aclose()

@@ -167,7 +167,7 @@ return {redis.call('HGET', KEYS[1], 'holder'),
                     message = await bounded(read, seconds=remaining + self._timeout,
                                             what="wait for notices")
                 except asyncio.CancelledError:
-                    self._forget_subscription()  # an abandoned read may still hold it
+                    self._forget_subscription()  # the read was cut short: start afresh
                     raise
                 if message is not None:
                     return

@@ -66,43 +66,28 @@ def lock_keys(prefix: str, name: str) -> tuple[str, str, str]:
 async def bounded(awaitable: Awaitable[T], *, seconds: float, what: str) -> T:
     """Await a Redis call for at most ``seconds``; any failure is BackendUnavailable.
 
-    BEWARE: the call runs in a task of its own and we *wait* for it rather than
-    cancel ourselves on a timer. On Python 3.11, redis-py sends every command through
-    ``asyncio.wait_for``, which swallows a cancellation that lands just as the send
-    completes (CPython gh-86296): a plain ``asyncio.timeout`` (or a ``task.cancel()``
-    from ``stop()``) can then be lost and the caller hang on a paused Redis. Here the
-    caller never depends on the call honouring a cancellation; an abandoned call is
-    cancelled again until it ends.
+    BEWARE: on Python 3.11, redis-py sends every command through ``asyncio.wait_for``,
+    which swallows a cancellation that lands just as the send completes (CPython
+    gh-86296): a ``task.cancel()`` (a ``stop()``, a client that went away) can vanish
+    and the task carry on as if nothing happened. The task's ``cancelling()`` count
+    still records the request, so we check it after the call and re-raise.
     """
-    task = asyncio.ensure_future(awaitable)
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-    except asyncio.CancelledError:
-        abandon(task)
-        raise
-    if not done:
-        abandon(task)
-        raise BackendUnavailable(f"redis {what} timed out after {seconds:.3g}s")
-    try:
-        return task.result()
+        async with asyncio.timeout(seconds):
+            result = await awaitable
     except (RedisError, OSError, TimeoutError) as exc:
-        detail = str(exc) or type(exc).__name__
+        _reraise_swallowed_cancel(task, cancels)
+        detail = str(exc) or f"timed out after {seconds:.3g}s"
         raise BackendUnavailable(f"redis {what} failed: {detail}") from exc
+    _reraise_swallowed_cancel(task, cancels)
+    return result
 
 
-_RECANCEL_EVERY = 0.05
-"""Seconds between cancellations of an abandoned call that swallowed the previous one."""
-
-
-def abandon(task: asyncio.Future[Any]) -> None:
-    """Cancel ``task`` and keep cancelling it until it ends; retrieve its outcome quietly."""
-    if task.done():
-        if not task.cancelled():
-            task.exception()  # mark retrieved: no "exception was never retrieved" noise
-        return
-    task.cancel()
-    loop = asyncio.get_running_loop()
-    loop.call_later(_RECANCEL_EVERY, abandon, task)
+def _reraise_swallowed_cancel(task: asyncio.Task[Any] | None, cancels: int) -> None:
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError("cancelled during a Redis call")
 
 
 # --- Fence generation: the ONE place that decides how a fence is derived. --------------
