@@ -4,6 +4,8 @@ Aspects:
 - Sentinel, primary killed under three campaigning electors: at no sampled moment do
   two electors lead with the same term; a term is never held by two identities; a
   leader exists again after the failover and its term is larger;
+- Sentinel failover that lost two changes of leader (replica cut off): the promoted
+  replica's counter is behind, yet the next term is above every lost one;
 - Sentinel, primary paused (SIGSTOP) longer than the lease, so the sentinels fail
   over: the leader steps down within its renew deadline, before anyone else is
   elected; the new leader's term is larger;
@@ -24,6 +26,7 @@ import pytest
 
 from podcache.cache import Cache, new_cache
 from podcache.config import Config
+from podcache.election.redis import election_keys
 from tests.redis_server import RedisServer
 from tests.redis_topologies import ClusterTopology, SentinelTopology
 
@@ -118,6 +121,39 @@ async def test_primary_killed_never_two_leaders_with_one_term(
             within=15, what="a leader with a larger term after the failover",
         )
         await asyncio.sleep(0.5)
+    campaign.check_history()
+
+
+@pytest.mark.slow
+async def test_terms_never_reused_after_a_failover_that_lost_writes(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    async with Campaign(_config(sentinel_topology), count=2) as campaign:
+        await campaign.until(lambda: len(campaign.leaders()) == 1, within=10, what="a leader")
+        kept = campaign.leaders()[0].term
+        replica, primary = sentinel_topology.replicas()[0], sentinel_topology.primary()
+        # Cut the replica off (frozen, link closed): the next changes of leader exist on
+        # the primary only and are lost when it dies.
+        replica.pause()
+        primary.command("CLIENT", "KILL", "TYPE", "replica")
+        lost = []
+        for _ in range(2):
+            leader = campaign.leaders()[0]
+            assert await leader.resign() is True
+            await campaign.until(
+                lambda old=leader: [e for e in campaign.leaders() if e is not old] != [],
+                within=5, what="a successor")
+            lost.append(campaign.leaders()[0].term)
+        assert lost == [kept + 1, kept + 2]
+        sentinel_topology.kill_primary()
+        replica.resume()
+        new = await asyncio.to_thread(sentinel_topology.wait_for_failover, primary.port)
+        _, term_key, _ = election_keys("e:", "scheduler")
+        assert int(new.command("HGET", term_key, "n")) == kept  # the new primary lost them
+        await campaign.until(
+            lambda: len(campaign.leaders()) == 1 and campaign.leaders()[0].term > max(lost),
+            within=15, what="a leader with a term above the lost ones")
+        await asyncio.sleep(0.3)
     campaign.check_history()
 
 
