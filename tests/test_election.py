@@ -6,6 +6,7 @@ Aspects tested (both backends unless marked):
 - the leader stops (resigns) -> a new leader within 1 s, also with a long retry period
   (woken by the resignation notice, not by polling); the term grows by one
 - the leader is killed without resigning -> a new leader after about the lease duration
+  (also with the leader in another OS process killed by SIGKILL, on Redis)
 - resign() hands leadership over and campaigns again
 - renew deadline: renewals failing (Redis paused; a failing store) make the leader step
   down locally before its lease could pass on, and nobody else leads before that
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -582,5 +584,47 @@ async def test_redis_follower_survives_an_outage(redis_server: RedisServer) -> N
     finally:
         for elector in electors:
             await elector.stop()
+        for client in clients:
+            await client.aclose()
+
+
+def _lead_until_killed(url: str, elected: Any) -> None:
+    async def lead() -> None:
+        client = redis.asyncio.Redis.from_url(url)
+        elector = Elector(RedisLeaseStore(client, name="killed"), identity="doomed",
+                          on_elected=elected.set, namespace=NS, **FAST)
+        await elector.start()
+        await asyncio.Event().wait()  # until SIGKILL
+
+    asyncio.run(lead())
+
+
+async def test_redis_leader_process_killed(redis_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    elected = ctx.Event()
+    doomed = ctx.Process(target=_lead_until_killed, args=(redis_url, elected))
+    doomed.start()
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+    followers = [Elector(RedisLeaseStore(c, name="killed"), identity=f"pod-{i}", namespace=NS,
+                         **FAST) for i, c in enumerate(clients)]
+    try:
+        assert await asyncio.to_thread(elected.wait, 30), "the child never led"
+        for follower in followers:
+            await follower.start()
+        await until(lambda: all(f.holder == "doomed" for f in followers), within=1)
+        doomed_term = followers[0].term
+        await asyncio.sleep(0.3)
+        doomed.kill()
+        killed_at = time.monotonic()
+        await until(lambda: any(f.is_leader for f in followers), within=2.5)
+        took = time.monotonic() - killed_at
+        # Its last renewal was at most retry_period before the kill; the lease lasts 1 s.
+        assert 0.7 <= took <= 1.5, took
+        assert leader_of(followers).term == doomed_term + 1
+    finally:
+        doomed.kill()
+        doomed.join(10)
+        for follower in followers:
+            await follower.stop()
         for client in clients:
             await client.aclose()
