@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import sys
 import time
@@ -168,6 +169,8 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--only", default=",".join(SCENARIOS))
     options = parser.parse_args()
+    # Failed renewals and campaigns during the window are expected here: keep the output to figures.
+    logging.getLogger("podcache").setLevel(logging.ERROR)
     for name in options.only.split(","):
         print(f"{name}:", flush=True)
         results = []
