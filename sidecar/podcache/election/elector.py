@@ -148,6 +148,7 @@ class Elector:
         """A campaign got no answer (timeout, cancellation): the store may hold a lease under
         our nonce that we never saw. Campaigns are idempotent per nonce, so the next one
         with the same nonce claims it; a stop resigns it."""
+        self._campaign_failing = False
         self._last_renew = 0.0
         self._last_attempt = 0.0
         self._resume_at = 0.0
@@ -293,9 +294,15 @@ class Elector:
                 identity=self.identity, nonce=self._nonce, duration=self.lease_duration,
             )
         except BackendUnavailable as exc:
-            logger.warning("election %s: cannot campaign: %s", self.name, exc)
+            # Once per outage at warning level: a follower retries every retry_period.
+            log = logger.debug if self._campaign_failing else logger.warning
+            log("election %s: cannot campaign: %s", self.name, exc)
+            self._campaign_failing = True
             await asyncio.sleep(self.retry_period)
             return
+        if self._campaign_failing:
+            logger.info("election %s: campaigning again", self.name)
+            self._campaign_failing = False
         self._maybe_holding = False
         if won:
             self._elected(term=record.term, renewed_at=sent)

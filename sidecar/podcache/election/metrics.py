@@ -8,6 +8,7 @@ election per registry (the sidecar does), or the last writer wins.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -20,7 +21,9 @@ class ElectionMetrics:
     )
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str) -> None:
-        common = {"namespace": namespace, "subsystem": "leader", "registry": registry}
+        common: dict[str, Any] = {
+            "namespace": namespace, "subsystem": "leader", "registry": registry,
+        }
         self.is_leader = Gauge(
             "is_leader", "1 while this process leads the election, else 0.",
             ["election"], **common,

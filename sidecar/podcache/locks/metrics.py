@@ -9,7 +9,7 @@ gauge sums over every live service, read at scrape time.
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -30,7 +30,7 @@ class LockMetrics:
     )
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str) -> None:
-        common = {"namespace": namespace, "subsystem": "lock", "registry": registry}
+        common: dict[str, Any] = {"namespace": namespace, "subsystem": "lock", "registry": registry}
         self.acquisitions = Counter(
             "acquisitions", "Lock acquisition attempts by outcome "
             "(acquired, contended: held and no wait, timeout: waited in vain, error).",
