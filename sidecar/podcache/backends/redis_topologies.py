@@ -75,15 +75,16 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
 class SentinelRedis(redis.asyncio.Redis):
     """A client of a Sentinel-monitored primary (or replicas) that also closes its sentinels."""
 
-    sentinel: Sentinel | None = None
+    # Not ``sentinel``: that name is the client's SENTINEL command method.
+    sentinel_manager: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         try:
             await super().aclose(close_connection_pool)
         finally:
-            sentinel, self.sentinel = self.sentinel, None
-            if sentinel is not None:
-                await sentinel.aclose()
+            manager, self.sentinel_manager = self.sentinel_manager, None
+            if manager is not None:
+                await manager.aclose()
 
 
 def _data_kwargs(settings: RedisSettings) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def sentinel_manager(settings: RedisSettings) -> Sentinel:
         # Sentinels deployed with TLS use the same CA and client certificate as the data nodes.
         sentinel_kwargs["ssl"] = True
         sentinel_kwargs.update(redis_connection.tls_kwargs(settings))
-    return Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)
+    return Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
 
 
 def _sentinel_client(settings: RedisSettings, *, replica: bool) -> SentinelRedis:
@@ -137,7 +138,7 @@ def _sentinel_client(settings: RedisSettings, *, replica: bool) -> SentinelRedis
         **kwargs,
     )
     assert isinstance(client, SentinelRedis)
-    client.sentinel = sentinel
+    client.sentinel_manager = sentinel
     return client
 
 
@@ -223,7 +224,7 @@ async def eval_and_wait(
     script: AsyncScript,
     *,
     keys: Sequence[str],
-    args: Sequence[object],
+    args: Sequence[Any],
     replicas: int,
     timeout_ms: int,
 ) -> tuple[Any, int]:
@@ -263,7 +264,7 @@ async def _eval_and_wait_cluster(
     script: AsyncScript,
     *,
     keys: Sequence[str],
-    args: Sequence[object],
+    args: Sequence[Any],
     replicas: int,
     timeout_ms: int,
 ) -> tuple[Any, int]:
