@@ -16,6 +16,7 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy import adapter as cel_adapter
 
 from tests.deploy import chart
 
@@ -80,7 +81,7 @@ def cel_violations(obj: dict[str, Any], node: dict[str, Any]) -> list[str]:
     violations = []
     for path, rule, value in _rules(obj, node, "self"):
         program = environment.program(environment.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        result = program.evaluate({"self": cel_adapter.json_to_cel(value)})
         if isinstance(result, Exception):
             raise AssertionError(f"CEL rule at {path} failed to evaluate: {rule['rule']}: {result}")
         if not bool(result):
