@@ -11,7 +11,9 @@ Aspects:
   way the API server applies it (defaulting, openAPIV3Schema through jsonschema, the
   CEL rules through cel-python) and by the operator's own spec checks;
 - malformed specs are refused by the schema; specs breaking a CEL rule are refused
-  by that rule (with its message) and by the operator's checks alike.
+  by that rule (with its message) and by the operator's checks alike;
+- the demo pod after the operator's injection (with the sidecar defaults the chart
+  passes, native sidecar or regular container) is a valid Pod on every version.
 """
 
 from __future__ import annotations
@@ -212,3 +214,46 @@ def test_cel_rules_refuse_and_the_operator_agrees(mutate: Any, message: str) -> 
 
 def test_valid_memory_example_passes() -> None:
     _validate_cacheconfig(_memory_example())
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "regular-container"])
+def test_demo_pod_after_injection_is_valid(
+    default_release: chart.Release, version: str, native: bool
+) -> None:
+    """What users end up running: the demo pod, injected by the operator's own code with
+    the sidecar defaults the chart passes it, for each example CacheConfig."""
+    injection = pytest.importorskip("podcache_operator.injection")
+    settings = pytest.importorskip("podcache_operator.settings")
+    env = chart.env_of(chart.container(default_release.one("Deployment"), "operator"))
+    strings = {name: value for name, value in env.items() if isinstance(value, str)}
+    sidecar = settings.Settings.from_env(
+        {**strings, "PODCACHE_SIDECAR_NATIVE": str(native)}
+    ).sidecar
+    (deployment,) = chart.load_yaml_documents(chart.EXAMPLES_DIR / "demo-deployment.yaml")
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **deployment["spec"]["template"]["metadata"],
+            "name": "demo-0",
+            "namespace": "default",
+        },
+        "spec": deployment["spec"]["template"]["spec"],
+    }
+    configs = [
+        obj
+        for path in sorted(chart.EXAMPLES_DIR.glob("*.yaml"))
+        for obj in chart.load_yaml_documents(path)
+        if obj["kind"] == "CacheConfig"
+    ]
+    for config in configs:
+        defaulted = crd.apply_defaults(copy.deepcopy(config), crd.schema())
+        ops = injection.build_patch(
+            pod, cacheconfig=config["metadata"]["name"], spec=defaulted["spec"], sidecar=sidecar
+        )
+        injected = injection.apply_patch(pod, ops)
+        kubernetes_validate.validate(injected, version, strict=True)
+        where = "initContainers" if native else "containers"
+        names = [c["name"] for c in injected["spec"].get(where, [])]
+        assert injection.SIDECAR_NAME in names
