@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from podcache.sidecar.socket_site import SocketInUse
-from tests.sidecar.conftest import StartSidecar
+from tests.sidecar.conftest import StartSidecar, wait_until
 
 
 def exists(path: str) -> bool:
@@ -90,22 +90,30 @@ async def test_connections_beyond_the_limit_wait_in_the_backlog(
 ) -> None:
     sidecar, _ = await start_sidecar({"limits": {"maxConnections": 2}})
     path = sidecar.socket_path
-    first = await _open(path)
-    second = await _open(path)
-    assert b"200 OK" in await _healthz(*first)
-    assert b"200 OK" in await _healthz(*second)
-    assert sidecar.state is not None
-    gauge = sidecar.state.metrics.connections._value.get()
-    assert gauge == 2
+    busy = [await _open(path) for _ in range(2)]
+    for index, (_, writer) in enumerate(busy):
+        # A request in progress on each: its body has not arrived yet.
+        writer.write(
+            f"PUT /v1/cache/b{index} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Content-Length: 4\r\n\r\nab"
+        )
+        await writer.drain()
+
+    async def both_counted() -> bool:
+        return sidecar.state is not None and sidecar.state.metrics.connections._value.get() == 2
+
+    await wait_until(both_counted, message="two open connections")
     third = await _open(path)  # connect() succeeds: the kernel queues it
     third[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     await third[1].drain()
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(third[0].readuntil(b"}"), 0.3)
-    first[1].close()  # room for one more
+    busy[0][1].write(b"cd")  # the first request completes; its connection turns idle
+    await busy[0][1].drain()
+    assert b"204" in await asyncio.wait_for(busy[0][0].readuntil(b"\r\n\r\n"), 3)
     answer = await asyncio.wait_for(third[0].readuntil(b"}"), 3)
     assert b"200 OK" in answer
-    for _, writer in (second, third):
+    for _, writer in [*busy, third]:
         writer.close()
 
 
@@ -126,3 +134,35 @@ async def test_slow_client_does_not_delay_others_and_gets_408(
     assert answer.split()[1] == b"408"
     assert b'"request_timeout"' in answer
     assert (await api.request("GET", "/v1/cache/slow")).status == 404
+
+
+async def test_closed_connections_free_their_slot(start_sidecar: StartSidecar) -> None:
+    sidecar, api = await start_sidecar({"limits": {"maxConnections": 5}})
+    for _ in range(60):  # many more than the limit, one after the other
+        reader, writer = await _open(sidecar.socket_path)
+        assert b"200 OK" in await asyncio.wait_for(_healthz(reader, writer), 3)
+        writer.close()
+        await writer.wait_closed()
+    assert sidecar.state is not None
+
+    async def all_closed() -> bool:
+        return sidecar.state is not None and sidecar.state.metrics.connections._value.get() <= 1
+
+    await wait_until(all_closed, message="connections released")
+    assert (await api.request("GET", "/healthz")).status == 200
+
+
+async def test_idle_connections_make_room_for_a_waiting_client(
+    start_sidecar: StartSidecar,
+) -> None:
+    sidecar, _ = await start_sidecar({"limits": {"maxConnections": 2}})
+    idle = [await _open(sidecar.socket_path) for _ in range(2)]
+    for reader, writer in idle:
+        assert b"200 OK" in await _healthz(reader, writer)  # now idle, kept alive
+    newcomer = await _open(sidecar.socket_path)
+    answer = await asyncio.wait_for(_healthz(*newcomer), 3)
+    assert b"200 OK" in answer
+    # The oldest idle connection was closed to make room.
+    assert await asyncio.wait_for(idle[0][0].read(), 3) == b""
+    for _, writer in [*idle, newcomer]:
+        writer.close()

@@ -26,7 +26,10 @@ from podcache.errors import InvalidKey, InvalidTTL, ValueTooLarge
 from podcache.sidecar.errors import ApiError
 
 MAX_CACHE_TTL = 10 * 365 * 86400.0
-"""Seconds; a longer cache TTL is refused (Redis rejects expiry times near 2^63 ms)."""
+"""Seconds; a longer cache TTL is cut to this."""
+_NUMBER = r"([0-9]+([.][0-9]*)?|[.][0-9]+)"
+DURATION_PATTERN = rf"^[+]?({_NUMBER}|({_NUMBER}(ns|us|µs|ms|s|m|h))+)$"
+"""What ``podcache.durations`` accepts, as a regular expression (for the OpenAPI document)."""
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TRUE = frozenset({"true", "1", "yes"})
@@ -70,14 +73,16 @@ def segment(
 
 
 def ttl_query(request: web.Request, default: float) -> float:
-    """The ``ttl`` query parameter in seconds (Go duration or seconds); absent or 0 = default."""
+    """The ``ttl`` query parameter in seconds (Go duration or seconds).
+
+    Absent, empty or 0 means ``default``; longer than ``MAX_CACHE_TTL`` is cut to it
+    (ten years is "forever" for a cache, and Redis refuses expiry times near 2^63 ms).
+    """
     raw = request.query.get("ttl")
-    if raw is None:
+    if not raw:
         return default
     seconds = duration(raw, field="ttl")
-    if seconds > MAX_CACHE_TTL:
-        raise InvalidTTL(f"ttl: {raw!r} exceeds the maximum of {MAX_CACHE_TTL:.0f}s")
-    return seconds or default
+    return min(seconds, MAX_CACHE_TTL) or default
 
 
 def duration(value: Any, *, field: str) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 from podcache import configfile
 from podcache.sidecar import routes_leader
-from podcache.sidecar.inputs import MAX_CACHE_TTL
+from podcache.sidecar.inputs import DURATION_PATTERN, MAX_CACHE_TTL
 
 ERROR_CODES = (
     "not_found",
@@ -78,15 +78,18 @@ def _json_body(schema_ref: str, *, required: bool = False) -> dict[str, Any]:
 def document(config: configfile.SidecarConfig) -> dict[str, Any]:
     """The OpenAPI 3.0 document for the limits of ``config``."""
     limits = config.limits
+    # The limit is in UTF-8 bytes, which JSON Schema cannot say: maxLength is the number
+    # of characters that always fits (4 bytes each at most); the description has the truth.
+    fits = max(1, limits.max_key_bytes // 4)
     key = _segment(
         "key",
         f"Percent-encoded UTF-8, 1 to {limits.max_key_bytes} bytes once decoded",
-        limits.max_key_bytes,
+        fits,
     )
     lock = _segment(
         "name",
         f"Lock name: percent-encoded UTF-8, 1 to {limits.max_key_bytes} bytes",
-        limits.max_key_bytes,
+        fits,
     )
     election = _segment(
         "election", "Election name (letters, digits, '.', '_', '-')", routes_leader.MAX_NAME_BYTES
@@ -140,9 +143,10 @@ def document(config: configfile.SidecarConfig) -> dict[str, Any]:
                             "name": "ttl",
                             "in": "query",
                             "required": False,
-                            "description": "Go duration ('30s', '5m') or seconds; absent "
-                            f"or 0 = the default TTL; at most {MAX_CACHE_TTL:.0f}s",
-                            "schema": {"type": "string"},
+                            "description": "Go duration ('30s', '5m') or seconds; absent, "
+                            f"empty or 0 = the default TTL; more than {MAX_CACHE_TTL:.0f}s is "
+                            "cut to that",
+                            "schema": {"type": "string", "pattern": DURATION_PATTERN},
                         },
                         {
                             "name": "ifAbsent",
@@ -327,7 +331,10 @@ def document(config: configfile.SidecarConfig) -> dict[str, Any]:
 def _schemas(config: configfile.SidecarConfig) -> dict[str, Any]:
     duration = {
         "description": "Go duration ('10s', '300ms') or seconds",
-        "anyOf": [{"type": "string"}, {"type": "number", "minimum": 0}],
+        "anyOf": [
+            {"type": "string", "pattern": DURATION_PATTERN},
+            {"type": "number", "minimum": 0},
+        ],
     }
     token = {"type": "string", "minLength": 1}
     return {

@@ -22,7 +22,7 @@ from podcache.sidecar.errors import ApiError
 from podcache.sidecar.state import STATE
 
 PREFIX = "/v1/cache/"
-ROUTE = PREFIX + "{key:.*}"
+ROUTE = PREFIX + r"{key:[\s\S]*}"  # any text, newlines and raw '/' too: segment() judges it
 
 
 def etag_of(value: bytes) -> str:
@@ -49,8 +49,9 @@ async def put_value(request: web.Request) -> web.Response:
     key = _key(request)
     ttl = inputs.ttl_query(request, state.default_ttl)
     if_absent = inputs.flag(request, "ifAbsent")
-    if_match = request.headers.get("If-Match")
-    if_none_match = request.headers.get("If-None-Match")
+    # An empty header states no condition (some clients send "If-Match:" with nothing).
+    if_match = request.headers.get("If-Match", "").strip() or None
+    if_none_match = request.headers.get("If-None-Match", "").strip() or None
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise ApiError(

@@ -38,6 +38,8 @@ from podcache.sidecar.state import CacheSlot, SidecarState, default_identity
 
 logger = logging.getLogger(__name__)
 
+KEEPALIVE_TIMEOUT = 75.0
+"""Seconds an idle keep-alive connection stays open (aiohttp's runner default is an hour)."""
 LINGERING_TIME = 2.0
 """Seconds spent discarding the rest of a refused body (413) so the client reads the answer."""
 
@@ -88,6 +90,11 @@ class Sidecar:
         return self._site.path
 
     @property
+    def runner(self) -> web.AppRunner | None:
+        """The aiohttp runner (to add another site, e.g. TCP for a fuzz run)."""
+        return self._runner
+
+    @property
     def metrics_port(self) -> int:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
@@ -125,6 +132,7 @@ class Sidecar:
             access_log=None,
             shutdown_timeout=config.shutdown_grace_period,
             lingering_time=LINGERING_TIME,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
         try:
             await runner.setup()  # joins the configured elections (cleanup_ctx)

@@ -5,9 +5,10 @@ is replaced, but a socket another sidecar still serves on (live) is refused with
 clear error rather than stolen, and a regular file is never deleted.
 
 aiohttp's ``UnixSite`` accepts every connection; ``UnixListenerSite`` runs its own
-accept loop instead, so at ``max_connections`` open connections it simply stops
-accepting and further clients wait in the kernel's listen backlog (nothing is
-refused, nothing is read from them). The limit may change on a config reload.
+accept loop instead, so at ``max_connections`` open connections it stops accepting
+and further clients wait in the kernel's listen backlog (nothing is refused). While
+a client waits there, the oldest idle keep-alive connection is closed to make room.
+The limit may change on a config reload.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
 """Read/write for the owner and group: the app containers share the pod's fsGroup."""
 BACKLOG = 1024
+EVICT_RETRY = 0.05
+"""Seconds between looks for an idle connection to close while every one is busy."""
 LIVE_PROBE_TIMEOUT = 0.5
 
 
@@ -104,32 +107,37 @@ def remove(path: str, inode: int | None) -> None:
 class _Counted(asyncio.Protocol):
     """Forwards to aiohttp's protocol and reports when the connection is gone."""
 
-    __slots__ = ("_inner", "_on_lost")
+    __slots__ = ("_on_lost", "inner")
 
-    def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[], None]) -> None:
-        self._inner = inner
+    def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[_Counted], None]) -> None:
+        self.inner = inner
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
+        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         try:
-            self._inner.connection_lost(exc)
+            self.inner.connection_lost(exc)
         finally:
-            self._on_lost()
+            self._on_lost(self)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Listener:
@@ -149,6 +157,7 @@ class _Listener:
         self._limit = limit
         self._on_change = on_change
         self._active = 0
+        self._open: dict[_Counted, None] = {}  # insertion-ordered: oldest first
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -179,7 +188,8 @@ class _Listener:
     async def wait_closed(self) -> None:
         return None
 
-    def _released(self) -> None:
+    def _released(self, protocol: _Counted | None = None) -> None:
+        self._open.pop(protocol, None)  # type: ignore[arg-type]
         self._active -= 1
         self._changed()
         if self._active < self._limit:
@@ -192,10 +202,8 @@ class _Listener:
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while self._active >= self._limit:
-                # Stop accepting: new clients queue in the kernel backlog until one leaves.
-                self._room.clear()
-                await self._room.wait()
+            if self._active >= self._limit:
+                await self._wait_for_room(loop)
             try:
                 conn, _ = await loop.sock_accept(self._sock)
             except OSError as exc:
@@ -207,13 +215,47 @@ class _Listener:
             self._active += 1
             self._changed()
             try:
-                await loop.connect_accepted_socket(
-                    lambda: _Counted(self._factory(), self._released), conn
-                )
+                await loop.connect_accepted_socket(self._protocol, conn)
             except Exception as exc:
                 logger.warning("could not serve an accepted connection: %s", exc)
                 conn.close()
                 self._released()
+
+    def _protocol(self) -> _Counted:
+        protocol = _Counted(self._factory(), self._released)
+        self._open[protocol] = None
+        return protocol
+
+    async def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop accepting until a connection closes; new clients wait in the kernel backlog.
+
+        While someone does wait there, an idle keep-alive connection (no request in
+        progress) is closed to make room, oldest first: a client that keeps idle
+        connections open must not lock the others out.
+        """
+        fd = self._sock.fileno()
+        while self._active >= self._limit:
+            self._room.clear()
+            someone_waits = loop.create_future()
+            loop.add_reader(fd, _resolve, someone_waits)
+            room = asyncio.ensure_future(self._room.wait())
+            try:
+                await asyncio.wait({room, someone_waits}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                loop.remove_reader(fd)
+                room.cancel()
+            if self._active >= self._limit and someone_waits.done() and not self._evict_idle():
+                await asyncio.sleep(EVICT_RETRY)  # all busy: look again shortly
+
+    def _evict_idle(self) -> bool:
+        for protocol in self._open:
+            # aiohttp's handler knows whether a request is being served on it.
+            if not getattr(protocol.inner, "_request_in_progress", True):
+                logger.debug("closing an idle connection to make room for a new one")
+                protocol.inner.force_close()  # type: ignore[attr-defined]  # idle: nothing lost
+                self._open.pop(protocol)
+                return True
+        return False
 
 
 class UnixListenerSite(web.BaseSite):
