@@ -12,6 +12,8 @@
   going) revisits every CacheConfig that wants a ServiceMonitor.
 
 The watched resources come from ``kubeapi`` so its ``API_CALLS`` covers them.
+Kopf passes indices as keyword arguments named after the index functions; its
+typed callback protocols cannot list them, so handlers take them from ``kwargs``.
 """
 
 from __future__ import annotations
@@ -56,17 +58,21 @@ class RuntimeState:
 
 
 @kopf.index(*CACHECONFIGS)
-def cacheconfigs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+def cacheconfigs(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
     """Every CacheConfig by (namespace, name): a snapshot, not kopf's live body."""
-    return {(namespace, name): copy.deepcopy(dict(body))}
+    return {(namespace or "", name): copy.deepcopy(dict(body))}
 
 
 @kopf.index(*PODS, labels=LABELLED)
-def sidecar_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str] | None:
+def sidecar_pods(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, str] | None:
     """Labelled pods whose injected sidecar runs, by the CacheConfig they name."""
     if not runs_sidecar(body):
         return None
-    return {(namespace, body.metadata.labels[rendering.CONFIG_LABEL]): name}
+    return {(namespace or "", body.metadata.labels[rendering.CONFIG_LABEL]): name}
 
 
 def runs_sidecar(pod: Mapping[str, Any]) -> bool:
@@ -84,14 +90,15 @@ def pod_count(index: Mapping[Key, Any], key: Key) -> int:
 @kopf.on.create(*CACHECONFIGS)
 @kopf.on.update(*CACHECONFIGS, field="spec")
 async def reconcile_cacheconfig(
+    *,
     body: kopf.Body,
     patch: kopf.Patch,
-    memo: kopf.Memo,
-    sidecar_pods: kopf.Index[Key, str],
+    memo: Any,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Render and apply what the CacheConfig owns; write its status."""
+    sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
     key: Key = (body.metadata.namespace or "", body.metadata.name or "")
     context = _context(memo, logger)
     pods = pod_count(sidecar_pods, key)
@@ -112,15 +119,16 @@ async def reconcile_cacheconfig(
 
 @kopf.on.event(*PODS, labels=LABELLED)
 async def count_pods(
-    namespace: str,
+    *,
+    namespace: str | None,
     labels: Mapping[str, str],
-    memo: kopf.Memo,
-    sidecar_pods: kopf.Index[Key, str],
+    memo: Any,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Keep ``status.pods`` of the named CacheConfig equal to its running sidecars."""
-    key: Key = (namespace, labels[rendering.CONFIG_LABEL])
+    sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
+    key: Key = (namespace or "", labels[rendering.CONFIG_LABEL])
     state: RuntimeState = memo.state
     lock = state.pod_count_locks.setdefault(key, asyncio.Lock())
     async with lock:  # two pods' events must not write counts out of order
@@ -143,21 +151,22 @@ async def count_pods(
             state.pod_counts[key] = count
 
 
-def _is_servicemonitor_crd(name: str, **_: Any) -> bool:
+def _is_servicemonitor_crd(*, name: str, **_: Any) -> bool:
     return name == kubeapi.SERVICEMONITOR_CRD
 
 
 @kopf.on.event(*CRDS, when=_is_servicemonitor_crd)
 async def servicemonitor_crd_changed(
-    type: str | None,
+    *,
+    type: str,
     body: kopf.Body,
-    memo: kopf.Memo,
-    cacheconfigs: kopf.Index[Key, dict[str, Any]],
-    sidecar_pods: kopf.Index[Key, str],
+    memo: Any,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """The ServiceMonitor CRD came (or went): revisit CacheConfigs that want a ServiceMonitor."""
+    cacheconfigs: kopf.Index[Key, dict[str, Any]] = kwargs["cacheconfigs"]
+    sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
     present = type != "DELETED" and kubeapi.is_established(body)
     state: RuntimeState = memo.state
     if state.servicemonitor_crd == present:
@@ -191,6 +200,6 @@ async def servicemonitor_crd_changed(
         )
 
 
-def _context(memo: kopf.Memo, logger: kopf.Logger) -> reconciling.Context:
+def _context(memo: Any, logger: kopf.Logger) -> reconciling.Context:
     config: podcache_settings.Settings = memo.config
     return reconciling.Context(config=config, kopf_settings=memo.kopf_settings, logger=logger)

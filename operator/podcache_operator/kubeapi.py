@@ -227,5 +227,5 @@ def is_established(crd: Mapping[str, Any] | None) -> bool:
         return False
     for condition in (crd.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "Established":
-            return condition.get("status") == "True"
+            return bool(condition.get("status") == "True")
     return True  # no status yet: the apiserver fills it within moments

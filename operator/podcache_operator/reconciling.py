@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -119,7 +119,7 @@ async def reconcile(body: Mapping[str, Any], *, pods: int, context: Context) -> 
     owned = [rendered.config_map, rendered.service]
     if rendered.service_monitor is not None:
         owned.append(rendered.service_monitor)
-    kopf.adopt(owned, owner=kopf.Body(dict(body)))
+    kopf.adopt(owned, owner=kopf.Body(cast(Any, dict(body))))
     try:
         await kubeapi.apply(
             kubeapi.CONFIGMAPS,

@@ -227,7 +227,8 @@ def _election(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def dump_config(config: Mapping[str, Any]) -> str:
     """Stable YAML text: the same spec always gives the same bytes (and hash)."""
-    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
+    text: str = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
+    return text
 
 
 def config_hash(text: str) -> str:

@@ -122,38 +122,40 @@ class Settings:
         """Read every ``PODCACHE_*`` variable; absent ones keep the defaults above."""
         env = _Env(os.environ if environ is None else environ)
         sidecar = SidecarSettings(
-            image=env.str("PODCACHE_SIDECAR_IMAGE", SidecarSettings.image),
+            image=env.text("PODCACHE_SIDECAR_IMAGE", SidecarSettings.image),
             image_pull_policy=env.choice(
                 "PODCACHE_SIDECAR_IMAGE_PULL_POLICY",
                 SidecarSettings.image_pull_policy,
                 ("Always", "IfNotPresent", "Never"),
             ),
-            native=env.bool("PODCACHE_SIDECAR_NATIVE", SidecarSettings.native),
-            metrics_port=env.int(
+            native=env.flag("PODCACHE_SIDECAR_NATIVE", SidecarSettings.native),
+            metrics_port=env.integer(
                 "PODCACHE_SIDECAR_METRICS_PORT",
                 SidecarSettings.metrics_port,
                 minimum=1,
                 maximum=65535,
             ),
-            cpu_request=env.str("PODCACHE_SIDECAR_CPU_REQUEST", SidecarSettings.cpu_request),
-            memory_request=env.str(
+            cpu_request=env.text("PODCACHE_SIDECAR_CPU_REQUEST", SidecarSettings.cpu_request),
+            memory_request=env.text(
                 "PODCACHE_SIDECAR_MEMORY_REQUEST", SidecarSettings.memory_request
             ),
-            memory_limit=env.str("PODCACHE_SIDECAR_MEMORY_LIMIT", SidecarSettings.memory_limit),
-            run_as_user=env.int(
+            memory_limit=env.text("PODCACHE_SIDECAR_MEMORY_LIMIT", SidecarSettings.memory_limit),
+            run_as_user=env.integer(
                 "PODCACHE_SIDECAR_RUN_AS_USER", SidecarSettings.run_as_user, minimum=1
             ),
         )
         webhook = WebhookSettings(
-            enabled=env.bool("PODCACHE_WEBHOOK_ENABLED", WebhookSettings.enabled),
-            addr=env.str("PODCACHE_WEBHOOK_ADDR", WebhookSettings.addr),
-            port=env.int("PODCACHE_WEBHOOK_PORT", WebhookSettings.port, minimum=0, maximum=65535),
+            enabled=env.flag("PODCACHE_WEBHOOK_ENABLED", WebhookSettings.enabled),
+            addr=env.text("PODCACHE_WEBHOOK_ADDR", WebhookSettings.addr),
+            port=env.integer(
+                "PODCACHE_WEBHOOK_PORT", WebhookSettings.port, minimum=0, maximum=65535
+            ),
             host=env.optional("PODCACHE_WEBHOOK_HOST"),
             cert_file=env.optional("PODCACHE_WEBHOOK_CERT_FILE"),
             key_file=env.optional("PODCACHE_WEBHOOK_KEY_FILE"),
             ca_file=env.optional("PODCACHE_WEBHOOK_CA_FILE"),
             managed=env.optional("PODCACHE_WEBHOOK_MANAGED", WebhookSettings.managed),
-            reject_missing_config=env.bool(
+            reject_missing_config=env.flag(
                 "PODCACHE_REJECT_MISSING_CONFIG", WebhookSettings.reject_missing_config
             ),
         )
@@ -162,18 +164,22 @@ class Settings:
                 "PODCACHE_WEBHOOK_CERT_FILE and PODCACHE_WEBHOOK_KEY_FILE go together"
             )
         watch = WatchSettings(
-            server_timeout=env.float("PODCACHE_WATCH_SERVER_TIMEOUT", WatchSettings.server_timeout),
-            client_timeout=env.float("PODCACHE_WATCH_CLIENT_TIMEOUT", WatchSettings.client_timeout),
-            connect_timeout=env.float("PODCACHE_CONNECT_TIMEOUT", WatchSettings.connect_timeout),
-            request_timeout=env.float("PODCACHE_REQUEST_TIMEOUT", WatchSettings.request_timeout),
-            reconnect_backoff=env.float(
+            server_timeout=env.number(
+                "PODCACHE_WATCH_SERVER_TIMEOUT", WatchSettings.server_timeout
+            ),
+            client_timeout=env.number(
+                "PODCACHE_WATCH_CLIENT_TIMEOUT", WatchSettings.client_timeout
+            ),
+            connect_timeout=env.number("PODCACHE_CONNECT_TIMEOUT", WatchSettings.connect_timeout),
+            request_timeout=env.number("PODCACHE_REQUEST_TIMEOUT", WatchSettings.request_timeout),
+            reconnect_backoff=env.number(
                 "PODCACHE_RECONNECT_BACKOFF", WatchSettings.reconnect_backoff
             ),
         )
         peering = PeeringSettings(
-            name=env.str("PODCACHE_PEERING_NAME", PeeringSettings.name),
-            standalone=env.bool("PODCACHE_STANDALONE", PeeringSettings.standalone),
-            priority=env.int(
+            name=env.text("PODCACHE_PEERING_NAME", PeeringSettings.name),
+            standalone=env.flag("PODCACHE_STANDALONE", PeeringSettings.standalone),
+            priority=env.integer(
                 "PODCACHE_PEERING_PRIORITY", PeeringSettings.priority, minimum=-(2**31)
             ),
         )
@@ -183,8 +189,8 @@ class Settings:
             watch=watch,
             peering=peering,
             liveness_endpoint=env.optional("PODCACHE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
-            post_events=env.bool("PODCACHE_POST_EVENTS", cls.post_events),
-            secret_retry_delay=env.float("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
+            post_events=env.flag("PODCACHE_POST_EVENTS", cls.post_events),
+            secret_retry_delay=env.number("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
             log_level=env.choice(
                 "PODCACHE_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")
             ),
@@ -201,7 +207,7 @@ class _Env:
         value = self.environ.get(name)
         return value.strip() if value is not None and value.strip() else None
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
 
     def optional(self, name: str, default: str | None = None) -> str | None:
@@ -211,12 +217,12 @@ class _Env:
         return raw.strip() or None  # set-but-empty turns an optional feature off
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value not in choices:
             raise SettingsError(f"{name}={value!r}: use one of {', '.join(choices)}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -226,7 +232,9 @@ class _Env:
             return False
         raise SettingsError(f"{name}={raw!r}: expected true or false")
 
-    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -238,7 +246,7 @@ class _Env:
             raise SettingsError(f"{name}={value}: out of range")
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         raw = self._raw(name)
         if raw is None:
             return default

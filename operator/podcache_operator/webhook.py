@@ -188,15 +188,16 @@ def merge_patch(original: Mapping[str, Any], patched: Mapping[str, Any]) -> dict
     labels={rendering.CONFIG_LABEL: kopf.PRESENT},
 )
 async def inject(
+    *,
     body: kopf.Body,
     patch: kopf.Patch,
     warnings: list[str],
-    memo: kopf.Memo,
-    cacheconfigs: kopf.Index[Any, Any],
+    memo: Any,
     logger: kopf.Logger,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Add the podcache sidecar to a pod that names a CacheConfig."""
+    cacheconfigs: kopf.Index[Any, Any] = kwargs["cacheconfigs"]  # kopf's index, by its name
     config: podcache_settings.Settings = memo.config
     pod = dict(body)
     namespace = body.metadata.namespace or ""
