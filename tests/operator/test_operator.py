@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from tests.operator import samples
+from tests.operator import emulator, samples
 from tests.operator.conftest import (
     CACHECONFIGS,
     CRDS,
@@ -260,3 +260,27 @@ async def test_kopf_keeps_its_bookkeeping_out_of_our_status(
     body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
     assert set(body["status"]) == {"observedGeneration", "conditions", "pods", "configHash"}
     assert any(key.startswith("podcache.io/") for key in body["metadata"]["annotations"])
+
+
+async def test_a_restarted_operator_repairs_what_drifted(
+    cluster: ClusterEmulator, operator_settings: Any
+) -> None:
+    """Resume: objects deleted while the operator was down come back when it starts."""
+    first = emulator.OperatorThread(server=str(cluster.url).rstrip("/"), config=operator_settings)
+    await first.start(within=10)
+    try:
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        await eventually(lambda: ready(cluster, "shop"), what="Ready")
+    finally:
+        await first.stop(within=10)
+    response = await cluster.delete(f"/api/v1/namespaces/{NAMESPACE}/configmaps/podcache-shop")
+    assert response.status < 300
+    second = emulator.OperatorThread(server=str(cluster.url).rstrip("/"), config=operator_settings)
+    await second.start(within=10)
+    try:
+        config_map = await eventually(
+            lambda: get(cluster, "v1/configmaps", "podcache-shop"), what="ConfigMap recreated"
+        )
+        assert config_map["metadata"]["ownerReferences"][0]["name"] == "shop"
+    finally:
+        await second.stop(within=10)
