@@ -68,6 +68,16 @@ def load_config(options: Options) -> configfile.SidecarConfig:
     return options.overrides.apply(base)
 
 
+def describe(config: configfile.SidecarConfig) -> str:
+    """A one-line summary for logs; never the backend settings (they may hold a password)."""
+    elections = ", ".join(election.name for election in config.elections) or "none"
+    return (
+        f"backend={config.backend.type} socket={config.socket} "
+        f"metrics={config.metrics.namespace}:{config.metrics.port} limits={config.limits} "
+        f"locks={config.locks} elections={elections} logLevel={config.log_level}"
+    )
+
+
 class Sidecar:
     """A running sidecar: ``await start()``, then ``await shutdown()``."""
 
@@ -108,6 +118,7 @@ class Sidecar:
         seen = reload_mod.fingerprint(path) if path else None
         config = self._initial if self._initial is not None else load_config(self.options)
         socket_site.prepare_path(config.socket)  # a live socket fails here, before any work
+        logger.debug("effective config: %s", describe(config))
         metrics = ServerMetrics(config.metrics.namespace)
         cache = new_cache(config.backend, config.metrics.namespace)
         slot = CacheSlot(cache, config.backend)
