@@ -67,8 +67,9 @@ class WebhookSettings:
     key_file: str | None = None
     ca_file: str | None = None
     """CA bundle put into the webhook configuration's ``caBundle``."""
-    managed: str | None = "podcache.io"
-    """MutatingWebhookConfiguration that kopf keeps up to date; None leaves it to the chart."""
+    managed: str | None = None
+    """A MutatingWebhookConfiguration for kopf to keep up to date (needs ``host``);
+    None leaves it to the Helm chart, which ships one."""
     reject_missing_config: bool = False
     """Deny pods naming a CacheConfig that does not exist, instead of admitting them unchanged."""
 
@@ -162,6 +163,11 @@ class Settings:
         if (webhook.cert_file is None) != (webhook.key_file is None):
             raise SettingsError(
                 "PODCACHE_WEBHOOK_CERT_FILE and PODCACHE_WEBHOOK_KEY_FILE go together"
+            )
+        if webhook.managed and not webhook.host:
+            raise SettingsError(
+                "PODCACHE_WEBHOOK_MANAGED needs PODCACHE_WEBHOOK_HOST: the name the apiserver"
+                " reaches the webhook by, e.g. podcache-webhook.podcache.svc"
             )
         watch = WatchSettings(
             server_timeout=env.number(

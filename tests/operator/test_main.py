@@ -44,7 +44,7 @@ class TestSettingsFromEnv:
     def test_defaults(self) -> None:
         config = settings.Settings.from_env({})
         assert config == settings.Settings()
-        assert config.webhook.managed == "podcache.io"
+        assert config.webhook.managed is None  # the chart ships the webhook configuration
 
     def test_values(self) -> None:
         config = settings.Settings.from_env(
@@ -83,6 +83,7 @@ class TestSettingsFromEnv:
             ({"PODCACHE_SIDECAR_IMAGE_PULL_POLICY": "Sometimes"}, "use one of Always"),
             ({"PODCACHE_WEBHOOK_CERT_FILE": "/t/tls.crt"}, "go together"),
             ({"PODCACHE_LOG_LEVEL": "loud"}, "PODCACHE_LOG_LEVEL"),
+            ({"PODCACHE_WEBHOOK_MANAGED": "podcache.io"}, "needs PODCACHE_WEBHOOK_HOST"),
         ],
     )
     def test_errors_name_the_variable(self, env: dict[str, str], words: str) -> None:
