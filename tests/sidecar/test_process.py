@@ -180,7 +180,7 @@ async def test_sigterm_finishes_in_flight_releases_locks_and_removes_socket(
     finally:
         await api.close()
     assert await asyncio.to_thread(process.process.wait, 15) == 0
-    assert not os.path.exists(process.socket_path)
+    assert not Path(process.socket_path).exists()  # noqa: ASYNC240  # the process is gone
     with redis.Redis.from_url(redis_url) as raw:
         leftovers = [key.decode() for key in raw.scan_iter(f"{prefix}*")]
         values = {key: raw.get(key) for key in leftovers if raw.type(key) == b"string"}
@@ -195,7 +195,8 @@ async def test_live_socket_and_invalid_config_exit_with_clear_errors(
     await asyncio.to_thread(first.wait_socket)
     second_dir = short_tmp / "second"
     second_dir.mkdir()
-    second = subprocess.run(
+    second = await asyncio.to_thread(
+        subprocess.run,
         [
             sys.executable,
             "-m",
@@ -216,7 +217,8 @@ async def test_live_socket_and_invalid_config_exit_with_clear_errors(
     assert first.socket_path in second.stderr
     bad = short_tmp / "bad.yaml"
     bad.write_text("type: memory\nlimits: {maxValueBytes: lots}\n")
-    third = subprocess.run(
+    third = await asyncio.to_thread(
+        subprocess.run,
         [
             sys.executable,
             "-m",
