@@ -56,6 +56,9 @@ def configure(
     settings.peering.name = config.peering.name
     settings.peering.priority = config.peering.priority
     settings.peering.standalone = settings.peering.standalone or config.peering.standalone
+    # As `kopf run --peering NAME`: wait for the peering object rather than start serving
+    # beside a replica that may already be active.
+    settings.peering.mandatory = not settings.peering.standalone
 
     settings.posting.enabled = config.post_events
     settings.posting.reporting_component = "podcache-operator"

@@ -251,9 +251,12 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # not a pytest tes
 class OperatorThread:
     """``kopf.operator(...)`` against ``server``, in a thread with its own event loop."""
 
-    def __init__(self, *, server: str, config: podcache_settings.Settings) -> None:
+    def __init__(
+        self, *, server: str, config: podcache_settings.Settings, standalone: bool = True
+    ) -> None:
         assert operator_main.configure  # importing main registers the startup handler
         self.server = server
+        self.standalone = standalone
         self.config = config
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
@@ -265,7 +268,7 @@ class OperatorThread:
         await vault.populate({"kmock": kopf.ConnectionInfo(server=self.server)})
         await kopf.operator(
             clusterwide=True,
-            standalone=True,
+            standalone=self.standalone,
             vault=vault,
             stop_flag=self.stop_flag,
             ready_flag=self.ready_flag,

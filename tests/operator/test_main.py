@@ -127,6 +127,7 @@ class TestConfigure:
         assert kopf_settings.networking.error_backoffs == (0.5,)
         assert (kopf_settings.peering.name, kopf_settings.peering.priority) == ("mine", 7)
         assert kopf_settings.peering.standalone is False
+        assert kopf_settings.peering.mandatory is True  # as `kopf run --peering NAME`
         assert kopf_settings.posting.enabled is False
 
     def test_webhook_server(self, tmp_path: Path) -> None:
