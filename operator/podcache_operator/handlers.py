@@ -10,6 +10,7 @@
   labelled pods with a running sidecar (for ``status.pods``).
 * Pod events keep ``status.pods`` current; the ServiceMonitor CRD appearing (or
   going) revisits every CacheConfig that wants a ServiceMonitor.
+* An owned ConfigMap or Service deleted or edited by hand is put back (``drift``).
 
 The watched resources come from ``kubeapi`` so its ``API_CALLS`` covers them.
 Kopf passes indices as keyword arguments named after the index functions; its
@@ -26,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import injection, kubeapi, reconciling, rendering
+from podcache_operator import drift, injection, kubeapi, reconciling, rendering
 from podcache_operator import settings as podcache_settings
 
 CACHECONFIGS = (
@@ -35,6 +36,9 @@ CACHECONFIGS = (
     kubeapi.CACHECONFIGS.plural,
 )
 PODS = (kubeapi.PODS.group, kubeapi.PODS.version, kubeapi.PODS.plural)
+CONFIGMAPS = (kubeapi.CONFIGMAPS.group, kubeapi.CONFIGMAPS.version, kubeapi.CONFIGMAPS.plural)
+SERVICES = (kubeapi.SERVICES.group, kubeapi.SERVICES.version, kubeapi.SERVICES.plural)
+OWNED = {"app.kubernetes.io/managed-by": rendering.MANAGED_BY}
 CRDS = (kubeapi.CRDS.group, kubeapi.CRDS.version, kubeapi.CRDS.plural)
 LABELLED = {rendering.CONFIG_LABEL: kopf.PRESENT}
 
@@ -198,6 +202,75 @@ async def servicemonitor_crd_changed(
             settings=context.kopf_settings,
             logger=logger,
         )
+
+
+@kopf.on.event(*CONFIGMAPS, labels=OWNED)
+@kopf.on.event(*SERVICES, labels=OWNED)
+async def owned_object_changed(
+    *,
+    type: str,
+    body: kopf.Body,
+    namespace: str | None,
+    resource: kopf.Resource,
+    memo: Any,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Put back a ConfigMap or Service of ours that was deleted or edited by hand."""
+    owner = drift.controller_of(body)
+    if owner is None or namespace is None:
+        return
+    cacheconfigs: kopf.Index[Key, dict[str, Any]] = kwargs["cacheconfigs"]
+    known = next(iter(cacheconfigs.get((namespace, owner.name), ())), None)
+    if known is None or known["metadata"].get("uid") != owner.uid:
+        return  # the owner is gone: the garbage collector takes its objects
+    context = _context(memo, logger)
+    if type != "DELETED":
+        try:
+            rendered = rendering.render(
+                known.get("spec") or {},
+                namespace=namespace,
+                name=owner.name,
+                metrics_port=context.config.sidecar.metrics_port,
+            )
+        except ValueError:
+            return  # an invalid spec: its own handler reports it
+        desired = rendered.config_map if resource.plural == "configmaps" else rendered.service
+        if not drift.drifted(body, desired):
+            return  # our own write, or changes that are not ours to undo
+    # The index may lag behind a deletion in progress: ask the API before recreating.
+    fresh = await kubeapi.get(
+        kubeapi.CACHECONFIGS,
+        namespace=namespace,
+        name=owner.name,
+        settings=context.kopf_settings,
+        logger=logger,
+    )
+    if fresh is None or fresh["metadata"].get("uid") != owner.uid:
+        return
+    if fresh["metadata"].get("deletionTimestamp"):
+        return
+    logger.info(
+        "%s of CacheConfig %s was %s; restoring it",
+        resource.kind,
+        owner.name,
+        "deleted" if type == "DELETED" else "changed",
+    )
+    sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
+    try:
+        status = await reconciling.reconcile(
+            fresh, pods=pod_count(sidecar_pods, (namespace, owner.name)), context=context
+        )
+    except reconciling.ReconcileFailure:
+        return  # the CacheConfig's own handler reports and retries
+    await kubeapi.patch_status(
+        kubeapi.CACHECONFIGS,
+        namespace=namespace,
+        name=owner.name,
+        status=status,
+        settings=context.kopf_settings,
+        logger=logger,
+    )
 
 
 def _context(memo: Any, logger: kopf.Logger) -> reconciling.Context:

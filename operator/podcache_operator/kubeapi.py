@@ -96,9 +96,10 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("podcache.io", "v1alpha1", "cacheconfigs/finalizers", ("update",)),
     # kopf: index labelled pods for status.pods.
     ApiCall("", "v1", "pods", ("get", "list", "watch")),
-    # The objects each CacheConfig owns (applied as merge-patch, created when absent).
-    ApiCall("", "v1", "configmaps", ("get", "create", "patch")),
-    ApiCall("", "v1", "services", ("get", "create", "patch")),
+    # The objects each CacheConfig owns (applied as merge-patch, created when absent),
+    # watched (label-selected server-side) to put them back when deleted or edited.
+    ApiCall("", "v1", "configmaps", ("get", "list", "watch", "create", "patch")),
+    ApiCall("", "v1", "services", ("get", "list", "watch", "create", "patch")),
     ApiCall("monitoring.coreos.com", "v1", "servicemonitors", ("get", "create", "patch", "delete")),
     # Validation: referenced Secrets exist and hold their key (never copied anywhere).
     ApiCall("", "v1", "secrets", ("get",)),
@@ -120,7 +121,7 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("", "v1", "namespaces", ("get", "list", "watch")),
 )
 
-WATCHED: tuple[Resource, ...] = (CACHECONFIGS, PODS, CRDS)
+WATCHED: tuple[Resource, ...] = (CACHECONFIGS, PODS, CONFIGMAPS, SERVICES, CRDS)
 """Resources our kopf handlers and indices watch (each needs get/list/watch above)."""
 
 

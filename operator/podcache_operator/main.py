@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import handlers, webhook
+from podcache_operator import handlers, rendering, webhook
 from podcache_operator import settings as podcache_settings
 
 PREFIX = "podcache.io"
@@ -52,6 +52,12 @@ def configure(
     settings.networking.request_timeout = config.watch.request_timeout
     settings.networking.connect_timeout = config.watch.connect_timeout
     settings.networking.error_backoffs = config.watch.error_backoffs
+
+    # Server-side filtering: only labelled pods and our own objects cross the wire.
+    settings.watching.label_selectors[handlers.PODS] = rendering.CONFIG_LABEL
+    owned = ",".join(f"{key}={value}" for key, value in handlers.OWNED.items())
+    settings.watching.label_selectors[handlers.CONFIGMAPS] = owned
+    settings.watching.label_selectors[handlers.SERVICES] = owned
 
     settings.peering.name = config.peering.name
     settings.peering.priority = config.peering.priority

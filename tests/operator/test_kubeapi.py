@@ -2,7 +2,8 @@
 
 Aspects: resource URLs (core, grouped, cluster-scoped, subresources); every watched
 resource is listed with get/list/watch; a full scenario run against KMock makes no
-API call (by kopf or by us) that ``API_CALLS`` does not grant.
+API call (by kopf or by us) that ``API_CALLS`` does not grant, and lists/watches
+pods, ConfigMaps and Services only through server-side label selectors.
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ async def test_every_call_in_a_scenario_is_granted(
     ):
         assert response.status == 200
     await cluster.delete(f"/apis/podcache.io/v1alpha1/namespaces/{NAMESPACE}/cacheconfigs/shop")
+
+    # Only labelled pods and our own objects are listed and watched (server-side selectors).
+    selectors = {
+        request.resource.plural: request.params.get("labelSelector")
+        for request in list(cluster)
+        if request.resource is not None
+        and verb(request) in ("list", "watch")
+        and request.resource.plural in ("pods", "configmaps", "services")
+    }
+    assert selectors == {
+        "pods": "podcache.io/config",
+        "configmaps": "app.kubernetes.io/managed-by=podcache-operator",
+        "services": "app.kubernetes.io/managed-by=podcache-operator",
+    }
 
     granted = {(c.group, c.resource): set(c.verbs) for c in kubeapi.API_CALLS}
     used: set[tuple[str, str, str]] = set()
