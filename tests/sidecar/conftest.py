@@ -101,7 +101,7 @@ async def start_sidecar(short_tmp: Path) -> AsyncIterator[StartSidecar]:
         config_file: bool = False,
         identity: str = "pod-test",
         name: str | None = None,
-        metrics_port: int = 0,
+        metrics_port: int | None = 0,
         **options: Any,
     ) -> tuple[Sidecar, Api]:
         name = name or f"s{len(started)}"

@@ -20,13 +20,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 import redis.asyncio
 import yaml
 from prometheus_client import generate_latest
 
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
-from tests.sidecar.conftest import Api, StartSidecar, error_of, wait_until
+from tests.sidecar.conftest import Api, StartSidecar, error_of, free_port, wait_until
 
 BASE_CONFIG: dict[str, Any] = {
     "type": "memory",
@@ -234,3 +236,20 @@ async def test_backend_swap_memory_to_redis(
     assert sidecar.reloader is not None
     await asyncio.wait_for(sidecar.reloader.wait_retired(), 10)
     assert old_cache._stopped
+
+
+async def test_metrics_port_moves(start_sidecar: StartSidecar, short_tmp: Path) -> None:
+    first_port, second_port = free_port(), free_port()
+    config = {**BASE_CONFIG, "metrics": {"port": first_port}}
+    # The metrics port comes from the file here (no command-line override).
+    sidecar, _ = await start_sidecar(config, config_file=True, name="r", metrics_port=None)
+    assert sidecar.metrics_port == first_port
+    write(short_tmp / "r.yaml", {**BASE_CONFIG, "metrics": {"port": second_port}})
+    await wait_until(lambda: applied(sidecar, 1), message="reload")
+    assert sidecar.metrics_port == second_port
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{second_port}/metrics") as response:
+            assert response.status == 200
+            assert "lab_sidecar_config_reload_total" in await response.text()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(f"http://127.0.0.1:{first_port}/metrics")

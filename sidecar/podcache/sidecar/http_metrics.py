@@ -15,34 +15,69 @@ collector rewrites the ``<old>_`` prefix to the current namespace at scrape time
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # Requests served from memory take tens of microseconds; network ones about a
 # millisecond; a blocking lock acquire up to the request timeout.
 HTTP_BUCKETS: tuple[float, ...] = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class HttpStats(Collector):
+    """``<ns>_http_requests_total`` and ``<ns>_http_request_duration_seconds``, lock-free.
+
+    They are updated on every request, so they are plain ints and floats touched only
+    by the event loop's thread (prometheus_client's metrics take a lock per update and
+    per histogram bucket), turned into metric families at scrape time.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._durations: dict[str, tuple[list[int], list[float]]] = {}
+        """route -> (per-bucket counts, [sum]); the last bucket is +Inf."""
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one served request (route is the route template, never the raw path)."""
+        key = (route, method, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        found = self._durations.get(route)
+        if found is None:
+            found = self._durations[route] = ([0] * (len(HTTP_BUCKETS) + 1), [0.0])
+        found[0][bisect.bisect_left(HTTP_BUCKETS, seconds)] += 1
+        found[1][0] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            f"{self.namespace}_http_requests",
+            "HTTP requests served on the socket",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), count in sorted(self._requests.items()):
+            requests.add_metric([route, method, str(status)], count)
+        durations = HistogramMetricFamily(
+            f"{self.namespace}_http_request_duration_seconds",
+            "Time to serve an HTTP request on the socket",
+            labels=["route"],
+        )
+        for route, (counts, total) in sorted(self._durations.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*HTTP_BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            durations.add_metric([route], buckets, total[0])
+        return [requests, durations]
 
 
 class ServerMetrics:
@@ -51,21 +86,8 @@ class ServerMetrics:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "http_requests_total",
-            "HTTP requests served on the socket",
-            ["route", "method", "status"],
-            namespace=namespace,
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "Time to serve an HTTP request on the socket",
-            ["route"],
-            namespace=namespace,
-            registry=self.registry,
-            buckets=HTTP_BUCKETS,
-        )
+        self.http = HttpStats(namespace)
+        self.registry.register(self.http)
         self.connections = Gauge(
             "http_connections",
             "Socket connections open now",
@@ -100,23 +122,7 @@ class ServerMetrics:
         self.started.set(time.time())
         for result in ("ok", "error"):
             self.reloads.labels(result)
-        # labels() takes a lock and builds a tuple per call; the hot path reuses children.
-        self._request_children: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._duration_children: dict[str, Callable[[float], None]] = {}
-
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one served request (route is the route template, never the raw path)."""
-        key = (route, method, status)
-        inc = self._request_children.get(key)
-        if inc is None:
-            inc = self.requests.labels(route, method, str(status)).inc
-            self._request_children[key] = inc
-        inc()
-        observe = self._duration_children.get(route)
-        if observe is None:
-            observe = self.duration.labels(route).observe
-            self._duration_children[route] = observe
-        observe(seconds)
+        self.observe_request = self.http.observe
 
 
 class _Renamed(Collector):

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from podcache import configfile
 from podcache.cache import Cache
-from podcache.config import Config
+from podcache.config import Config, MemorySettings
 from podcache.sidecar import leases
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class CacheSlot:
         self.cache = cache
         self.config = config
         self.identity = backend_identity(config)
+        self.never_blocks = isinstance(config.settings, MemorySettings)
+        """No call waits on I/O (the memory backend): the middleware may skip its timer."""
         self.leases = leases.LeaseBook()
         self.inflight = 0
         self._idle: asyncio.Event | None = None
