@@ -85,8 +85,8 @@ def test_no_arguments_runs_the_embedded_default(short_tmp: Path) -> None:
         with urlopen(f"http://127.0.0.1:{port}/metrics") as response:
             text = response.read().decode()
         assert "lab_cache_requests_total" in text
-        assert handle.terminate() == 0
-        assert not socket_path.exists()
+        assert handle.terminate() == 0, handle.log()
+        assert not socket_path.exists(), handle.log()
     finally:
         if process.poll() is None:
             process.kill()
