@@ -77,7 +77,8 @@ class CacheSlot:
     async def close(self) -> None:
         """Release the leases taken through the sidecar, then stop the cache (and its backend)."""
         try:
-            await self.leases.release_all(self.cache.locks)
+            if len(self.leases):  # cache.locks builds the lock service: only when needed
+                await self.leases.release_all(self.cache.locks)
         finally:
             await self.cache.stop()
 
