@@ -38,11 +38,13 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
-def write(path: Path, config: dict[str, Any] | str) -> None:
+def write(path: Path, config: dict[str, Any] | str | bytes) -> None:
     """Replace the file atomically, as kubelet and most tools do."""
-    text = config if isinstance(config, str) else yaml.safe_dump(config)
+    if isinstance(config, dict):
+        config = yaml.safe_dump(config)
+    data = config.encode() if isinstance(config, str) else config
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -151,8 +153,11 @@ async def test_invalid_config_is_rejected_and_old_one_keeps_serving(
 ) -> None:
     sidecar, api = await start_sidecar(BASE_CONFIG, config_file=True, name="r")
     path = short_tmp / "r.yaml"
-    bad_files: list[dict[str, Any] | str] = [
+    bad_files: list[dict[str, Any] | str | bytes] = [
         "type: [unclosed",
+        b"type: memory\nsocket: \xff\xfe\n",  # not UTF-8
+        "[" * 5000 + "]" * 5000,  # nested deeper than the parser likes
+        "- just\n- a list\n",
         {**BASE_CONFIG, "limitz": {}},
         {**BASE_CONFIG, "limits": {"maxValueBytes": -5}},
         {**BASE_CONFIG, "type": "memcached"},

@@ -112,7 +112,11 @@ class Reloader:
             if settled != current:
                 continue  # still being written: look again next round
             last = current
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # the watcher must outlive any one bad reload
+                logger.exception("config reload failed unexpectedly; still watching")
+                self._state.metrics.reloads.labels("error").inc()
 
     async def reload(self) -> bool:
         """Load, validate and apply the file; False (and counted) when it was refused."""
@@ -120,7 +124,7 @@ class Reloader:
         try:
             loaded = configfile.load(self.path)
             new = self._overrides.apply(loaded)
-        except ConfigError as exc:
+        except (ConfigError, ValueError, RecursionError) as exc:  # e.g. not UTF-8, too deep
             logger.error("config reload rejected, the previous config keeps serving: %s", exc)
             metrics.reloads.labels("error").inc()
             return False
