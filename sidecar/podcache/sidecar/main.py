@@ -116,8 +116,8 @@ async def run(options: Options) -> int:
     sidecar = Sidecar(options)
     try:
         await sidecar.start()
-    except ConfigError as exc:
-        logger.error("invalid config: %s", exc)
+    except (ConfigError, ValueError, RecursionError) as exc:  # e.g. a file not in UTF-8
+        logger.error("invalid config %s: %s", options.config_path or "(embedded default)", exc)
         return 2
     except SocketInUse as exc:
         logger.error("%s", exc)
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The config file's logLevel applies once it is loaded; until then, the flag or info.
     logs.setup(options.overrides.log_level or "info", fmt=log_format)
     if options.overrides.log_level is None and options.config_path:
-        with contextlib.suppress(ConfigError):  # reported properly by run()
+        with contextlib.suppress(ConfigError, ValueError, RecursionError):  # run() reports it
             logs.set_level(configfile.load(options.config_path).log_level)
     with _runner() as runner:
         return runner.run(run(options))
