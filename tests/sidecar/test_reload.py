@@ -212,9 +212,14 @@ async def test_configmap_symlink_swap_is_noticed(
 async def test_backend_swap_memory_to_redis(
     start_sidecar: StartSidecar, short_tmp: Path, redis_url: str, redis_client: redis.asyncio.Redis
 ) -> None:
-    sidecar, api = await start_sidecar(
-        {**BASE_CONFIG, "limits": {"requestTimeout": "5s"}}, config_file=True, name="r"
-    )
+    election = {
+        "name": f"sw-{uuid.uuid4().hex[:6]}",
+        "leaseDuration": "2s",
+        "renewDeadline": "1s",
+        "retryPeriod": "100ms",
+    }
+    common = {"limits": {"requestTimeout": "5s"}, "elections": [election]}
+    sidecar, api = await start_sidecar({**BASE_CONFIG, **common}, config_file=True, name="r")
     assert sidecar.state is not None
     old_cache = sidecar.state.cache
     await api.request("PUT", "/v1/cache/before", data=b"in-memory")
@@ -225,7 +230,7 @@ async def test_backend_swap_memory_to_redis(
     redis_config = {
         "type": "redis",
         "config": {"url": redis_url, "keyPrefix": "swap:", "defaultTTL": "5m"},
-        "limits": {"requestTimeout": "5s"},
+        **common,
     }
     write(short_tmp / "r.yaml", redis_config)
     await wait_until(lambda: applied(sidecar, 1), message="backend swap")
@@ -238,6 +243,14 @@ async def test_backend_swap_memory_to_redis(
     # The lock lived in the old backend: its holder is told it is not the owner any more.
     refresh = await api.request("POST", "/v1/locks/held/refresh", json={"token": lease["token"]})
     assert refresh.status == 409
+    # The election moved to the new backend: this pod leads there, its lease is in Redis.
+
+    async def leads() -> bool:
+        status, state = await api.json("GET", f"/v1/leader/{election['name']}")
+        return status == 200 and state["leader"]
+
+    await wait_until(leads, message="leader on the new backend")
+    assert [key async for key in redis_client.scan_iter(f"swap:*{election['name']}*")]
     assert sidecar.reloader is not None
     await asyncio.wait_for(sidecar.reloader.wait_retired(), 10)
     assert old_cache._stopped
