@@ -127,3 +127,29 @@ async def test_redis_paused_answers_503_within_the_operation_timeout(
         return (await api.request("GET", "/v1/cache/k")).status == 200
 
     await wait_until(served, within=10, message="served again after resume")
+
+
+async def test_starts_while_redis_is_down_and_becomes_ready_by_itself(
+    start_sidecar: StartSidecar, redis_server: RedisServer
+) -> None:
+    redis_server.stop()
+    election = {
+        "name": "down-at-start",
+        "leaseDuration": "2s",
+        "renewDeadline": "1s",
+        "retryPeriod": "100ms",
+    }
+    _, api = await start_sidecar({**config(redis_server.url), "elections": [election]})
+    assert (await api.request("GET", "/healthz")).status == 200
+    assert (await api.request("GET", "/readyz")).status == 503
+    assert (await api.request("GET", "/v1/cache/k")).status == 503
+    await asyncio.to_thread(redis_server.start)
+
+    async def ready_and_leading() -> bool:
+        if (await api.request("GET", "/readyz")).status != 200:
+            return False
+        status, state = await api.json("GET", "/v1/leader/down-at-start")
+        return status == 200 and state["leader"]
+
+    await wait_until(ready_and_leading, within=10, message="ready and leading after Redis came up")
+    assert (await api.request("PUT", "/v1/cache/k", data=b"v")).status == 204
