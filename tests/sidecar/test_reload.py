@@ -271,3 +271,14 @@ async def test_metrics_port_moves(start_sidecar: StartSidecar, short_tmp: Path) 
             assert "lab_sidecar_config_reload_total" in await response.text()
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{first_port}/metrics")
+
+
+async def test_forced_reload_does_not_wait_for_the_next_poll(
+    start_sidecar: StartSidecar, short_tmp: Path
+) -> None:
+    # What SIGHUP does in the process: check the file now, whatever the poll interval.
+    sidecar, api = await start_sidecar(BASE_CONFIG, config_file=True, name="r", reload_interval=60)
+    write(short_tmp / "r.yaml", {**BASE_CONFIG, "limits": {"maxValueBytes": 10}})
+    sidecar.request_reload()
+    await wait_until(lambda: applied(sidecar, 1), within=2, message="forced reload")
+    assert (await api.request("PUT", "/v1/cache/k", data=b"x" * 11)).status == 413
