@@ -60,7 +60,7 @@ def configure(
     settings.watching.label_selectors[handlers.SERVICES] = owned
 
     settings.peering.name = config.peering.name
-    settings.peering.priority = config.peering.priority
+    settings.peering.priority = config.peering.effective_priority()
     settings.peering.standalone = settings.peering.standalone or config.peering.standalone
     # As `kopf run --peering NAME`: wait for the peering object rather than start serving
     # beside a replica that may already be active.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -98,7 +99,15 @@ class PeeringSettings:
     """Name of the KopfPeering/ClusterKopfPeering object the chart creates."""
     standalone: bool = False
     """Run without peering (tests, single-replica development)."""
-    priority: int = 0
+    priority: int | None = None
+    """The highest live priority is the active replica. kopf pauses *every* replica that
+    shares the top priority, so None (the default) draws a random one per process:
+    replicas of one Deployment differ, and exactly one of them stays active."""
+
+    def effective_priority(self) -> int:
+        if self.priority is not None:
+            return self.priority
+        return random.SystemRandom().randint(1, 2**31 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +194,7 @@ class Settings:
         peering = PeeringSettings(
             name=env.text("PODCACHE_PEERING_NAME", PeeringSettings.name),
             standalone=env.flag("PODCACHE_STANDALONE", PeeringSettings.standalone),
-            priority=env.integer(
-                "PODCACHE_PEERING_PRIORITY", PeeringSettings.priority, minimum=-(2**31)
-            ),
+            priority=env.optional_integer("PODCACHE_PEERING_PRIORITY", minimum=-(2**31)),
         )
         return cls(
             sidecar=sidecar,
@@ -221,6 +228,11 @@ class _Env:
         if raw is None:
             return default
         return raw.strip() or None  # set-but-empty turns an optional feature off
+
+    def optional_integer(self, name: str, *, minimum: int = 0) -> int | None:
+        if self._raw(name) is None:
+            return None
+        return self.integer(name, 0, minimum=minimum)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default)

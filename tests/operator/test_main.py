@@ -130,6 +130,14 @@ class TestConfigure:
         assert kopf_settings.peering.mandatory is True  # as `kopf run --peering NAME`
         assert kopf_settings.posting.enabled is False
 
+    def test_replicas_draw_distinct_priorities_unless_one_is_given(self) -> None:
+        """kopf pauses every replica sharing the top priority: equal replicas must differ."""
+        drawn = {self.configure(settings.Settings())[0].peering.priority for _ in range(5)}
+        assert len(drawn) == 5
+        assert all(1 <= priority < 2**31 for priority in drawn)
+        given = settings.Settings.from_env({"PODCACHE_PEERING_PRIORITY": "-3"})
+        assert self.configure(given)[0].peering.priority == -3
+
     def test_webhook_server(self, tmp_path: Path) -> None:
         config = settings.Settings(
             webhook=settings.WebhookSettings(
