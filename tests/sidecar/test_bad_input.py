@@ -225,3 +225,27 @@ async def test_truncated_body_is_400(seeded: Api) -> None:
         head, _, payload = answer.partition(b"\r\n\r\n")
         assert head.split()[1] == b"400", answer
         assert json.loads(payload)["error"] == "invalid_request"
+
+
+async def test_expect_continue_refuses_an_oversized_value_before_upload(seeded: Api) -> None:
+    reader, writer = await asyncio.open_unix_connection(seeded.socket_path)
+    writer.write(
+        b"PUT /v1/cache/k1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.split()[1] == b"413"  # no "100 Continue": the body is never sent
+    writer.close()
+    # A value within the limit still gets its 100 Continue and is stored.
+    reader, writer = await asyncio.open_unix_connection(seeded.socket_path)
+    writer.write(
+        b"PUT /v1/cache/k3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)).split()[1] == b"100"
+    writer.write(b"abc")
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)).split()[1] == b"204"
+    writer.close()
+    assert await (await seeded.request("GET", "/v1/cache/k3")).read() == b"abc"

@@ -18,7 +18,7 @@ from aiohttp import web
 from podcache.cache import Cache
 from podcache.errors import CacheMiss
 from podcache.sidecar import inputs
-from podcache.sidecar.errors import ApiError
+from podcache.sidecar.errors import ApiError, error_response
 from podcache.sidecar.state import STATE
 
 PREFIX = "/v1/cache/"
@@ -116,7 +116,29 @@ async def _compare_and_set(
         raise ApiError(412, "precondition_failed", f"key {key!r} changed concurrently")
 
 
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """``Expect: 100-continue``: refuse an oversized value before the client sends it.
+
+    curl asks this for bodies over 1 MiB; aiohttp's default handler would say
+    "continue" and let the whole upload arrive only to answer 413.
+    """
+    limit = request.app[STATE].config.limits.max_value_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        response = error_response(
+            413, "too_large", f"the value is {length} bytes, the limit is {limit}"
+        )
+        response.force_close()
+        return response
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "invalid_request", "only 'Expect: 100-continue' is supported")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response size
+    return None
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get(ROUTE, get_value)
-    app.router.add_put(ROUTE, put_value)
+    app.router.add_put(ROUTE, put_value, expect_handler=expect_continue)
     app.router.add_delete(ROUTE, delete_value)
