@@ -66,7 +66,9 @@ def cacheconfigs(
     *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     """Every CacheConfig by (namespace, name): a snapshot, not kopf's live body."""
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    snapshot = copy.deepcopy(dict(body))
+    snapshot.get("metadata", {}).pop("managedFields", None)  # often most of the bytes; unused
+    return {(namespace or "", name): snapshot}
 
 
 @kopf.index(*PODS, labels=LABELLED)
