@@ -173,7 +173,12 @@ async def wait_until(
 
 
 class SidecarProcess:
-    """``python -m podcache.sidecar.main`` with a config file, socket and metrics port."""
+    """``python -m podcache.sidecar.main`` in ``workdir``, its output in ``sidecar.log``.
+
+    With ``flags`` it gets ``--config`` (when a config is given), ``--socket`` and a free
+    ``--metrics-port``; without, only ``extra_args`` and the environment (``PODCACHE_*``
+    of the test process never leak in) decide, and ``socket_path`` says where to look.
+    """
 
     def __init__(
         self,
@@ -182,24 +187,25 @@ class SidecarProcess:
         *,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        flags: bool = True,
+        socket_path: str | None = None,
     ) -> None:
         self.workdir = workdir
-        self.socket_path = str(workdir / "cache.sock")
+        # Without flags, the sidecar's own default applies: ./podcache.sock off-pod.
+        self.socket_path = socket_path or str(
+            workdir / ("cache.sock" if flags else "podcache.sock")
+        )
         self.metrics_port = free_port()
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "sidecar.log"
         if config is not None:
             self.config_path.write_text(yaml.safe_dump(config))
         args = [sys.executable, "-m", "podcache.sidecar.main"]
-        if config is not None:
-            args += ["--config", str(self.config_path)]
-        args += [
-            "--socket",
-            self.socket_path,
-            "--metrics-port",
-            str(self.metrics_port),
-            *extra_args,
-        ]
+        if flags:
+            if config is not None:
+                args += ["--config", str(self.config_path)]
+            args += ["--socket", self.socket_path, "--metrics-port", str(self.metrics_port)]
+        args += extra_args
         environment = {
             key: value for key, value in os.environ.items() if not key.startswith("PODCACHE_")
         }
@@ -230,6 +236,9 @@ class SidecarProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=5)
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -61,79 +59,35 @@ def test_help_lists_flags_and_environment() -> None:
         assert text in result.stdout, text
 
 
-def test_no_arguments_runs_the_embedded_default(short_tmp: Path) -> None:
+def test_no_arguments_runs_the_embedded_default(spawn_sidecar: Spawn) -> None:
     assert not Path("/var/run/podcache").exists(), "this test expects to run off-pod"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODCACHE_")}
-    env["PODCACHE_METRICS_PORT"] = str(port)
-    log = (short_tmp / "log").open("wb")
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "podcache.sidecar.main"],
-        cwd=short_tmp,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        socket_path = short_tmp / "podcache.sock"
-        handle = SidecarProcess.__new__(SidecarProcess)
-        handle.process, handle.socket_path, handle.started = process, str(socket_path), started
-        handle.log_path = short_tmp / "log"
-        ready_after = handle.wait_socket()
-        print(f"\nstart-up (no arguments) to socket ready: {ready_after * 1000:.0f} ms")
-        with urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            text = response.read().decode()
-        assert "lab_cache_requests_total" in text
-        assert handle.terminate() == 0, handle.log()
-        assert not socket_path.exists(), handle.log()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
+    process = spawn_sidecar(None, flags=False, env={"PODCACHE_METRICS_PORT": str(port)})
+    ready_after = process.wait_socket()
+    print(f"\nstart-up (no arguments) to socket ready: {ready_after * 1000:.0f} ms")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert "lab_cache_requests_total" in response.read().decode()
+    assert process.terminate() == 0, process.log()
+    assert not Path(process.socket_path).exists(), process.log()
 
 
-def urlopen(url: str) -> Any:
-    import urllib.request
-
-    return urllib.request.urlopen(url, timeout=5)
-
-
-def test_environment_variables_and_json_logs(short_tmp: Path) -> None:
+def test_environment_variables_and_json_logs(spawn_sidecar: Spawn, short_tmp: Path) -> None:
     config_path = short_tmp / "c.yaml"
     config_path.write_text("type: memory\nlogLevel: info\n")
-    socket_path = short_tmp / "env.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PODCACHE_")}
-    env.update(
-        PODCACHE_CONFIG=str(config_path),
-        PODCACHE_SOCKET=str(socket_path),
-        PODCACHE_METRICS_PORT="0",
-        PODCACHE_LOG_LEVEL="debug",
-        POD_NAME="pod-env",
+    socket_path = str(short_tmp / "env.sock")
+    env = {
+        "PODCACHE_CONFIG": str(config_path),
+        "PODCACHE_SOCKET": socket_path,
+        "PODCACHE_METRICS_PORT": "0",
+        "PODCACHE_LOG_LEVEL": "debug",
+        "POD_NAME": "pod-env",
+    }
+    process = spawn_sidecar(
+        None, flags=False, env=env, socket_path=socket_path, extra_args=("--log-format", "json")
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "podcache.sidecar.main", "--log-format", "json"],
-        cwd=short_tmp,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        handle = SidecarProcess.__new__(SidecarProcess)
-        handle.process, handle.socket_path, handle.started = (
-            process,
-            str(socket_path),
-            time.monotonic(),
-        )
-        handle.log_path = short_tmp / "none"
-        handle.wait_socket()
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0
-    records = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
+    process.wait_socket()
+    assert process.terminate() == 0, process.log()
+    records = [json.loads(line) for line in process.log_lines() if line.strip()]
     assert records
     assert {"time", "level", "logger", "message"} <= set(records[0])
     assert any(record["level"] == "debug" for record in records)  # PODCACHE_LOG_LEVEL won
