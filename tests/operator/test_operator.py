@@ -209,6 +209,24 @@ class TestServiceMonitor:
         await eventually(applied, what="ServiceMonitorReady=True")
         assert get(cluster, SERVICEMONITORS, "podcache-shop") is not None
 
+    async def test_the_crd_going_away(self, cluster: ClusterEmulator, operator: Any) -> None:
+        install_servicemonitor_crd(cluster)
+        cluster.objects[CRDS, None, "servicemonitors.monitoring.coreos.com"] = servicemonitor_crd()
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        assert condition(body, "ServiceMonitorReady")["status"] == "True"
+        response = await cluster.delete(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com"
+        )
+        assert response.status < 300
+
+        def not_installed() -> bool:
+            cond = condition(get(cluster, CACHECONFIGS, "shop"), "ServiceMonitorReady")
+            return bool(cond and cond["reason"] == "CRDNotInstalled")
+
+        await eventually(not_installed, what="ServiceMonitorReady=False CRDNotInstalled")
+        assert condition(get(cluster, CACHECONFIGS, "shop"), "Ready")["status"] == "True"
+
     async def test_disabled(self, cluster: ClusterEmulator, operator: Any) -> None:
         spec = samples.spec(samples.MEMORY_SPEC, metrics={"serviceMonitor": {"enabled": False}})
         await create(cluster, "shop", spec)
