@@ -174,3 +174,24 @@ async def test_shutdown_ends_watch_streams_quickly(
     remaining = await asyncio.wait_for(watch.content.read(), 3)
     assert b"" in (remaining, b"")  # the stream ended
     watch.close()
+
+
+async def test_new_timings_restart_the_elector_and_watches_go_on(api: Api) -> None:
+    name = unique()
+    await api.json("PUT", f"/v1/leader/{name}", json=FAST)
+    await wait_until(lambda: leading(api, name), message="leader")
+    watch = await api.session.get(URL(f"{BASE}/v1/leader/{name}?watch=true", encoded=True))
+    assert json.loads(await watch.content.readline())["leader"] is True
+    slower = {"leaseDuration": "3s", "renewDeadline": "2s", "retryPeriod": "200ms"}
+    status, _ = await api.json("PUT", f"/v1/leader/{name}", json=slower)
+    assert status == 200
+    await wait_until(lambda: leading(api, name), message="leader again with new timings")
+    # The same stream saw the resignation and the new term, and is still open.
+    states = []
+    while not (states and states[-1]["leader"]):
+        line = await asyncio.wait_for(watch.content.readline(), 5)
+        assert line, "the watch ended"
+        if line.strip():
+            states.append(json.loads(line))
+    assert states[-1]["holder"] == "pod-test"
+    watch.close()

@@ -184,13 +184,16 @@ class ElectionManager:
     async def join(self, settings: ElectionSettings, *, from_config: bool = False) -> Election:
         """Campaign in ``settings.name`` (idempotent; changed timings restart the elector)."""
         async with self._lock:
+            assert self._cache is not None, "ElectionManager.start() first"
             existing = self._elections.get(settings.name)
             if existing is not None:
                 existing.from_config = existing.from_config or from_config
-                if existing.settings == settings:
-                    return existing
-                await existing.close()
-            assert self._cache is not None, "ElectionManager.start() first"
+                if existing.settings != settings:
+                    # New timings: a new elector, but the same Election, so watches go on.
+                    await existing.stop_elector()
+                    existing.settings = settings
+                    await existing.start(self._cache)
+                return existing
             election = Election(
                 settings,
                 identity=self.identity,
