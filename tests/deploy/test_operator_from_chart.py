@@ -13,9 +13,10 @@ Aspects:
   the API server dials, at the path the configuration names;
 - a pod labelled for a CacheConfig gets the sidecar image the chart's values chose;
 - the operator keeps alive in the ClusterKopfPeering object the chart creates;
-- HA: two replicas with the chart's env keep exactly one active. This is a strict
-  xfail today (both get priority 0 and kopf pauses every same-priority peer); with
-  distinct priorities the chart's peering does keep one active (a passing test).
+- HA: two replicas with the chart's env (no priority set) draw distinct priorities and
+  exactly the highest stays active (kopf pauses every peer sharing the top priority,
+  so equal ones would leave none active); with explicit priorities, whichever starts
+  first, the higher one is active and the lower one stands by.
 """
 
 from __future__ import annotations
@@ -334,39 +335,76 @@ async def _wait_until(condition: Callable[[], bool]) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kopf pauses ALL peers that share a priority, and every replica of the "
-    "Deployment gets the same PODCACHE_PEERING_PRIORITY (default 0): the operator needs "
-    "a distinct priority per replica (e.g. random when unset) for HA to keep one active",
-)
+def _is_active(op: Operator) -> bool:
+    """kopf's own account in the log: started paused (peering is mandatory), resumed when
+    no peer outranks it, paused again when one appears."""
+    resumed = op.output.rfind("Resuming operations after the pause")
+    paused = max(
+        op.output.rfind("Pausing operations in favour of"), op.output.rfind("Pausing all operators")
+    )
+    return resumed > paused
+
+
+async def _peers(cluster: kmock.KubernetesEmulator, name: str, count: int) -> dict[str, Any]:
+    """The peering object's keep-alive records, once ``count`` replicas wrote theirs."""
+    status: dict[str, Any] = {}
+
+    def enough() -> bool:
+        nonlocal status
+        status = dict(cluster.objects[PEERINGS, None, name].get("status") or {})
+        return len(status) >= count
+
+    assert await _wait_until(enough), f"the replicas never all kept alive: {status}"
+    return status
+
+
 async def test_ha_replicas_keep_exactly_one_active(
     cluster: kmock.KubernetesEmulator, tmp_path: Path
 ) -> None:
+    """Replicas with the chart's env (no priority set) get distinct priorities, and kopf
+    keeps exactly the highest one active. kopf pauses *every* peer sharing the top
+    priority, so equal priorities would leave no replica active at all."""
     release = chart.render({"operator": {"replicaCount": 3}})
+    name = release.one("ClusterKopfPeering")["metadata"]["name"]
     async with (
         start_operator(cluster, release, tmp_path / "a", pod_id="podcache-a") as a,
         start_operator(cluster, release, tmp_path / "b", pod_id="podcache-b") as b,
     ):
-        # Each replica decides once it sees the other's keep-alive: stand by, or pause all.
-        decided = ("Pausing operations in favour of", "Pausing all operators")
-        both_decided = await _wait_until(lambda: any(d in a.output + b.output for d in decided))
-        assert both_decided, "the replicas never noticed each other"
-        assert "Pausing all operators" not in a.output + b.output
-        assert "Pausing operations in favour of" in a.output + b.output
+        peers = await _peers(cluster, name, 2)
+        priorities = {identity: record["priority"] for identity, record in peers.items()}
+        assert len(set(priorities.values())) == 2, f"replicas share a priority: {priorities}"
+        by_id = {"podcache-a": a, "podcache-b": b}
+        high = by_id[max(priorities, key=priorities.__getitem__)]
+        low = by_id[min(priorities, key=priorities.__getitem__)]
+        assert await _wait_until(lambda: _is_active(high) and not _is_active(low)), (
+            f"expected only the higher-priority replica active: {priorities}"
+        )
 
 
-async def test_replicas_with_distinct_priorities_keep_one_active(
-    cluster: kmock.KubernetesEmulator, tmp_path: Path
+@pytest.mark.parametrize("first_priority", [10, 20], ids=["lower-first", "higher-first"])
+async def test_explicit_priorities_keep_the_highest_active(
+    cluster: kmock.KubernetesEmulator, tmp_path: Path, first_priority: int
 ) -> None:
-    """What the chart's HA needs from the operator, shown with explicit priorities: the
-    chart's peering object lets the lower replica stand by for the higher one."""
+    """PODCACHE_PEERING_PRIORITY set by hand: whichever starts first, the higher one is
+    the active replica and the lower one stands by."""
     release = chart.render({"operator": {"replicaCount": 2}})
-    low = {"PODCACHE_PEERING_PRIORITY": "10"}
-    high = {"PODCACHE_PEERING_PRIORITY": "20"}
+    second_priority = 30 - first_priority
     async with (
-        start_operator(cluster, release, tmp_path / "a", pod_id="podcache-a", extra_env=low) as a,
-        start_operator(cluster, release, tmp_path / "b", pod_id="podcache-b", extra_env=high) as b,
+        start_operator(
+            cluster,
+            release,
+            tmp_path / "a",
+            pod_id="podcache-a",
+            extra_env={"PODCACHE_PEERING_PRIORITY": str(first_priority)},
+        ) as a,
+        start_operator(
+            cluster,
+            release,
+            tmp_path / "b",
+            pod_id="podcache-b",
+            extra_env={"PODCACHE_PEERING_PRIORITY": str(second_priority)},
+        ) as b,
     ):
-        assert await _wait_until(lambda: "Pausing operations in favour of" in a.output)
-        assert "Pausing" not in b.output
+        await _peers(cluster, release.one("ClusterKopfPeering")["metadata"]["name"], 2)
+        high, low = (a, b) if first_priority > second_priority else (b, a)
+        assert await _wait_until(lambda: _is_active(high) and not _is_active(low))
