@@ -7,6 +7,7 @@ Tests that restart, pause or signal a sidecar start their own.
 
 from __future__ import annotations
 
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,6 +17,7 @@ import redis
 import podcache
 from tests.client.sidecars import SidecarProcess, election, memory_config, redis_config
 
+CLIENT_TESTS_DB = 1
 LIMITS = {"maxValueBytes": 65536}
 LOCKS = {"defaultTTL": "10s", "maxTTL": "1m"}
 ELECTION = "sched"
@@ -40,8 +42,19 @@ def memory_sidecar() -> Iterator[SidecarProcess]:
 
 
 @pytest.fixture(scope="session")
-def redis_sidecar(redis_session_url: str) -> Iterator[SidecarProcess]:
-    config = redis_config(redis_session_url, key_prefix=f"client-tests-{uuid.uuid4().hex[:6]}:",
+def client_redis_url(redis_session_url: str) -> str:
+    """A database of its own for the session-long sidecar: other tests flush database 0
+    while it runs, and its election keeps writing while theirs run."""
+    parts = urllib.parse.urlsplit(redis_session_url)
+    url = urllib.parse.urlunsplit(parts._replace(path=f"/{CLIENT_TESTS_DB}"))
+    with redis.Redis.from_url(url) as connection:
+        connection.flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_sidecar(client_redis_url: str) -> Iterator[SidecarProcess]:
+    config = redis_config(client_redis_url, key_prefix=f"client-tests-{uuid.uuid4().hex[:6]}:",
                           limits=LIMITS, locks=LOCKS, elections=[election(ELECTION)])
     sidecar = _start(config, pod_name="pod-redis")
     yield sidecar
@@ -76,9 +89,9 @@ def key() -> str:
 
 
 @pytest.fixture
-def raw_redis(redis_session_url: str) -> Iterator[redis.Redis]:
+def raw_redis(client_redis_url: str) -> Iterator[redis.Redis]:
     """Direct access to the Redis the redis sidecar uses, to meddle with its keys."""
-    with redis.Redis.from_url(redis_session_url) as connection:
+    with redis.Redis.from_url(client_redis_url) as connection:
         yield connection
 
 
