@@ -2,7 +2,8 @@
 
 Aspects:
 - each object of every value set passes kubernetes-validate (strict: unknown fields
-  fail) for the oldest and newest Kubernetes versions the chart targets;
+  fail) for the oldest version the chart admits (1.25), the first with native
+  sidecars on by default (1.29) and the newest schema available;
 - kinds that come from other projects' CRDs (ServiceMonitor, Issuer, Certificate,
   ClusterKopfPeering) have no schema in kubernetes-validate: they are checked for
   their apiVersion and the fields we rely on, and skipped by kind only;
@@ -28,9 +29,11 @@ import pytest
 
 from tests.deploy import chart, crd
 
-# Oldest version the chart's kubeVersion admits that has native sidecars on by default,
-# and the newest schema kubernetes-validate ships.
-K8S_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
+# The oldest version the chart's kubeVersion admits, the first with native sidecars on
+# by default, and the newest schema kubernetes-validate ships.
+OLDEST = "1.25.0"
+NATIVE_SIDECARS = "1.29.0"
+K8S_VERSIONS = (OLDEST, NATIVE_SIDECARS, kubernetes_validate.utils.latest_version())
 
 # Kinds of CRDs that other projects own; kubernetes-validate has no schema for them.
 FOREIGN_KINDS = {
@@ -216,13 +219,16 @@ def test_valid_memory_example_passes() -> None:
     _validate_cacheconfig(_memory_example())
 
 
-@pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "regular-container"])
+@pytest.mark.parametrize(
+    ("version", "native"),
+    [(v, True) for v in K8S_VERSIONS if v != OLDEST] + [(v, False) for v in K8S_VERSIONS],
+)
 def test_demo_pod_after_injection_is_valid(
     default_release: chart.Release, version: str, native: bool
 ) -> None:
     """What users end up running: the demo pod, injected by the operator's own code with
-    the sidecar defaults the chart passes it, for each example CacheConfig."""
+    the sidecar defaults the chart passes it, for each example CacheConfig (a native
+    sidecar from 1.29, a regular container on every supported version)."""
     injection = pytest.importorskip("podcache_operator.injection")
     settings = pytest.importorskip("podcache_operator.settings")
     env = chart.env_of(chart.container(default_release.one("Deployment"), "operator"))
