@@ -9,12 +9,14 @@ self-signed webhook mode generates a fresh CA on every render.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import yaml
+from helm_python import _native as helm_native
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "charts" / "podcache"
@@ -112,13 +114,33 @@ class Release:
         return {item.kind for item in self.objects}
 
 
-def render(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> Release:
-    """Render the chart as an install of release ``podcache``."""
+def render(
+    values: Mapping[str, Any] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    kube_version: str | None = None,
+) -> Release:
+    """Render the chart as an install of release ``podcache``; ``kube_version`` sets
+    ``.Capabilities.KubeVersion`` as ``helm template --kube-version`` does."""
     with helm.Chart.load(CHART_DIR) as chart:
         chart.validate_schema(dict(values or {}))
-        manifests = chart.render(
-            dict(values or {}), name=RELEASE, namespace=namespace, is_install=True
-        )
+        if kube_version is None:
+            manifests = chart.render(
+                dict(values or {}), name=RELEASE, namespace=namespace, is_install=True
+            )
+        else:
+            # Chart.render does not pass kube_version on yet; the C ABI takes it.
+            options = {
+                "name": RELEASE,
+                "namespace": namespace,
+                "is_install": True,
+                "kube_version": kube_version,
+            }
+            manifests = json.loads(
+                helm_native.call_string(
+                    "helm_render", chart._raw(), json.dumps(dict(values or {})), json.dumps(options)
+                )
+            )
     objects: list[Rendered] = []
     notes = ""
     for path in sorted(manifests):

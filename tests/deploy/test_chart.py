@@ -229,7 +229,7 @@ class TestOperatorDeployment:
         assert parsed.webhook.cert_file == f"{mount['mountPath']}/tls.crt"
         assert parsed.webhook.key_file == f"{mount['mountPath']}/tls.key"
         assert parsed.sidecar.image == "ghcr.io/podcache/podcache:0.1.0"
-        assert parsed.sidecar.native is True
+        assert parsed.sidecar.native is True  # auto, and Helm's default version is recent
         assert parsed.peering.name == "podcache-operator"
         source = (chart.ROOT / "operator" / "podcache_operator" / "settings.py").read_text()
         unknown = [
@@ -413,6 +413,33 @@ class TestMonitoring:
             assert metric in expressions
         assert "sum by (operation, status)" in expressions
         assert "histogram_quantile(0.99" in expressions
+
+
+class TestSidecarDefaults:
+    @staticmethod
+    def _native_env(release: chart.Release) -> str:
+        env = chart.env_of(chart.container(release.one("Deployment"), "operator"))
+        return str(env["PODCACHE_SIDECAR_NATIVE"])
+
+    @pytest.mark.parametrize(
+        ("kube_version", "native"), [("v1.27.3", "false"), ("v1.29.0", "true"), ("v1.33.1", "true")]
+    )
+    def test_native_auto_follows_the_cluster_version(self, kube_version: str, native: str) -> None:
+        release = chart.render(kube_version=kube_version)
+        assert self._native_env(release) == native
+        assert "WARNING" not in release.notes
+        expected = "native sidecar" if native == "true" else "regular container"
+        assert f"({expected})" in release.notes
+
+    def test_native_forced_on_an_old_cluster_warns(self) -> None:
+        release = chart.render({"sidecar": {"native": True}}, kube_version="v1.27.3")
+        assert self._native_env(release) == "true"
+        assert "WARNING: sidecar.native=true on Kubernetes v1.27.3" in release.notes
+
+    def test_native_forced_off(self) -> None:
+        release = chart.render({"sidecar": {"native": False}}, kube_version="v1.33.1")
+        assert self._native_env(release) == "false"
+        assert "Jobs" in release.notes
 
 
 class TestIncompatibleValues:

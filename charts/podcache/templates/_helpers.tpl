@@ -214,7 +214,7 @@ webhook TLS, and the sidecar defaults the webhook injects.
 - name: PODCACHE_SIDECAR_IMAGE_PULL_POLICY
   value: {{ .Values.sidecar.image.pullPolicy | quote }}
 - name: PODCACHE_SIDECAR_NATIVE
-  value: {{ .Values.sidecar.native | quote }}
+  value: {{ include "podcache.sidecarNative" . | quote }}
 - name: PODCACHE_SIDECAR_METRICS_PORT
   value: {{ .Values.sidecar.metricsPort | quote }}
 - name: PODCACHE_SIDECAR_CPU_REQUEST
@@ -225,4 +225,17 @@ webhook TLS, and the sidecar defaults the webhook injects.
   value: {{ .Values.sidecar.resources.limits.memory | quote }}
 - name: PODCACHE_SIDECAR_RUN_AS_USER
   value: {{ .Values.sidecar.runAsUser | quote }}
+{{- end }}
+
+{{/*
+podcache.sidecarNative: "true" or "false", whether the injected sidecar is a native one;
+sidecar.native=auto decides by the cluster version (SidecarContainers is on by default
+from Kubernetes 1.29).
+*/}}
+{{- define "podcache.sidecarNative" -}}
+{{- if eq (toString .Values.sidecar.native) "auto" }}
+{{- semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version }}
+{{- else }}
+{{- .Values.sidecar.native }}
+{{- end }}
 {{- end }}

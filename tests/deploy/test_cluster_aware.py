@@ -1,4 +1,4 @@
-"""The chart's self-signed webhook TLS survives upgrades: Helm's ``lookup`` against a cluster.
+"""The chart rendered against a cluster: Helm's ``lookup`` keeps the webhook TLS.
 
 The chart is rendered cluster-aware (helm-python-sdk's ``Config.render``) against the
 KMock Kubernetes emulator serving Secrets, so ``lookup`` really asks an API server.
@@ -43,7 +43,12 @@ def cluster(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
     return kmock
 
 
-async def _render(cluster: kmock.KubernetesEmulator, *, upgrade: bool) -> chart.Release:
+async def _render(
+    cluster: kmock.KubernetesEmulator,
+    *,
+    upgrade: bool,
+    values: dict[str, Any] | None = None,
+) -> chart.Release:
     kubeconfig = yaml.safe_dump(
         {
             "apiVersion": "v1",
@@ -62,7 +67,7 @@ async def _render(cluster: kmock.KubernetesEmulator, *, upgrade: bool) -> chart.
         ):
             return config.render(
                 loaded,
-                {},
+                values or {},
                 name=chart.RELEASE,
                 namespace=chart.NAMESPACE,
                 is_install=not upgrade,
@@ -78,7 +83,8 @@ async def _render(cluster: kmock.KubernetesEmulator, *, upgrade: bool) -> chart.
         for document in yaml.safe_load_all(text)
         if document
     ]
-    return chart.Release(objects=objects, notes="")
+    notes = next((text for path, text in manifests.items() if path.endswith("NOTES.txt")), "")
+    return chart.Release(objects=objects, notes=notes)
 
 
 def _tls(release: chart.Release) -> tuple[dict[str, str], str]:
