@@ -20,7 +20,9 @@ from tests.redis_server import RedisServer, RedisUnavailable, find_redis
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"Redis is required under CI=true and could not be started: {reason}", pytrace=False)
+        pytest.fail(
+            f"Redis is required under CI=true and could not be started: {reason}", pytrace=False
+        )
     pytest.skip(f"Redis unavailable: {reason}")
 
 

@@ -60,16 +60,31 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             return
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-            "--protected-mode", "no", *self.extra_args,
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--protected-mode",
+            "no",
+            *self.extra_args,
         ]
         log = (self.workdir / "redis.log").open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+                raise RedisUnavailable(
+                    f"redis-server exited with {self.process.returncode}: {self.log_tail()}"
+                )
             if _answers("127.0.0.1", self.port):
                 return
             time.sleep(0.02)

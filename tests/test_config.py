@@ -15,8 +15,18 @@ from podcache.errors import ConfigError
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("300ms", 0.3), ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("1.5s", 1.5),
-     ("0", 0.0), (7, 7.0), (2.5, 2.5), ("12", 12.0), ("250us", 0.00025)],
+    [
+        ("300ms", 0.3),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1.5s", 1.5),
+        ("0", 0.0),
+        (7, 7.0),
+        (2.5, 2.5),
+        ("12", 12.0),
+        ("250us", 0.00025),
+    ],
 )
 def test_durations_parse(text: object, seconds: float) -> None:
     assert durations.parse_duration(text) == pytest.approx(seconds)
@@ -41,8 +51,10 @@ def test_memory_config_defaults_and_overrides() -> None:
 
 
 def test_redis_config_parses_url_prefix_and_timeouts() -> None:
-    config = Config(type="redis", config={"url": "rediss://h:6380/1", "keyPrefix": "t:",
-                                          "timeouts": {"operation": "250ms"}})
+    config = Config(
+        type="redis",
+        config={"url": "rediss://h:6380/1", "keyPrefix": "t:", "timeouts": {"operation": "250ms"}},
+    )
     settings = config.settings
     assert isinstance(settings, RedisSettings)
     assert settings.tls.enabled
@@ -59,9 +71,17 @@ def test_redis_config_parses_url_prefix_and_timeouts() -> None:
         ("memory", {"colour": "blue"}, "config.colour"),
         ("redis", {}, "config"),
         ("redis", {"url": "http://x"}, "config.url"),
-        ("redis", {"url": "redis://x", "sentinel": {"masterName": "m", "addresses": ["a:1"]}}, "config"),
+        (
+            "redis",
+            {"url": "redis://x", "sentinel": {"masterName": "m", "addresses": ["a:1"]}},
+            "config",
+        ),
         ("redis", {"sentinel": {"addresses": ["a:1"]}}, "config.sentinel.masterName"),
-        ("redis", {"url": "redis://x", "timeouts": {"operation": "-1s"}}, "config.timeouts.operation"),
+        (
+            "redis",
+            {"url": "redis://x", "timeouts": {"operation": "-1s"}},
+            "config.timeouts.operation",
+        ),
     ],
 )
 def test_bad_config_names_the_field(backend: str, raw: dict[str, object], field: str) -> None:
@@ -95,7 +115,10 @@ elections: [{name: scheduler, leaseDuration: 15s, renewDeadline: 10s, retryPerio
         ("metrics: {namespace: '9bad'}", "metrics.namespace"),
         ("limits: {maxValueBytes: 0}", "limits.maxValueBytes"),
         ("locks: {defaultTTL: 10m, maxTTL: 1m}", "locks.defaultTTL"),
-        ("elections: [{name: a, leaseDuration: 5s, renewDeadline: 10s}]", "elections[0].renewDeadline"),
+        (
+            "elections: [{name: a, leaseDuration: 5s, renewDeadline: 10s}]",
+            "elections[0].renewDeadline",
+        ),
         ("elections: [{name: a}, {name: a}]", "elections[1].name"),
         ("logLevel: loud", "logLevel"),
         ("[1, 2", "file"),

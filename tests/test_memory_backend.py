@@ -359,3 +359,16 @@ async def test_stop_is_idempotent_and_later_calls_fail() -> None:
     await b.stop()
     with pytest.raises(BackendUnavailable, match="stopped"):
         await b.get("k")
+
+
+@pytest.mark.parametrize("key", ["podcache:lock:{job}", "podcache:leader:{x}", "podcache:"])
+async def test_reserved_key_space_refused(key: str) -> None:
+    """Keys under 'podcache:' would collide with lock and election keys in Redis."""
+    backend = MemoryBackend(MemorySettings())
+    try:
+        with pytest.raises(InvalidKey, match="reserved"):
+            await backend.set(key, b"v")
+        await backend.set("podcache-not-reserved", b"v")
+        assert await backend.get("podcache-not-reserved") == b"v"
+    finally:
+        await backend.stop()

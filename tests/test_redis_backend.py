@@ -259,7 +259,10 @@ async def test_non_bytes_value_refused(
     assert await redis_client.dbsize() == 0
 
 
-@pytest.mark.parametrize(("key", "reason"), [("", "empty"), ("x" * 1025, "1025 bytes")])
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [("", "empty"), ("x" * 1025, "1025 bytes"), ("podcache:lock:{job}", "reserved")],
+)
 async def test_bad_keys_refused(
     backend: RedisBackend, redis_client: redis.asyncio.Redis, key: str, reason: str
 ) -> None:

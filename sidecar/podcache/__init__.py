@@ -35,7 +35,27 @@ _EXPORTS: dict[str, str] = {
     "LockLost": "podcache.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AsyncClient",
+    "BackendUnavailable",
+    "Cache",
+    "CacheMiss",
+    "Client",
+    "Config",
+    "ConfigError",
+    "Elector",
+    "InvalidKey",
+    "InvalidTTL",
+    "InvalidValue",
+    "Lease",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
+    "NotOwner",
+    "PodcacheError",
+    "ValueTooLarge",
+    "new_cache",
+]
 
 if TYPE_CHECKING:
     from podcache.cache import Cache, new_cache

@@ -116,7 +116,9 @@ class Config:
 def parse_settings(backend_type: str, raw: Mapping[str, Any] | None) -> Settings:
     """Validate a backend config map into typed settings; raise ConfigError on any problem."""
     if backend_type not in BACKEND_TYPES:
-        raise ConfigError("type", f"unknown backend type {backend_type!r} (use one of {', '.join(BACKEND_TYPES)})")
+        raise ConfigError(
+            "type", f"unknown backend type {backend_type!r} (use one of {', '.join(BACKEND_TYPES)})"
+        )
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -143,11 +145,21 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
     url = reader.optional_str("url")
     sentinel = _parse_sentinel(reader.optional_mapping("sentinel"))
     cluster = _parse_cluster(reader.optional_mapping("cluster"))
-    given = [name for name, value in (("url", url), ("sentinel", sentinel), ("cluster", cluster)) if value]
+    given = [
+        name
+        for name, value in (("url", url), ("sentinel", sentinel), ("cluster", cluster))
+        if value
+    ]
     if len(given) != 1:
-        raise ConfigError("config", "redis needs exactly one of url, sentinel or cluster" + (f" (got {', '.join(given)})" if given else ""))
+        raise ConfigError(
+            "config",
+            "redis needs exactly one of url, sentinel or cluster"
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("config.url", f"unsupported URL {url!r} (use redis://, rediss:// or unix://)")
+        raise ConfigError(
+            "config.url", f"unsupported URL {url!r} (use redis://, rediss:// or unix://)"
+        )
     timeouts = _Reader(reader.optional_mapping("timeouts") or {}, "config.timeouts")
     settings = RedisSettings(
         url=url,
@@ -160,7 +172,9 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
         key_prefix=reader.optional_str("keyPrefix") or "",
         default_ttl=reader.duration("defaultTTL", RedisSettings.default_ttl),
         connect_timeout=timeouts.duration("connect", RedisSettings.connect_timeout, positive=True),
-        operation_timeout=timeouts.duration("operation", RedisSettings.operation_timeout, positive=True),
+        operation_timeout=timeouts.duration(
+            "operation", RedisSettings.operation_timeout, positive=True
+        ),
         pool_size=reader.positive_int("poolSize", RedisSettings.pool_size),
         items_refresh_interval=reader.duration(
             "itemsRefreshInterval", RedisSettings.items_refresh_interval, positive=True
@@ -290,4 +304,6 @@ class _Reader:
     def reject_unknown(self) -> None:
         unknown = sorted(str(key) for key in self.raw if key not in self.seen)
         if unknown:
-            raise ConfigError(self.field(unknown[0]), f"unknown key (known: {', '.join(sorted(self.seen))})")
+            raise ConfigError(
+                self.field(unknown[0]), f"unknown key (known: {', '.join(sorted(self.seen))})"
+            )

@@ -97,8 +97,17 @@ def parse(raw: Mapping[str, Any]) -> SidecarConfig:
     """Validate a config mapping (as YAML would give it) into a SidecarConfig."""
     if not isinstance(raw, Mapping):
         raise ConfigError("file", f"expected a mapping at the top level, got {type(raw).__name__}")
-    known = {"type", "config", "socket", "metrics", "limits", "locks", "elections", "logLevel",
-             "shutdownGracePeriod"}
+    known = {
+        "type",
+        "config",
+        "socket",
+        "metrics",
+        "limits",
+        "locks",
+        "elections",
+        "logLevel",
+        "shutdownGracePeriod",
+    }
     unknown = sorted(str(key) for key in raw if key not in known)
     if unknown:
         raise ConfigError(unknown[0], f"unknown key (known: {', '.join(sorted(known))})")
@@ -111,7 +120,9 @@ def parse(raw: Mapping[str, Any]) -> SidecarConfig:
         raise ConfigError("socket", f"expected a path, got {socket!r}")
     log_level = str(raw.get("logLevel", "info")).lower()
     if log_level not in LOG_LEVELS:
-        raise ConfigError("logLevel", f"unknown level {log_level!r} (use one of {', '.join(LOG_LEVELS)})")
+        raise ConfigError(
+            "logLevel", f"unknown level {log_level!r} (use one of {', '.join(LOG_LEVELS)})"
+        )
     locks = _parse_locks(_mapping(raw, "locks"))
     return SidecarConfig(
         backend=backend,
@@ -121,7 +132,9 @@ def parse(raw: Mapping[str, Any]) -> SidecarConfig:
         locks=locks,
         elections=_parse_elections(raw.get("elections")),
         log_level=log_level,
-        shutdown_grace_period=_duration(raw.get("shutdownGracePeriod"), "shutdownGracePeriod", 10.0),
+        shutdown_grace_period=_duration(
+            raw.get("shutdownGracePeriod"), "shutdownGracePeriod", 10.0
+        ),
     )
 
 
@@ -173,7 +186,9 @@ def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _check_keys(raw: Mapping[str, Any], path: str, known: set[str]) -> None:
     unknown = sorted(str(key) for key in raw if key not in known)
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})"
+        )
 
 
 def _duration(value: Any, field: str, default: float, *, positive: bool = False) -> float:
@@ -188,7 +203,9 @@ def _duration(value: Any, field: str, default: float, *, positive: bool = False)
     return seconds
 
 
-def _int(value: Any, field: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
+def _int(
+    value: Any, field: str, default: int, *, minimum: int = 1, maximum: int | None = None
+) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
@@ -203,7 +220,9 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsSettings:
     _check_keys(raw, "metrics", {"namespace", "port"})
     namespace = raw.get("namespace", DEFAULT_METRICS_NAMESPACE)
     if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
-        raise ConfigError("metrics.namespace", f"must match [a-zA-Z_][a-zA-Z0-9_]*, got {namespace!r}")
+        raise ConfigError(
+            "metrics.namespace", f"must match [a-zA-Z_][a-zA-Z0-9_]*, got {namespace!r}"
+        )
     port = _int(raw.get("port"), "metrics.port", DEFAULT_METRICS_PORT, minimum=0, maximum=65535)
     return MetricsSettings(namespace=namespace, port=port)
 
@@ -211,17 +230,29 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsSettings:
 def _parse_limits(raw: Mapping[str, Any]) -> Limits:
     _check_keys(raw, "limits", {"maxValueBytes", "maxKeyBytes", "maxConnections", "requestTimeout"})
     return Limits(
-        max_value_bytes=_int(raw.get("maxValueBytes"), "limits.maxValueBytes", Limits.max_value_bytes),
-        max_key_bytes=_int(raw.get("maxKeyBytes"), "limits.maxKeyBytes", Limits.max_key_bytes, maximum=1024),
-        max_connections=_int(raw.get("maxConnections"), "limits.maxConnections", Limits.max_connections),
-        request_timeout=_duration(raw.get("requestTimeout"), "limits.requestTimeout", Limits.request_timeout,
-                                  positive=True),
+        max_value_bytes=_int(
+            raw.get("maxValueBytes"), "limits.maxValueBytes", Limits.max_value_bytes
+        ),
+        max_key_bytes=_int(
+            raw.get("maxKeyBytes"), "limits.maxKeyBytes", Limits.max_key_bytes, maximum=1024
+        ),
+        max_connections=_int(
+            raw.get("maxConnections"), "limits.maxConnections", Limits.max_connections
+        ),
+        request_timeout=_duration(
+            raw.get("requestTimeout"),
+            "limits.requestTimeout",
+            Limits.request_timeout,
+            positive=True,
+        ),
     )
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LockSettings:
     _check_keys(raw, "locks", {"defaultTTL", "maxTTL"})
-    default_ttl = _duration(raw.get("defaultTTL"), "locks.defaultTTL", LockSettings.default_ttl, positive=True)
+    default_ttl = _duration(
+        raw.get("defaultTTL"), "locks.defaultTTL", LockSettings.default_ttl, positive=True
+    )
     max_ttl = _duration(raw.get("maxTTL"), "locks.maxTTL", LockSettings.max_ttl, positive=True)
     if default_ttl > max_ttl:
         raise ConfigError("locks.defaultTTL", f"must not exceed locks.maxTTL ({max_ttl}s)")
@@ -242,15 +273,23 @@ def _parse_elections(raw: Any) -> tuple[ElectionSettings, ...]:
         _check_keys(item, path, {"name", "leaseDuration", "renewDeadline", "retryPeriod"})
         name = item.get("name")
         if not isinstance(name, str) or not _ELECTION_RE.fullmatch(name):
-            raise ConfigError(f"{path}.name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
+            raise ConfigError(
+                f"{path}.name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}"
+            )
         if name in names:
             raise ConfigError(f"{path}.name", f"duplicate election {name!r}")
         names.add(name)
         election = ElectionSettings(
             name=name,
-            lease_duration=_duration(item.get("leaseDuration"), f"{path}.leaseDuration", 15.0, positive=True),
-            renew_deadline=_duration(item.get("renewDeadline"), f"{path}.renewDeadline", 10.0, positive=True),
-            retry_period=_duration(item.get("retryPeriod"), f"{path}.retryPeriod", 2.0, positive=True),
+            lease_duration=_duration(
+                item.get("leaseDuration"), f"{path}.leaseDuration", 15.0, positive=True
+            ),
+            renew_deadline=_duration(
+                item.get("renewDeadline"), f"{path}.renewDeadline", 10.0, positive=True
+            ),
+            retry_period=_duration(
+                item.get("retryPeriod"), f"{path}.retryPeriod", 2.0, positive=True
+            ),
         )
         check_election_timing(election, path)
         elections.append(election)

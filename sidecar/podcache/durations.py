@@ -62,7 +62,8 @@ def _parse_text(text: str, *, field: str) -> float:
         position = match.end()
     if position != len(body) or position == 0:
         raise ValueError(
-            f"{field}: invalid duration {text!r} (use e.g. '300ms', '30s', '5m', '1h30m' or seconds)"
+            f"{field}: invalid duration {text!r}"
+            " (use e.g. '300ms', '30s', '5m', '1h30m' or seconds)"
         )
     return total
 
@@ -79,5 +80,9 @@ def format_duration(seconds: float) -> str:
     whole = millis // 1000
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
     return "".join(parts)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from podcache.errors import InvalidKey, InvalidTTL, InvalidValue
 
 MAX_KEY_BYTES = 1024
+RESERVED_KEY_PREFIX = "podcache:"
+"""Locks and elections live under ``<keyPrefix>podcache:`` in Redis; a cache key there
+could overwrite a lock or a lease, so both backends refuse such keys alike."""
 
 
 def check_key(key: object, *, max_bytes: int = MAX_KEY_BYTES) -> str:
@@ -20,6 +23,10 @@ def check_key(key: object, *, max_bytes: int = MAX_KEY_BYTES) -> str:
     size = len(key.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise InvalidKey(f"key is {size} bytes, the limit is {max_bytes}")
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidKey(
+            f"keys starting with {RESERVED_KEY_PREFIX!r} are reserved for locks and elections"
+        )
     return key
 
 
