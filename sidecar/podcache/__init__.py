@@ -33,6 +33,11 @@ _EXPORTS: dict[str, str] = {
     "LockNotAcquired": "podcache.errors",
     "NotOwner": "podcache.errors",
     "LockLost": "podcache.errors",
+    "ClientError": "podcache.errors",
+    "ServerError": "podcache.errors",
+    # leader status as the socket clients report it
+    "LeaderStatus": "podcache.client.models",
+    "LeaderState": "podcache.election.elector",
 }
 
 __all__ = [
@@ -41,18 +46,22 @@ __all__ = [
     "Cache",
     "CacheMiss",
     "Client",
+    "ClientError",
     "Config",
     "ConfigError",
     "Elector",
     "InvalidKey",
     "InvalidTTL",
     "InvalidValue",
+    "LeaderState",
+    "LeaderStatus",
     "Lease",
     "LockError",
     "LockLost",
     "LockNotAcquired",
     "NotOwner",
     "PodcacheError",
+    "ServerError",
     "ValueTooLarge",
     "new_cache",
 ]
@@ -60,12 +69,14 @@ __all__ = [
 if TYPE_CHECKING:
     from podcache.cache import Cache, new_cache
     from podcache.client.async_client import AsyncClient
+    from podcache.client.models import LeaderStatus
     from podcache.client.sync_client import Client
     from podcache.config import Config
-    from podcache.election.elector import Elector
+    from podcache.election.elector import Elector, LeaderState
     from podcache.errors import (
         BackendUnavailable,
         CacheMiss,
+        ClientError,
         ConfigError,
         InvalidKey,
         InvalidTTL,
@@ -75,6 +86,7 @@ if TYPE_CHECKING:
         LockNotAcquired,
         NotOwner,
         PodcacheError,
+        ServerError,
         ValueTooLarge,
     )
     from podcache.locks.base import Lease
