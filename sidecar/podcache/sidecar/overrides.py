@@ -53,7 +53,7 @@ class Overrides:
 def default_socket(configured: str) -> str:
     """The configured path; the built-in default falls back to ``./podcache.sock`` off-pod."""
     if configured == configfile.DEFAULT_SOCKET and not os.path.isdir(os.path.dirname(configured)):
-        return FALLBACK_SOCKET
+        return os.path.abspath(FALLBACK_SOCKET)  # absolute: clearer in logs
     return configured
 
 
