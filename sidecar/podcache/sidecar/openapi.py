@@ -213,8 +213,17 @@ def document(config: configfile.SidecarConfig) -> dict[str, Any]:
                 },
                 "delete": {
                     "operationId": "releaseLock",
-                    "summary": "Release a lock held with this token",
-                    "requestBody": _json_body("LockToken", required=True),
+                    "summary": "Release a lock held with this token (in the body, or in the "
+                    "query for clients that cannot send a body with DELETE)",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1},
+                        }
+                    ],
+                    "requestBody": _json_body("LockToken"),
                     "responses": {
                         "204": {"description": "Released"},
                         "400": bad,
