@@ -239,3 +239,12 @@ def test_password_from_the_environment_only_when_the_config_has_none() -> None:
     assert overrides.apply(plain, environ=environ).backend.settings.password == "from-secret"
     assert overrides.apply(given, environ=environ).backend.settings.password == "own"
     assert overrides.apply(memory, environ=environ).backend.type == "memory"
+
+
+def test_sigint_shuts_down_like_sigterm(spawn_sidecar: Spawn) -> None:
+    process = spawn_sidecar({"type": "memory"})
+    process.wait_socket()
+    process.process.send_signal(signal.SIGINT)
+    assert process.process.wait(timeout=15) == 0, process.log()
+    assert not Path(process.socket_path).exists()
+    assert "SIGINT received" in process.log()
