@@ -16,6 +16,8 @@ The request timeout is short so a generated blocking lock wait stays short.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,9 +109,8 @@ class ServerThread:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    directory = Path("/tmp") / f"pcf-{tmp_path_factory.mktemp('x').name}"
-    directory.mkdir(exist_ok=True)
+def server() -> Iterator[ServerThread]:
+    directory = Path(tempfile.mkdtemp(prefix="pcf-", dir="/tmp"))  # short: socket path limit
     thread = ServerThread(str(directory / "f.sock"))
     thread.start()
     stored = requests.put(f"{thread.base_url}/v1/cache/sentinel-key", data=b"kept", timeout=5)
@@ -119,6 +120,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     assert kept.status_code == 200, "the fuzz run lost or broke stored data"
     assert kept.content == b"kept"
     thread.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @schema.exclude(path="/v1/leader/{election}", method="GET").parametrize()
