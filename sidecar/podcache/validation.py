@@ -14,15 +14,22 @@ RESERVED_KEY_PREFIX = "podcache:"
 could overwrite a lock or a lease, so both backends refuse such keys alike."""
 
 
-def check_key(key: object, *, max_bytes: int = MAX_KEY_BYTES) -> str:
-    """Return ``key`` if it is a non-empty str of at most ``max_bytes`` UTF-8 bytes."""
-    if not isinstance(key, str):
-        raise InvalidKey(f"key must be a string, got {type(key).__name__}")
-    if not key:
-        raise InvalidKey("key must not be empty")
-    size = len(key.encode("utf-8", "surrogatepass"))
+def check_name(name: object, *, what: str, max_bytes: int = MAX_KEY_BYTES) -> str:
+    """Return ``name`` if it is a non-empty str of at most ``max_bytes`` UTF-8 bytes."""
+    if not isinstance(name, str):
+        raise InvalidKey(f"{what} must be a string, got {type(name).__name__}")
+    if not name:
+        raise InvalidKey(f"{what} must not be empty")
+    size = len(name.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise InvalidKey(f"key is {size} bytes, the limit is {max_bytes}")
+        raise InvalidKey(f"{what} is {size} bytes, the limit is {max_bytes}")
+    return name
+
+
+def check_key(key: object, *, max_bytes: int = MAX_KEY_BYTES) -> str:
+    """Return ``key`` if it is a valid cache key: a name outside the reserved space."""
+    check_name(key, what="key", max_bytes=max_bytes)
+    assert isinstance(key, str)
     if key.startswith(RESERVED_KEY_PREFIX):
         raise InvalidKey(
             f"keys starting with {RESERVED_KEY_PREFIX!r} are reserved for locks and elections"

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry
 
+from podcache import validation
 from podcache.errors import BackendUnavailable, InvalidKey, InvalidTTL
 from podcache.locks import metrics as lock_metrics
 
@@ -68,14 +69,7 @@ class Busy(NamedTuple):
 
 def check_name(name: object) -> str:
     """Return ``name`` if it is a non-empty str of at most 1024 UTF-8 bytes."""
-    if not isinstance(name, str):
-        raise InvalidKey(f"lock name must be a string, got {type(name).__name__}")
-    if not name:
-        raise InvalidKey("lock name must not be empty")
-    size = len(name.encode("utf-8", "surrogatepass"))
-    if size > MAX_NAME_BYTES:
-        raise InvalidKey(f"lock name is {size} bytes, the limit is {MAX_NAME_BYTES}")
-    return name
+    return validation.check_name(name, what="lock name", max_bytes=MAX_NAME_BYTES)
 
 
 def check_ttl(ttl: object, *, what: str = "ttl") -> float:
