@@ -19,7 +19,13 @@ asyncio HTTP/1.1 client over raw Unix-socket connections, so its CPU never count
 as the server's. On a 2-core machine the server and the generator each get about
 one core; other work on the machine skews the figures, so compare within a run.
 
-Run: ``.venv/bin/python bench/bench_sidecar.py`` (about 50 s; ``--duration`` per case).
+Every case runs ``--trials`` times, interleaved, and the report shows each figure's
+median: single runs on a shared 2-core machine vary by tens of percent. The
+"loadgen CPU" column is the generator's own CPU share during the measured phase:
+near 100% would mean the generator, not the server, limits the throughput.
+
+Run: ``.venv/bin/python bench/bench_sidecar.py`` (about 2.5 min; ``--duration`` per case,
+``--trials``).
 Redis: ``--redis-url``, else a ``redis-server`` from PATH on a free port.
 """
 
@@ -32,6 +38,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -285,12 +292,14 @@ async def _drive(calls: list[Any], spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(worker(call, warm_until, False) for call in calls))
     print("START", flush=True)
     began = time.perf_counter()
+    cpu_began = time.process_time()
     await asyncio.gather(*(worker(call, began + spec["duration"], True) for call in calls))
     elapsed = time.perf_counter() - began
+    client_cpu = time.process_time() - cpu_began
     print("END", flush=True)
     latencies.sort()
     count = len(latencies)
-    return {"ops": count, "elapsed": elapsed,
+    return {"ops": count, "elapsed": elapsed, "client_cpu": client_cpu,
             "p50": latencies[count // 2] if count else float("nan"),
             "p99": latencies[min(count - 1, int(count * 0.99))] if count else float("nan")}
 
@@ -319,12 +328,23 @@ def run_case(spec: dict[str, Any], *, server_pid: int | None) -> dict[str, Any]:
     if process.wait() != 0 or not result:
         raise RuntimeError(f"load generator failed for {spec}")
     result["ops_per_s"] = result["ops"] / result["elapsed"]
+    # Near 1 s of CPU per second means the generator itself limits the throughput.
+    result["client_cpu_share"] = result["client_cpu"] / result["elapsed"]
     result["cpu_us_per_op"] = ((cpu_end - cpu_start) / result["ops"] * 1e6
                                if server_pid is not None and result["ops"] else None)
     return result
 
 
 # -- the run ---------------------------------------------------------------------------------
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the trials (errors summed)."""
+    merged: dict[str, Any] = {"errors": sum(result["errors"] for result in results)}
+    for name in ("ops_per_s", "p50", "p99", "cpu_us_per_op", "client_cpu_share"):
+        values = [result[name] for result in results]
+        merged[name] = None if values[0] is None else statistics.median(values)
+    return merged
+
 
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
@@ -334,6 +354,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per case")
     parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds per case")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="interleaved trials of every case; the report shows medians")
     parser.add_argument("--concurrency", default="1,32", help="connection counts, comma-separated")
     parser.add_argument("--value-size", type=int, default=100, help="value bytes")
     parser.add_argument("--redis-url", default=None, help="default: a redis-server on a free port")
@@ -375,12 +397,19 @@ def main() -> None:
                 ("sidecar redis", "http", redis_socket, redis_sidecar.pid),
                 ("redis-py direct", "redis", None, None),
             ]
-            for level in levels:
-                for label, kind, path, pid in targets:
-                    for op in ("set", "get"):  # set first: the get then finds the key
-                        spec = dict(base, kind=kind, op=op, concurrency=level, socket=path,
-                                    redis_url=url)
-                        rows.append((label, op.upper(), level, run_case(spec, server_pid=pid)))
+            # Trials are interleaved (every case once, then again) so a burst of other work
+            # on the machine hits all cases alike instead of skewing one of them.
+            trials: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+            for _ in range(args.trials):
+                for level in levels:
+                    for label, kind, path, pid in targets:
+                        for op in ("set", "get"):  # set first: the get then finds the key
+                            spec = dict(base, kind=kind, op=op, concurrency=level, socket=path,
+                                        redis_url=url)
+                            trials.setdefault((label, op.upper(), level), []).append(
+                                run_case(spec, server_pid=pid))
+            rows = [(label, op, level, _median_of(results))
+                    for (label, op, level), results in trials.items()]
             idle_after_load = {"memory": rss_mib(memory.pid), "redis": rss_mib(redis_sidecar.pid)}
     finally:
         for process in processes:
@@ -395,17 +424,18 @@ def _report(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels: list[in
             args: argparse.Namespace, memory_rss: float, redis_rss: float,
             rss_after: dict[str, float], memory_ready: float, redis_ready: float) -> None:
     print(f"\npodcache sidecar benchmark: value {args.value_size} B, {args.duration:g} s per case "
-          f"after {args.warmup:g} s warm-up, {os.cpu_count()} CPUs, Python "
-          f"{sys.version.split()[0]}")
+          f"after {args.warmup:g} s warm-up, medians of {args.trials} interleaved trials, "
+          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     print(f"{'case':<22}{'op':<5}{'conns':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'server CPU us/op':>18}{'errors':>8}")
+          f"{'server CPU us/op':>18}{'loadgen CPU':>13}{'errors':>8}")
     by_case: dict[tuple[str, str, int], dict[str, Any]] = {}
     for label, op, level, result in rows:
         by_case[(label, op, level)] = result
         cpu = result["cpu_us_per_op"]
         print(f"{label:<22}{op:<5}{level:>6}{result['ops_per_s']:>10.0f}"
               f"{result['p50'] * 1000:>9.3f}{result['p99'] * 1000:>9.3f}"
-              f"{(f'{cpu:.1f}' if cpu is not None else '-'):>18}{result['errors']:>8}")
+              f"{(f'{cpu:.1f}' if cpu is not None else '-'):>18}"
+              f"{result['client_cpu_share']:>12.0%} {result['errors']:>8}")
 
     print("\ntargets (issue 3)")
     for level in levels:

@@ -11,7 +11,8 @@ Aspects:
 - bad input refused before any write;
 - connection options: unix:// URL, password, password file, ACL username, wrong
   password, rediss:// with a CA, insecure skip-verify and refused verification,
-  pool size, missing TLS files rejected as configuration errors;
+  pool size, a full pool waits for a release within the operation timeout, missing TLS
+  files rejected as configuration errors;
 - stop() is idempotent and later calls fail with BackendUnavailable.
 """
 
@@ -290,6 +291,26 @@ async def test_more_concurrent_calls_than_pool_connections(make_backend: MakeBac
     backend = make_backend(poolSize=2)
     await asyncio.gather(*(backend.set(f"k{i}", b"v") for i in range(50)))
     assert await backend.count_items() == 50
+
+
+async def test_full_pool_waits_for_a_release_then_times_out(make_backend: MakeBackend) -> None:
+    backend = make_backend(poolSize=1, timeouts={"operation": "300ms"})
+    await backend.set("k", b"v")
+    pool = backend.client.connection_pool
+    held = await pool.get_connection()  # the pool's only connection
+    waiting = asyncio.ensure_future(backend.get("k"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # waits for a connection instead of failing at once
+    await pool.release(held)
+    assert await asyncio.wait_for(waiting, 1) == b"v"
+    held = await pool.get_connection()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BackendUnavailable):
+        await backend.get("k")
+    assert 0.25 < loop.time() - started < 1.0  # bounded by the operation timeout
+    await pool.release(held)
+    assert await backend.get("k") == b"v"
 
 
 async def test_unix_socket_url(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ configuration, and so the timeout policy lives in one place:
   pooled connection that died with a restarted Redis, never a retry loop that
   outlives the operation timeout;
 - the pool blocks (up to the operation timeout) when all ``pool_size`` connections
-  are busy instead of failing at once, which is what a busy sidecar needs.
+  are busy instead of failing at once, which is what a busy sidecar needs
+  (``WaitingConnectionPool``: only a full pool pays for the waiting).
 
 Sentinel and Cluster are built by ``podcache.backends.redis_topologies`` (imported
 lazily so standalone use does not load it). The password may come from a mounted
@@ -19,6 +20,9 @@ the sidecar.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import ssl
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 from podcache.config import RedisSettings
 from podcache.errors import ConfigError
@@ -59,13 +64,79 @@ def connect(settings: RedisSettings) -> RedisClient:
         kwargs.update(tls_kwargs(settings))
     if not url.startswith("unix://"):
         kwargs["socket_keepalive"] = True
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
+    pool = WaitingConnectionPool.from_url(
         url,
         max_connections=settings.pool_size,
         timeout=settings.operation_timeout,  # waiting for a free connection counts too
         **kwargs,
     )
     return redis.asyncio.Redis.from_pool(pool)
+
+
+class WaitingConnectionPool(redis.asyncio.ConnectionPool):
+    """A connection pool that waits up to ``timeout`` seconds for a free connection.
+
+    redis-py's ``BlockingConnectionPool`` behaves alike but takes an ``asyncio.Condition``,
+    an async timeout and an async context manager on every get and every release:
+    about 10 us per command at 32 concurrent requests, a sixth of a cache GET's CPU.
+    Here taking a free connection costs what the plain pool costs; only a caller
+    that finds every connection busy waits, on a future woken by the next release
+    (e.g. while lock waiters hold connections in BLPOP). ``timeout=None`` waits as long
+    as it takes.
+    """
+
+    def __init__(self, *, timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timeout = timeout
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        # redis-py's own callers pass no arguments (the ones it deprecated are unused).
+        if self._has_room():
+            try:
+                return await super().get_connection()
+            except MaxConnectionsError:
+                pass  # taken while the pool lock was awaited: wait like everyone else
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    await self._wait_for_release()
+                    if self._has_room():
+                        with contextlib.suppress(MaxConnectionsError):
+                            return await super().get_connection()
+        except TimeoutError as exc:
+            raise RedisConnectionError("No connection available.") from exc
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            self._wake_one()
+
+    def _has_room(self) -> bool:
+        return bool(self._available_connections) or (
+            len(self._in_use_connections) < self.max_connections
+        )
+
+    async def _wait_for_release(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken but leaving: hand the wake-up on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 def connect_reader(settings: RedisSettings, client: RedisClient) -> RedisClient:
