@@ -11,6 +11,8 @@
 * Pod events keep ``status.pods`` current; the ServiceMonitor CRD appearing (or
   going) revisits every CacheConfig that wants a ServiceMonitor.
 * An owned ConfigMap or Service deleted or edited by hand is put back (``drift``).
+* Every reconciliation, whatever woke it, is timed and counted by outcome
+  (``RuntimeState.metrics``).
 
 The watched resources come from ``kubeapi`` so its ``API_CALLS`` covers them.
 Kopf passes indices as keyword arguments named after the index functions; its
@@ -28,6 +30,7 @@ from typing import Any
 import kopf
 
 from podcache_operator import drift, injection, kubeapi, reconciling, rendering
+from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
 CACHECONFIGS = (
@@ -59,6 +62,10 @@ class RuntimeState:
     pod_count_locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     servicemonitor_crd: bool | None = None
     """Whether the ServiceMonitor CRD is established; None until its first event."""
+    metrics: podcache_metrics.OperatorMetrics = dataclasses.field(
+        default_factory=podcache_metrics.OperatorMetrics
+    )
+    """The operator's Prometheus metrics (served by ``main.serve_metrics``)."""
 
 
 @kopf.index(*CACHECONFIGS)
@@ -109,7 +116,8 @@ async def reconcile_cacheconfig(
     context = _context(memo, logger)
     pods = pod_count(sidecar_pods, key)
     try:
-        status = await reconciling.reconcile(body, pods=pods, context=context)
+        with memo.state.metrics.reconciliation():
+            status = await reconciling.reconcile(body, pods=pods, context=context)
     except reconciling.InvalidSpec as exc:
         patch.status.update(exc.status)
         kopf.warn(body, reason=exc.reason, message=str(exc))
@@ -191,9 +199,10 @@ async def servicemonitor_crd_changed(
         metadata = snapshot["metadata"]
         key: Key = (metadata["namespace"], metadata["name"])
         try:
-            status = await reconciling.reconcile(
-                snapshot, pods=pod_count(sidecar_pods, key), context=context
-            )
+            with state.metrics.reconciliation():
+                status = await reconciling.reconcile(
+                    snapshot, pods=pod_count(sidecar_pods, key), context=context
+                )
         except reconciling.ReconcileFailure:
             continue  # its own handler reports and retries it
         await kubeapi.patch_status(
@@ -260,9 +269,10 @@ async def owned_object_changed(
     )
     sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
     try:
-        status = await reconciling.reconcile(
-            fresh, pods=pod_count(sidecar_pods, (namespace, owner.name)), context=context
-        )
+        with memo.state.metrics.reconciliation():
+            status = await reconciling.reconcile(
+                fresh, pods=pod_count(sidecar_pods, (namespace, owner.name)), context=context
+            )
     except reconciling.ReconcileFailure:
         return  # the CacheConfig's own handler reports and retries
     await kubeapi.patch_status(

@@ -7,6 +7,10 @@ kopf's: where kopf keeps its bookkeeping (annotations under ``podcache.io``, nev
 in our status), peering, watch and request timeouts, event posting, and the
 admission webhook server. Tests run ``kopf.operator(...)`` with a ``memo`` holding
 their own ``Settings``; ``configure`` uses those instead of the environment.
+
+``serve_metrics`` (registered after ``configure``, so kopf runs it after) serves the
+operator's Prometheus metrics for as long as the operator runs; ``stop_metrics``
+closes that listener when kopf cleans up.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import handlers, rendering, webhook
+from podcache_operator import handlers, metrics, rendering, webhook
 from podcache_operator import settings as podcache_settings
 
 PREFIX = "podcache.io"
@@ -35,7 +39,7 @@ def configure(
     if config is None:  # started some other way, e.g. `kopf run -m podcache_operator.main`
         config = podcache_settings.Settings.from_env()
         memo["config"] = config
-    memo["state"] = handlers.RuntimeState()
+    state = memo["state"] = handlers.RuntimeState()
     memo["kopf_settings"] = settings  # resource handlers are not given kopf's settings
 
     # Kopf's bookkeeping goes into annotations: our status schema stays ours.
@@ -70,12 +74,39 @@ def configure(
     settings.posting.reporting_component = "podcache-operator"
 
     if config.webhook.enabled:
-        settings.admission.server = webhook.build_server(config.webhook)
+        settings.admission.server = webhook.build_server(config.webhook, metrics=state.metrics)
         settings.admission.managed = config.webhook.managed
     else:
         settings.admission.server = _no_webhooks
         settings.admission.managed = None
     logger.info("podcache-operator configured: %s", podcache_settings.as_dict(config))
+
+
+@kopf.on.startup()
+async def serve_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Serve ``/metrics`` on ``PODCACHE_OPERATOR_METRICS_PORT`` (0: not at all)."""
+    config: podcache_settings.Settings = memo["config"]
+    state: handlers.RuntimeState = memo["state"]
+    # kopf hands every handler its indices, named after the index functions.
+    state.metrics.watch_indices(
+        cacheconfigs=kwargs["cacheconfigs"], sidecar_pods=kwargs["sidecar_pods"]
+    )
+    endpoint = metrics.endpoint(state.metrics, addr=config.metrics.addr)
+    try:
+        await endpoint.start(config.metrics.port)
+    except OSError as exc:  # a port taken is a deployment error: retrying will not free it
+        raise kopf.PermanentError(
+            f"cannot serve metrics on {config.metrics.addr}:{config.metrics.port}"
+            f" (PODCACHE_OPERATOR_METRICS_PORT): {exc}"
+        ) from exc
+    memo["metrics_endpoint"] = endpoint  # the server logs where it listens
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    endpoint = memo.get("metrics_endpoint")
+    if endpoint is not None:
+        await endpoint.stop()
 
 
 async def _no_webhooks(fn: kopf.WebhookFn) -> Any:

@@ -18,6 +18,7 @@ import random
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -76,6 +77,16 @@ class WebhookSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """The operator's own ``/metrics`` (the sidecars' port is ``SidecarSettings.metrics_port``)."""
+
+    port: int = 9091
+    """TCP port of ``/metrics`` (the chart's ``operator.metricsPort``); 0 serves no metrics."""
+    addr: str = "0.0.0.0"
+    """Listening address (all interfaces in a pod)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class WatchSettings:
     """Kopf's watch/request timing (copied into ``kopf.OperatorSettings``)."""
 
@@ -118,6 +129,7 @@ class Settings:
     webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
     watch: WatchSettings = dataclasses.field(default_factory=WatchSettings)
     peering: PeeringSettings = dataclasses.field(default_factory=PeeringSettings)
+    metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     """Where kopf serves its liveness probe; None turns it off."""
     post_events: bool = True
@@ -196,17 +208,48 @@ class Settings:
             standalone=env.flag("PODCACHE_STANDALONE", PeeringSettings.standalone),
             priority=env.optional_integer("PODCACHE_PEERING_PRIORITY", minimum=-(2**31)),
         )
+        metrics = MetricsSettings(
+            port=env.integer(
+                "PODCACHE_OPERATOR_METRICS_PORT", MetricsSettings.port, minimum=0, maximum=65535
+            ),
+            addr=env.text("PODCACHE_OPERATOR_METRICS_ADDR", MetricsSettings.addr),
+        )
+        liveness_endpoint = env.optional("PODCACHE_LIVENESS_ENDPOINT", cls.liveness_endpoint)
+        _check_metrics_port(metrics, webhook=webhook, liveness_endpoint=liveness_endpoint)
         return cls(
             sidecar=sidecar,
             webhook=webhook,
             watch=watch,
             peering=peering,
-            liveness_endpoint=env.optional("PODCACHE_LIVENESS_ENDPOINT", cls.liveness_endpoint),
+            metrics=metrics,
+            liveness_endpoint=liveness_endpoint,
             post_events=env.flag("PODCACHE_POST_EVENTS", cls.post_events),
             secret_retry_delay=env.number("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
             log_level=env.choice(
                 "PODCACHE_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")
             ),
+        )
+
+
+def _check_metrics_port(
+    metrics: MetricsSettings, *, webhook: WebhookSettings, liveness_endpoint: str | None
+) -> None:
+    """Two listeners of one process on one port: the second would fail to start, later."""
+    if not metrics.port:
+        return
+    if webhook.enabled and webhook.port == metrics.port:
+        raise SettingsError(
+            f"PODCACHE_OPERATOR_METRICS_PORT={metrics.port}: the webhook listens on that port"
+            " (PODCACHE_WEBHOOK_PORT); pick another"
+        )
+    try:
+        liveness_port = urlsplit(liveness_endpoint).port if liveness_endpoint else None
+    except ValueError:  # kopf reports a malformed liveness URL itself
+        liveness_port = None
+    if liveness_port == metrics.port:
+        raise SettingsError(
+            f"PODCACHE_OPERATOR_METRICS_PORT={metrics.port}: the liveness endpoint listens on"
+            " that port (PODCACHE_LIVENESS_ENDPOINT); pick another"
         )
 
 
@@ -261,7 +304,8 @@ class _Env:
         except ValueError:
             raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
         if value < minimum or (maximum is not None and value > maximum):
-            raise SettingsError(f"{name}={value}: out of range")
+            bounds = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+            raise SettingsError(f"{name}={value}: out of range ({bounds})")
         return value
 
     def number(self, name: str, default: float) -> float:

@@ -9,7 +9,8 @@ do not opt in never reach us. The Helm chart may own that configuration instead.
 before kopf sees it: a body that is not an ``admission.k8s.io`` AdmissionReview
 with a uid, a resource, an operation and an object gets a 400 with a JSON reason,
 and any unexpected failure becomes a denied review — never a 500 with a traceback,
-and never a stopped server.
+and never a stopped server. Every request is timed and counted by outcome there
+(``metrics``).
 
 Which CacheConfig a pod names is looked up in an index kopf keeps of all
 CacheConfigs (no API call per pod), with one GET as a fallback for a CacheConfig
@@ -27,6 +28,7 @@ import aiohttp.web
 import kopf
 
 from podcache_operator import conditions, injection, kubeapi, rendering
+from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,23 @@ class AdmissionServer(kopf.WebhookServer):
     traceback; here every such request gets a 400 with a JSON reason instead.
     """
 
+    def __init__(self, *, metrics: podcache_metrics.OperatorMetrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    async def _serve(  # type: ignore[override]  # kopf's is a staticmethod; ours needs metrics
+        self, fn: kopf.WebhookFn, request: aiohttp.web.Request
+    ) -> aiohttp.web.Response:
+        with self.metrics.admission() as admission:
+            return await self._answer(fn, request, admission=admission)
+
     @staticmethod
-    async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def _answer(
+        fn: kopf.WebhookFn,
+        request: aiohttp.web.Request,
+        *,
+        admission: podcache_metrics.Admission,
+    ) -> aiohttp.web.Response:
         raw = await request.read()
         try:
             review = json.loads(raw.decode("utf-8"))
@@ -57,15 +74,15 @@ class AdmissionServer(kopf.WebhookServer):
         _fill_namespace(review)
         headers = dict(request.headers)
         sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
+        response: Mapping[str, Any]
         try:
             response = await fn(
                 review, webhook=request.match_info.get("id"), headers=headers, sslpeer=sslpeer
             )
         except Exception as exc:  # the apiserver gets an answer, the server keeps serving
             logger.exception("Admission request %s failed", review["request"]["uid"])
-            return aiohttp.web.json_response(
-                denied(review, code=500, message=f"podcache webhook failed: {exc!r}")
-            )
+            response = denied(review, code=500, message=f"podcache webhook failed: {exc!r}")
+        admission.answered(response)
         return aiohttp.web.json_response(response)
 
 
@@ -130,8 +147,11 @@ def _fill_namespace(review: dict[str, Any]) -> None:
             metadata.setdefault("namespace", namespace)
 
 
-def build_server(config: podcache_settings.WebhookSettings) -> AdmissionServer:
+def build_server(
+    config: podcache_settings.WebhookSettings, *, metrics: podcache_metrics.OperatorMetrics
+) -> AdmissionServer:
     return AdmissionServer(
+        metrics=metrics,
         addr=config.addr,
         port=config.port,
         host=config.host,
@@ -217,6 +237,7 @@ async def inject(
         if config.webhook.reject_missing_config:
             raise kopf.AdmissionError(f"{message}; create it or remove the label", code=400)
         warnings.append(f"{message}; pod admitted without the podcache sidecar")
+        podcache_metrics.note_admission("missing_config_allowed")
         logger.warning("%s; admitting pod %s without the sidecar", message, pod_name)
         return
     ready = conditions.find((cacheconfig.get("status") or {}).get("conditions"), conditions.READY)

@@ -224,6 +224,7 @@ class TestOperatorDeployment:
         parsed = settings.Settings.from_env(env)
         ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
         assert parsed.webhook.port == ports["webhook"]
+        assert parsed.metrics.port == ports["metrics"]
         assert parsed.webhook.managed is None  # the chart owns the webhook configuration
         mount = next(m for m in operator["volumeMounts"] if m["name"] == "webhook-tls")
         assert parsed.webhook.cert_file == f"{mount['mountPath']}/tls.crt"

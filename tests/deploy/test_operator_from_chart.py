@@ -180,6 +180,8 @@ async def start_operator(
         KUBECONFIG=str(kubeconfig),
         PODCACHE_WEBHOOK_ADDR="127.0.0.1",
         PODCACHE_WEBHOOK_PORT=str(webhook_port),
+        PODCACHE_OPERATOR_METRICS_ADDR="127.0.0.1",  # the chart's fixed port: not in tests
+        PODCACHE_OPERATOR_METRICS_PORT=str(_free_port()),
         PODCACHE_LIVENESS_ENDPOINT=env["PODCACHE_LIVENESS_ENDPOINT"].replace(
             "0.0.0.0:8080", f"127.0.0.1:{health_port}"
         ),

@@ -240,6 +240,7 @@ def test_settings(certificates: dict[str, Path]) -> podcache_settings.Settings:
             error_backoffs=(0.05, 0.1),
         ),
         peering=podcache_settings.PeeringSettings(standalone=True),
+        metrics=podcache_settings.MetricsSettings(port=0),  # off: no fixed port in tests
         liveness_endpoint=None,
         secret_retry_delay=0.2,
     )

@@ -175,7 +175,7 @@ podcache.webhookCertDir: where the webhook's TLS Secret is mounted in the operat
 
 {{/*
 podcache.operatorEnv: the operator's settings as environment variables, with the names
-podcache_operator.settings reads (Settings.from_env): identity, peering, health,
+podcache_operator.settings reads (Settings.from_env): identity, peering, health, metrics,
 webhook TLS, and the sidecar defaults the webhook injects.
 */}}
 {{- define "podcache.operatorEnv" -}}
@@ -195,6 +195,9 @@ webhook TLS, and the sidecar defaults the webhook injects.
   value: {{ .Values.operator.peering.name | quote }}
 - name: PODCACHE_LIVENESS_ENDPOINT
   value: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
+# The operator's own /metrics (the container port "metrics", the metrics Service).
+- name: PODCACHE_OPERATOR_METRICS_PORT
+  value: {{ .Values.operator.metricsPort | quote }}
 - name: PODCACHE_WEBHOOK_PORT
   value: {{ .Values.webhook.port | quote }}
 # The chart owns the MutatingWebhookConfiguration (objectSelector, failurePolicy,
