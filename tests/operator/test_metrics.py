@@ -9,8 +9,9 @@ readiness and the sidecar-pod gauge follow kopf's indices at scrape time; an
 admission's outcome is read off the response, with the handler's word for a missing
 CacheConfig; and, with the operator running against KMock, scraping ``/metrics``
 shows the counters move after a valid and an invalid CacheConfig, a running sidecar
-pod, and AdmissionReviews of every outcome; a taken port stops the operator at start
-with an error naming the variable, and the listener closes when the operator stops.
+pod, and AdmissionReviews of every outcome; a taken port fails the startup handler
+permanently with an error naming the variable, port 0 serves nothing, and the listener
+closes when the operator stops.
 """
 
 from __future__ import annotations
