@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import statistics
 import sys
@@ -73,15 +75,20 @@ def review(pod: dict[str, Any]) -> dict[str, Any]:
 # --- the operator's process -------------------------------------------------------------
 
 
-def run_operator(server: str, certs: Path) -> None:
+def run_operator(server: str, certs: Path, *, metrics_port: int) -> None:
     """The operator as ``podcache_operator.main.main`` runs it, against ``server``."""
     import kopf
     from kopf._cogs.structs import credentials
 
     from podcache_operator import main as operator_main
+    from podcache_operator import settings as podcache_settings
 
     config = emulator.test_settings(
         {name: certs / name for name in ("tls.crt", "tls.key", "ca.crt")}
+    )
+    # Served by default in a cluster (9091), so served here too: the bench reads its histogram.
+    config = dataclasses.replace(
+        config, metrics=podcache_settings.MetricsSettings(port=metrics_port, addr="127.0.0.1")
     )
     level = config.log_level
     kopf.configure(verbose=level == "debug", quiet=level in ("warning", "error"))
@@ -102,13 +109,43 @@ def run_operator(server: str, certs: Path) -> None:
 # --- the load generator's process -------------------------------------------------------
 
 
+HISTOGRAM = "podcache_operator_webhook_duration_seconds_bucket"
+
+
+async def server_buckets(client: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The operator's own webhook-duration histogram (cumulative counts by ``le``)."""
+    async with client.get(url) as response:
+        text = await response.text()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(HISTOGRAM + "{"):
+            labels, value = line.rsplit(" ", 1)
+            buckets[labels.split('le="')[1].split('"')[0]] = float(value)
+    return buckets
+
+
+def server_summary(before: dict[str, float], after: dict[str, float]) -> str:
+    """Share of admissions the operator itself answered within each bucket bound."""
+    total = after["+Inf"] - before["+Inf"]
+    shown = [le for le in after if le != "+Inf" and float(le) <= 0.025]
+    shares = [f"<={float(le) * 1000:g} ms {(after[le] - before[le]) / total:.1%}" for le in shown]
+    return f"{int(total)} admissions: " + ", ".join(shares)
+
+
 def quantiles_ms(latencies: list[float]) -> tuple[float, float, float]:
     cuts = statistics.quantiles(latencies, n=100)
     return cuts[49] * 1000, cuts[98] * 1000, max(latencies) * 1000
 
 
 async def webhook_client(
-    url: str, cafile: str, *, rate: float, seconds: float, trials: int, warmup: float
+    url: str,
+    cafile: str,
+    *,
+    metrics_url: str,
+    rate: float,
+    seconds: float,
+    trials: int,
+    warmup: float,
 ) -> None:
     context = ssl.create_default_context(cafile=cafile)
     pod = samples.pod(config="tenant-0000")
@@ -145,6 +182,7 @@ async def webhook_client(
         await asyncio.gather(*(one(body, time.perf_counter()) for body in bodies(IN_FLIGHT)))
         await paced(int(rate * warmup))  # not counted: connections, caches, the allocator
         p50s, p99s = [], []
+        before = await server_buckets(client, metrics_url)
         for trial in range(1, trials + 1):
             latencies, achieved = await paced(int(rate * seconds))
             p50, p99, worst = quantiles_ms(latencies)
@@ -161,6 +199,8 @@ async def webhook_client(
             f" [target p99 < 10 ms at 50/s]",
             flush=True,
         )
+        after = await server_buckets(client, metrics_url)
+        print(f"webhook, inside the operator: {server_summary(before, after)}", flush=True)
 
         rates = []
         for _ in range(3):
@@ -234,6 +274,12 @@ async def bench_reconcile(cluster: emulator.ClusterEmulator, configs: int) -> fl
     return elapsed
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def run_process(*args: str, **kwargs: Any) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(sys.executable, __file__, *args, **kwargs)
 
@@ -249,11 +295,13 @@ async def orchestrate(args: argparse.Namespace) -> None:
             cluster.objects[emulator.CRDS, None, "servicemonitors.monitoring.coreos.com"] = (
                 emulator.servicemonitor_crd()
             )
+            metrics_port = free_port()
             log_path = Path(args.operator_log or certs / "operator.log")
             with log_path.open("wb") as log:  # noqa: ASYNC230  # before any load
                 operator = await run_process(
-                    "--operator", str(cluster.url).rstrip("/"), "--certs", folder, stderr=log
-                )
+                    "--operator", str(cluster.url).rstrip("/"), "--certs", folder,
+                    "--metrics-port", str(metrics_port), stderr=log,
+                )  # fmt: skip
             print(f"operator: pid {operator.pid}, log {log_path}", flush=True)
             try:
                 # Warm-up: one CacheConfig to Ready means the operator watches and serves.
@@ -267,6 +315,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
                     "--client", url, "--cafile", str(certificates["ca.crt"]),
                     "--rate", str(args.rate), "--seconds", str(args.seconds),
                     "--trials", str(args.trials), "--warmup", str(args.warmup),
+                    "--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics",
                 )  # fmt: skip
                 if await client.wait() != 0:
                     raise RuntimeError("the webhook load client failed")
@@ -293,14 +342,17 @@ def main() -> None:
     parser.add_argument("--cafile", help=argparse.SUPPRESS)
     parser.add_argument("--operator", metavar="SERVER", help=argparse.SUPPRESS)  # operator process
     parser.add_argument("--certs", help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--metrics-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.operator:
-        run_operator(args.operator, Path(args.certs))
+        run_operator(args.operator, Path(args.certs), metrics_port=args.metrics_port)
     elif args.client:
         asyncio.run(
             webhook_client(
                 args.client,
                 args.cafile,
+                metrics_url=args.metrics_url,
                 rate=args.rate,
                 seconds=args.seconds,
                 trials=args.trials,
