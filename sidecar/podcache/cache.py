@@ -72,7 +72,8 @@ class Cache:
 
     async def get(self, key: str) -> bytes:
         """Return the value of ``key``; raise ``CacheMiss`` when absent or expired."""
-        self._ensure_items_refresh()
+        if self._refresh_interval is not None:  # the hot path skips the call when unused
+            self._ensure_items_refresh()
         started = time.perf_counter()
         try:
             value = await self.backend.get(key)

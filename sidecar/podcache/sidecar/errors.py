@@ -31,6 +31,9 @@ RETRY_AFTER_SECONDS = "1"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_STREAM_ROUTES = "/v1/leader/"
+"""Route templates under this prefix may answer a watch stream (``?watch``)."""
+
 
 class ApiError(Exception):
     """An HTTP-level failure with its status and machine-readable code."""
@@ -99,25 +102,14 @@ def response_for(exc: BaseException) -> web.Response:
     return response
 
 
-def _route_of(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-def _is_stream(request: web.Request) -> bool:
-    # Watches stay open for as long as the client wants: no request timeout for them.
-    return (
-        request.method == "GET"
-        and request.path.startswith("/v1/leader/")
-        and "watch" in request.query
-    )
-
-
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[state_mod.STATE]
     started = time.perf_counter()
-    if _is_stream(request):
+    state = request.app[state_mod.STATE]
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method
+    if method == "GET" and route.startswith(_STREAM_ROUTES) and "watch" in request.query:
         # A watch stays open as long as the client wants: no timeout, and it does not
         # hold the backend slot (it reads elections, not the cache).
         try:
@@ -127,23 +119,22 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     else:
         slot = state.slot
         slot.inflight += 1
+        timeout = state.config.limits.request_timeout
         try:
             if slot.never_blocks and request.content.is_eof():
                 # Memory backend, body already in: nothing can stall (a lock wait is capped
                 # below the timeout), so skip the timer and its cost on the hot path.
                 response = await handler(request)
             else:
-                async with asyncio.timeout(state.config.limits.request_timeout):
+                async with asyncio.timeout(timeout):
                     response = await handler(request)
         except TimeoutError:
-            response = _timed_out(request, state.config.limits.request_timeout)
+            response = _timed_out(request, timeout)
         except Exception as exc:
             response = response_for(exc)
         finally:
             slot.leave()
-    state.metrics.observe_request(
-        _route_of(request), request.method, response.status, time.perf_counter() - started
-    )
+    state.metrics.observe_request(route, method, response.status, time.perf_counter() - started)
     return response
 
 

@@ -19,7 +19,7 @@ from podcache.cache import Cache
 from podcache.errors import CacheMiss
 from podcache.sidecar import inputs
 from podcache.sidecar.errors import ApiError, error_response
-from podcache.sidecar.state import STATE
+from podcache.sidecar.state import STATE, SidecarState
 
 PREFIX = "/v1/cache/"
 ROUTE = PREFIX + r"{key:[\s\S]*}"  # any text, newlines and raw '/' too: segment() judges it
@@ -30,15 +30,14 @@ def etag_of(value: bytes) -> str:
     return f'"{hashlib.blake2b(value, digest_size=16).hexdigest()}"'
 
 
-def _key(request: web.Request) -> str:
-    limit = request.app[STATE].config.limits.max_key_bytes
+def _key(request: web.Request, state: SidecarState) -> str:
+    limit = state.config.limits.max_key_bytes
     return inputs.segment(request, PREFIX, what="key", max_bytes=limit)
 
 
 async def get_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    key = _key(request)
-    value = await state.cache.get(key)
+    value = await state.slot.cache.get(_key(request, state))
     return web.Response(
         body=value, content_type="application/octet-stream", headers={"ETag": etag_of(value)}
     )
@@ -46,7 +45,7 @@ async def get_value(request: web.Request) -> web.Response:
 
 async def put_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    key = _key(request)
+    key = _key(request, state)
     ttl = inputs.ttl_query(request, state.default_ttl)
     if_absent = inputs.flag(request, "ifAbsent")
     # An empty header states no condition (some clients send "If-Match:" with nothing).
@@ -78,7 +77,7 @@ async def put_value(request: web.Request) -> web.Response:
 
 async def delete_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await state.cache.delete(_key(request))
+    await state.slot.cache.delete(_key(request, state))
     return web.Response(status=204)
 
 
