@@ -1,4 +1,4 @@
-"""The aiohttp Application: routes, the one middleware, and the resources' lifetimes.
+"""The aiohttp Application: routes (plus the JSON 404/405 catch-all) and the resources' lifetimes.
 
 Resources live and die with the app through ``cleanup_ctx``: the elections of the
 config are joined at start-up; at cleanup (after in-flight requests have finished)
@@ -19,12 +19,13 @@ from podcache.sidecar.state import STATE, SidecarState
 
 
 def build_app(state: SidecarState) -> web.Application:
-    app = web.Application(middlewares=[errors.api_middleware])
+    app = web.Application()  # no middleware: each handler is wrapped by errors.api_handler
     app[STATE] = state
     routes_cache.add_routes(app)
     routes_locks.add_routes(app)
     routes_leader.add_routes(app)
     routes_health.add_routes(app)
+    errors.add_catch_all(app)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_end_streams)
     return app

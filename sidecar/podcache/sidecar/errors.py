@@ -1,11 +1,16 @@
 """Every failure becomes one JSON error ``{"error": code, "message": text}``, here and only here.
 
 Handlers raise: the library's errors (``podcache.errors``) or ``ApiError`` for what
-only the HTTP layer knows (a precondition, an unknown election). ``api_middleware``
-maps them to DESIGN.md's status codes. It also enforces the per-request timeout,
-counts the request in the HTTP metrics and keeps the backend slot's in-flight count
-(needed to retire a swapped backend): one middleware rather than four, because each
-aiohttp middleware layer costs a coroutine frame on every request.
+only the HTTP layer knows (a precondition, an unknown election). ``api_handler``
+wraps every route's handler and maps them to DESIGN.md's status codes. It also
+enforces the per-request timeout, counts the request in the HTTP metrics and keeps
+the backend slot's in-flight count (needed to retire a swapped backend).
+
+A wrapper per route rather than an aiohttp middleware: with any middleware aiohttp
+runs a chain of two extra coroutines (ours and its own ``current_app`` fixer) on
+every request, about 3 us of a ~30 us memory GET. Requests that match no route (404)
+or no method (405) reach ``no_route``, registered last as a catch-all, so they are
+answered as JSON too.
 
 Bad input must never produce a 5xx: anything unexpected is logged with its traceback
 and answered 500 ``internal`` so a bug is visible, but the server keeps serving.
@@ -102,40 +107,70 @@ def response_for(exc: BaseException) -> web.Response:
     return response
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    state = request.app[state_mod.STATE]
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    method = request.method
-    if method == "GET" and route.startswith(_STREAM_ROUTES) and "watch" in request.query:
-        # A watch stays open as long as the client wants: no timeout, and it does not
-        # hold the backend slot (it reads elections, not the cache).
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            response = response_for(exc)
-    else:
-        slot = state.slot
-        slot.inflight += 1
-        timeout = state.config.limits.request_timeout
-        try:
-            if slot.never_blocks and request.content.is_eof():
-                # Memory backend, body already in: nothing can stall (a lock wait is capped
-                # below the timeout), so skip the timer and its cost on the hot path.
+def api_handler(handler: Handler, *, route: str | None = None) -> Handler:
+    """``handler`` answering every failure as JSON, bounded by the request timeout, counted.
+
+    ``route`` is the metrics label; by default the matched route's template. The
+    logic is inlined here (not a helper coroutine): a frame less on every request.
+    """
+    fixed_route = route
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        state = request.app[state_mod.STATE]
+        route = fixed_route
+        if route is None:
+            route = request.match_info.route.resource.canonical  # type: ignore[union-attr]
+        method = request.method
+        if method == "GET" and route.startswith(_STREAM_ROUTES) and "watch" in request.query:
+            # A watch stays open as long as the client wants: no timeout, and it does not
+            # hold the backend slot (it reads elections, not the cache).
+            try:
                 response = await handler(request)
-            else:
-                async with asyncio.timeout(timeout):
+            except Exception as exc:
+                response = response_for(exc)
+        else:
+            slot = state.slot
+            slot.inflight += 1
+            timeout = state.config.limits.request_timeout
+            try:
+                if slot.never_blocks and request.content.is_eof():
+                    # Memory backend, body already in: nothing can stall (a lock wait is capped
+                    # below the timeout), so skip the timer and its cost on the hot path.
                     response = await handler(request)
-        except TimeoutError:
-            response = _timed_out(request, timeout)
-        except Exception as exc:
-            response = response_for(exc)
-        finally:
-            slot.leave()
-    state.metrics.observe_request(route, method, response.status, time.perf_counter() - started)
-    return response
+                else:
+                    async with asyncio.timeout(timeout):
+                        response = await handler(request)
+            except TimeoutError:
+                response = _timed_out(request, timeout)
+            except Exception as exc:
+                response = response_for(exc)
+            finally:
+                slot.leave()
+        state.metrics.observe_request(route, method, response.status, time.perf_counter() - started)
+        return response
+
+    serve.__name__ = serve.__qualname__ = getattr(handler, "__name__", "handler")
+    serve.__doc__ = handler.__doc__
+    return serve
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    """404, or 405 naming the allowed methods when another route has this path."""
+    catch_all = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not catch_all:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def add_catch_all(app: web.Application) -> None:
+    """Route what no other route takes to a JSON 404/405 (call after every other route)."""
+    app.router.add_route("*", "/{path:.*}", api_handler(_no_route, route="unmatched"))
 
 
 def _timed_out(request: web.Request, timeout: float) -> web.Response:

@@ -18,7 +18,7 @@ from aiohttp import web
 from podcache.cache import Cache
 from podcache.errors import CacheMiss
 from podcache.sidecar import inputs
-from podcache.sidecar.errors import ApiError, error_response
+from podcache.sidecar.errors import ApiError, api_handler, error_response
 from podcache.sidecar.state import STATE, SidecarState
 
 PREFIX = "/v1/cache/"
@@ -138,6 +138,6 @@ async def expect_continue(request: web.Request) -> web.Response | None:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(ROUTE, get_value)
-    app.router.add_put(ROUTE, put_value, expect_handler=expect_continue)
-    app.router.add_delete(ROUTE, delete_value)
+    app.router.add_get(ROUTE, api_handler(get_value))
+    app.router.add_put(ROUTE, api_handler(put_value), expect_handler=expect_continue)
+    app.router.add_delete(ROUTE, api_handler(delete_value))

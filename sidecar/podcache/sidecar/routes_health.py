@@ -13,7 +13,7 @@ from aiohttp import web
 
 from podcache.errors import BackendUnavailable
 from podcache.sidecar import openapi
-from podcache.sidecar.errors import RETRY_AFTER_SECONDS, error_response
+from podcache.sidecar.errors import RETRY_AFTER_SECONDS, api_handler, error_response
 from podcache.sidecar.state import STATE
 
 PING_TIMEOUT = 2.0
@@ -53,6 +53,6 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_get("/healthz", api_handler(healthz))
+    app.router.add_get("/readyz", api_handler(readyz))
+    app.router.add_get("/openapi.json", api_handler(openapi_document))

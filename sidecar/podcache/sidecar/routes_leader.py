@@ -18,7 +18,7 @@ from podcache import configfile
 from podcache.errors import ConfigError
 from podcache.sidecar import inputs
 from podcache.sidecar.elections import Election
-from podcache.sidecar.errors import ApiError
+from podcache.sidecar.errors import ApiError, api_handler
 from podcache.sidecar.state import STATE
 
 PREFIX = "/v1/leader/"
@@ -84,6 +84,6 @@ async def resign(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(ROUTE, status)
-    app.router.add_put(ROUTE, join)
-    app.router.add_delete(ROUTE, resign)
+    app.router.add_get(ROUTE, api_handler(status))
+    app.router.add_put(ROUTE, api_handler(join))
+    app.router.add_delete(ROUTE, api_handler(resign))

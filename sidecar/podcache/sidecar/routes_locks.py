@@ -15,6 +15,7 @@ from aiohttp import web
 
 from podcache.errors import InvalidTTL, LockNotAcquired, NotOwner
 from podcache.sidecar import inputs
+from podcache.sidecar.errors import api_handler
 from podcache.sidecar.state import STATE, SidecarState
 
 PREFIX = "/v1/locks/"
@@ -108,6 +109,6 @@ async def release(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post(ROUTE, acquire)
-    app.router.add_post(REFRESH_ROUTE, refresh)
-    app.router.add_delete(ROUTE, release)
+    app.router.add_post(ROUTE, api_handler(acquire))
+    app.router.add_post(REFRESH_ROUTE, api_handler(refresh))
+    app.router.add_delete(ROUTE, api_handler(release))
