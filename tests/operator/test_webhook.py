@@ -5,7 +5,9 @@ CREATE of pods, our URL and CA); a labelled pod gets a JSONPatch that yields the
 injected pod, valid for Kubernetes; an injected pod gets no patch; a pod naming a
 missing CacheConfig is admitted unchanged with a warning, or denied when so
 configured; pods we cannot inject into are denied with a reason; malformed
-requests get a 400 with a JSON reason and the server keeps serving.
+requests get a 400 with a JSON reason and the server keeps serving. The JSONPatch
+sent is the one ``injection.build_patch`` makes; the handler called outside our
+server (under another kopf webhook server) gives kopf a patch with the same result.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kopf
 import kubernetes_validate
 import pytest
 
-from podcache_operator import injection
-from tests.operator import samples
+from podcache_operator import injection, webhook
+from tests.operator import emulator, samples
 from tests.operator.conftest import (
     WEBHOOKS,
     ClusterEmulator,
@@ -135,6 +139,7 @@ class TestInjection:
             pod, cacheconfig="shop", spec=samples.MEMORY_SPEC, sidecar=operator.sidecar
         )
         assert result == injection.apply_patch(pod, expected_ops)
+        assert json.loads(base64.b64decode(response["patch"])) == expected_ops  # as built
         assert result["spec"]["initContainers"][0]["image"] == "podcache:test"
         kubernetes_validate.validate(result, "1.30", strict=True)
 
@@ -288,3 +293,31 @@ class TestMalformed:
         response = await post(client, url, review(pod))
         assert response["allowed"] is True
         assert "patch" not in response
+
+
+async def test_handler_outside_our_server_patches_through_kopf(
+    certificates: dict[str, Path],
+) -> None:
+    config = emulator.test_settings(certificates)
+    pod = samples.pod(containers=2, init_containers=1)
+    pod["metadata"]["namespace"] = "shop"
+    body = kopf.Body(pod)
+    patch = kopf.Patch(body=body)
+    cacheconfig = {"metadata": {"name": "shop"}, "spec": samples.MEMORY_SPEC}
+    warnings: list[str] = []
+    await webhook.inject(
+        body=body,
+        patch=patch,
+        warnings=warnings,
+        memo=kopf.Memo(config=config, kopf_settings=kopf.OperatorSettings()),
+        logger=logging.getLogger(__name__),
+        cacheconfigs={("shop", "shop"): [cacheconfig]},
+    )
+    expected = injection.apply_patch(
+        pod,
+        injection.build_patch(
+            pod, cacheconfig="shop", spec=samples.MEMORY_SPEC, sidecar=config.sidecar
+        ),
+    )
+    assert injection.apply_patch(pod, patch.as_json_patch()) == expected
+    assert warnings == []
