@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -75,7 +76,7 @@ def review(pod: dict[str, Any]) -> dict[str, Any]:
 # --- the operator's process -------------------------------------------------------------
 
 
-def run_operator(server: str, certs: Path, *, metrics_port: int) -> None:
+def run_operator(server: str, certs: Path, *, metrics_port: int, gc_report: Path) -> None:
     """The operator as ``podcache_operator.main.main`` runs it, against ``server``."""
     import kopf
     from kopf._cogs.structs import credentials
@@ -102,8 +103,49 @@ def run_operator(server: str, certs: Path, *, metrics_port: int) -> None:
             clusterwide=True, standalone=True, vault=vault, memo=kopf.Memo(config=config)
         )
 
+    pauses = GCPauses()
+    gc.callbacks.append(pauses)
     with contextlib.suppress(asyncio.CancelledError):
         operator_main._new_loop().run_until_complete(operate())
+    gc_report.write_text(pauses.summary())
+
+
+def stamp(at: float | None = None) -> str:
+    """Wall-clock time to the millisecond: the processes share this clock."""
+    at = time.time() if at is None else at
+    return f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at % 1 * 1000):03d}"
+
+
+class GCPauses:
+    """The operator's collections (as ``gc.callbacks`` sees them): count and longest, by gen."""
+
+    def __init__(self) -> None:
+        self.began = 0.0
+        self.counts = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.full: list[tuple[float, float, int]] = []
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.began = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.counts[generation] += 1
+        took = time.perf_counter() - self.began
+        self.longest[generation] = max(self.longest[generation], took)
+        if generation == 2:
+            self.full.append((time.time(), took, len(gc.get_objects())))
+
+    def summary(self) -> str:
+        counts = ", ".join(
+            f"gen{gen} {self.counts[gen]}x max {self.longest[gen] * 1000:.1f} ms"
+            for gen in range(3)
+        )
+        full = "; ".join(
+            f"{stamp(at)} {took * 1000:.1f} ms, {objects} objects"
+            for at, took, objects in self.full
+        )
+        return f"{counts} (full collections at: {full})"
 
 
 # --- the load generator's process -------------------------------------------------------
@@ -296,11 +338,13 @@ async def orchestrate(args: argparse.Namespace) -> None:
                 emulator.servicemonitor_crd()
             )
             metrics_port = free_port()
+            gc_report = certs / "gc.txt"
             log_path = Path(args.operator_log or certs / "operator.log")
             with log_path.open("wb") as log:  # noqa: ASYNC230  # before any load
                 operator = await run_process(
                     "--operator", str(cluster.url).rstrip("/"), "--certs", folder,
-                    "--metrics-port", str(metrics_port), stderr=log,
+                    "--metrics-port", str(metrics_port), "--gc-report", str(gc_report),
+                    stderr=log,
                 )  # fmt: skip
             print(f"operator: pid {operator.pid}, log {log_path}", flush=True)
             try:
@@ -308,7 +352,9 @@ async def orchestrate(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 await create_cacheconfigs(cluster, ["warmup"])
                 await wait_ready(cluster, ["warmup"], started=started, within=60)
+                print(f"{stamp()} reconcile starts", flush=True)
                 await bench_reconcile(cluster, args.configs)
+                print(f"{stamp()} webhook load starts", flush=True)
                 webhooks = emulator.get(cluster, emulator.WEBHOOKS, "podcache.io", None) or {}
                 url = webhooks["webhooks"][0]["clientConfig"]["url"]
                 client = await run_process(
@@ -319,6 +365,7 @@ async def orchestrate(args: argparse.Namespace) -> None:
                 )  # fmt: skip
                 if await client.wait() != 0:
                     raise RuntimeError("the webhook load client failed")
+                print(f"{stamp()} webhook load ends", flush=True)
             finally:
                 operator.send_signal(signal.SIGTERM)
                 try:
@@ -328,6 +375,8 @@ async def orchestrate(args: argparse.Namespace) -> None:
                     await operator.wait()
             lines = len(log_path.read_bytes().splitlines())  # noqa: ASYNC240  # after the load
             print(f"operator: {lines} log lines", flush=True)
+            report = gc_report.read_text() if gc_report.exists() else "no report"
+            print(f"operator GC over the whole run: {report}", flush=True)
 
 
 def main() -> None:
@@ -344,9 +393,15 @@ def main() -> None:
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     parser.add_argument("--metrics-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--metrics-url", help=argparse.SUPPRESS)
+    parser.add_argument("--gc-report", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.operator:
-        run_operator(args.operator, Path(args.certs), metrics_port=args.metrics_port)
+        run_operator(
+            args.operator,
+            Path(args.certs),
+            metrics_port=args.metrics_port,
+            gc_report=Path(args.gc_report),
+        )
     elif args.client:
         asyncio.run(
             webhook_client(
