@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from podcache import tasks
 from podcache.backends.base import Backend
 from podcache.config import Config, MemorySettings, RedisSettings
 from podcache.errors import CacheMiss
@@ -216,8 +217,8 @@ class Cache:
                 logger.exception("stopping %r failed; continuing shutdown", obj)
         self._electors.clear()
         task, self._items_task = self._items_task, None
-        if task is not None:
-            await cancel_and_wait(task)
+        if task is not None and (error := await tasks.cancel_and_wait(task)) is not None:
+            logger.debug("items refresh task ended with %r", error)
         await self.backend.stop()
 
     async def __aenter__(self) -> Cache:
@@ -225,20 +226,6 @@ class Cache:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-
-async def cancel_and_wait(task: asyncio.Task[Any], *, poll: float = 0.05) -> None:
-    """Cancel ``task`` and wait until it has really finished.
-
-    A single ``cancel()`` is not enough on Python 3.11: ``asyncio.wait_for`` (which
-    redis-py uses for socket reads) swallows a cancellation that races with a read
-    completing, and the task carries on. So cancel again until it is done.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=poll)
-    if not task.cancelled() and task.exception() is not None:
-        logger.debug("background task %s ended with %r", task.get_name(), task.exception())
 
 
 def new_cache(

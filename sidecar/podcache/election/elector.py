@@ -37,6 +37,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from podcache import tasks
 from podcache.election import metrics as election_metrics
 from podcache.election.store import LeaseRecord, LeaseStore
 from podcache.errors import BackendUnavailable, ConfigError
@@ -441,14 +442,7 @@ class Elector:
             future.cancel()
 
 
-_RECANCEL_EVERY = 0.02
-"""Seconds between cancellations of a campaign task that swallowed one (see locks.redis.bounded)."""
-
-
 async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, cancelling again if a cancellation got swallowed."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=_RECANCEL_EVERY)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("campaign task failed", exc_info=task.exception())
+    """Stop the campaign task for good (see podcache.tasks), logging how it failed, if it did."""
+    if (error := await tasks.cancel_and_wait(task)) is not None:
+        logger.error("campaign task failed", exc_info=error)
