@@ -15,38 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from podcache.cache import Cache
 from podcache.configfile import ElectionSettings
+from podcache.election.elector import LeaderState
 from podcache.sidecar.http_metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
 """Seconds an elector may take to resign and stop: a shutdown must never hang on it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LeaderState:
-    """What ``GET /v1/leader/{election}`` answers and a watch streams, one line per change."""
-
-    leader: bool
-    holder: str | None
-    term: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"leader": self.leader, "holder": self.holder, "term": self.term}
-
-
-def _convert(state: Any) -> LeaderState:
-    holder = state.holder
-    return LeaderState(
-        leader=bool(state.leader), holder=str(holder) if holder else None, term=int(state.term or 0)
-    )
 
 
 class Election:
@@ -87,7 +68,7 @@ class Election:
 
     async def _follow(self, elector: Any) -> None:
         async for state in elector.subscribe():
-            self._publish(_convert(state))
+            self._publish(state)
 
     async def stop_elector(self) -> None:
         """Resign (so a successor takes over at once) and stop campaigning."""

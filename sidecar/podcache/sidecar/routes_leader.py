@@ -9,6 +9,7 @@ election is left or the sidecar shuts down.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -44,7 +45,7 @@ async def status(request: web.Request) -> web.StreamResponse:
     election = _joined(request, name)
     if watch:
         return await _watch(request, election)
-    return web.json_response(election.state.as_json())
+    return web.json_response(dataclasses.asdict(election.state))
 
 
 async def _watch(request: web.Request, election: Election) -> web.StreamResponse:
@@ -55,7 +56,9 @@ async def _watch(request: web.Request, election: Election) -> web.StreamResponse
     heartbeat = request.app[STATE].watch_heartbeat
     try:
         async for state in election.changes(heartbeat=heartbeat):
-            line = b"\n" if state is None else json.dumps(state.as_json()).encode() + b"\n"
+            # None is a heartbeat: a blank line keeps idle proxies and clients from timing out
+            body = b"" if state is None else json.dumps(dataclasses.asdict(state)).encode()
+            line = body + b"\n"
             await response.write(line)
     except (ConnectionError, RuntimeError):
         return response  # the client went away (aiohttp raises either): nothing to finish
@@ -73,7 +76,7 @@ async def join(request: web.Request) -> web.Response:
         field = exc.field.removeprefix("elections[0].")
         raise ApiError(400, "invalid_request", f"{field}: {exc.reason}") from exc
     election = await request.app[STATE].elections.join(settings)
-    return web.json_response(election.state.as_json())
+    return web.json_response(dataclasses.asdict(election.state))
 
 
 async def resign(request: web.Request) -> web.Response:
