@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.redis_server when run as a script
 
 import redis.asyncio  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import find_redis  # noqa: E402
 
 from podcache.cache import Cache, new_cache  # noqa: E402
 from podcache.config import Config  # noqa: E402
@@ -112,20 +111,6 @@ def raw_target(client: redis.asyncio.Redis, prefix: str, value: bytes, keys: int
     return Target("redis-py (direct)", get, set_)
 
 
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
-
-
 async def bench(args: argparse.Namespace, url: str) -> None:
     value = os.urandom(args.value_size)
     keys = 1000
@@ -198,7 +183,7 @@ def main() -> None:
         import uvloop
 
         uvloop.install()
-    with redis_url() as url:
+    with find_redis() as url:  # REDIS_URL, else a redis-server of its own
         asyncio.run(bench(args, url))
 
 

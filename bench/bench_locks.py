@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # for tests.redis_server when run as a script
 
 import redis.asyncio  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import find_redis  # noqa: E402
 
 from podcache.locks import LockService, MemoryLocks, RedisLocks  # noqa: E402
 
@@ -134,19 +132,6 @@ async def handovers(target: Target, count: int) -> tuple[float, float]:
     return pct(latencies_ms, 0.5), pct(latencies_ms, 0.99)
 
 
-@contextlib.contextmanager
-def redis_url() -> Iterator[str]:
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
-
-
 async def run(args: argparse.Namespace, url: str) -> None:
     client = redis.asyncio.Redis.from_url(url, max_connections=args.concurrency + 8)
     await client.flushdb()
@@ -182,7 +167,7 @@ def main() -> None:
     parser.add_argument("--handovers", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    with redis_url() as url:
+    with find_redis() as url:  # REDIS_URL, else a redis-server of its own
         asyncio.run(run(args, url))
 
 

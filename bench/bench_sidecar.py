@@ -162,18 +162,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def redis_url(given: str | None) -> Iterator[str]:
+    """``--redis-url`` when given, else REDIS_URL or a redis-server of its own."""
     if given:
         yield given
         return
     sys.path.insert(0, str(ROOT))
-    from tests.redis_server import RedisServer
+    from tests.redis_server import find_redis
 
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
+    with find_redis() as url:
+        yield url
 
 
 # -- load generator (its own process) --------------------------------------------------------
