@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -31,6 +31,10 @@ from podcache.backends.base import Backend
 from podcache.config import Config, MemorySettings, RedisSettings
 from podcache.errors import CacheMiss
 from podcache.metrics import CacheMetrics, Operation
+
+if TYPE_CHECKING:  # imported lazily at run time: the locks and elections are optional
+    from podcache.election.elector import Elector
+    from podcache.locks.base import LockService
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +57,8 @@ class Cache:
         self.namespace = namespace
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = CacheMetrics(self.registry, namespace)
-        self._locks: Any = None
-        self._electors: list[Any] = []
+        self._locks: LockService | None = None
+        self._electors: list[Elector] = []
         self._items_task: asyncio.Task[None] | None = None
         self._stopped = False
         item_count = getattr(backend, "item_count", None)
@@ -160,7 +164,7 @@ class Cache:
     # -- locks and leader election -----------------------------------------------------
 
     @property
-    def locks(self) -> Any:
+    def locks(self) -> LockService:
         """The lock service of this cache's backend (created once, on first use)."""
         if self._locks is None:
             from podcache import locks
@@ -180,7 +184,7 @@ class Cache:
         retry_period: float = 2,
         on_elected: Callable[..., Any] | None = None,
         on_revoked: Callable[..., Any] | None = None,
-    ) -> Any:
+    ) -> Elector:
         """A leader elector for election ``name`` campaigning as ``identity`` (not started)."""
         from podcache import election
 
