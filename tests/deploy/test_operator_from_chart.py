@@ -41,9 +41,9 @@ import pytest
 import yaml
 
 from tests.deploy import chart
+from tests.operator import emulator
 
 DEADLINE = 30.0  # seconds for the operator to come up; it is usually about two
-CACHECONFIGS = "podcache.io/v1alpha1/cacheconfigs"
 PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
 VALUES = {"sidecar": {"image": {"repository": "registry.example/podcache", "tag": "9.9.9"}}}
 
@@ -67,30 +67,10 @@ def release() -> chart.Release:
 @pytest.fixture
 def cluster(kmock: kmock.KubernetesEmulator, release: chart.Release) -> kmock.KubernetesEmulator:
     """An API server with the resources the operator discovers, the CRD and the peering."""
-    verbs = {"get", "list", "watch", "create", "patch", "update", "delete"}
-    info = kmock.ResourceInfo
-    kmock.resources[CACHECONFIGS] = info(
-        kind="CacheConfig",
-        singular="cacheconfig",
-        namespaced=True,
-        subresources={"status"},
-        verbs=verbs,
+    emulator.declare_resources(kmock)
+    kmock.resources[PEERINGS] = kmock.ResourceInfo(
+        kind="ClusterKopfPeering", namespaced=False, verbs=emulator.VERBS
     )
-    for plural, kind in [
-        ("pods", "Pod"),
-        ("configmaps", "ConfigMap"),
-        ("services", "Service"),
-        ("secrets", "Secret"),
-        ("events", "Event"),
-    ]:
-        kmock.resources[f"v1/{plural}"] = info(
-            kind=kind, singular=kind.lower(), namespaced=True, verbs=verbs
-        )
-    kmock.resources["v1/namespaces"] = info(kind="Namespace", namespaced=False, verbs=verbs)
-    kmock.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = info(
-        kind="CustomResourceDefinition", namespaced=False, verbs=verbs
-    )
-    kmock.resources[PEERINGS] = info(kind="ClusterKopfPeering", namespaced=False, verbs=verbs)
     for crd in release.of_kind("CustomResourceDefinition"):
         kmock.objects[
             "apiextensions.k8s.io/v1/customresourcedefinitions", None, crd["metadata"]["name"]
@@ -262,7 +242,7 @@ def _admit(
 async def test_webhook_injects_with_the_charts_tls_and_values(
     operator: Operator, cluster: kmock.KubernetesEmulator, release: chart.Release
 ) -> None:
-    cluster.objects[CACHECONFIGS, "shop", "sessions"] = {
+    cluster.objects[emulator.CACHECONFIGS, "shop", "sessions"] = {
         "apiVersion": "podcache.io/v1alpha1",
         "kind": "CacheConfig",
         "metadata": {"name": "sessions", "namespace": "shop", "uid": "u-1"},
