@@ -23,8 +23,13 @@ RELEASE_TIMEOUT = 2.0
 
 
 class _Lease(Protocol):
-    token: str
-    ttl: float
+    """What the book reads of a lease; read-only, as ``podcache.locks.Lease`` is frozen."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def ttl(self) -> float: ...
 
 
 class LeaseBook:
