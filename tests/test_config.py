@@ -1,7 +1,8 @@
 """Config validation: durations, the seed's Config shape, and the sidecar config file.
 
 Aspects: Go-style durations and seconds; unknown type / key, bad duration and
-negative numbers named in the error; the config file round-trips through render.
+negative numbers named in the error; the config file round-trips through render;
+the Redis endpoint as logs show it names its field and never the password.
 """
 
 from __future__ import annotations
@@ -128,3 +129,30 @@ def test_bad_config_file_names_the_field(text: str, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         configfile.loads(text)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ({"url": "redis://:s3cret@r:6379/0"}, "redis://r:6379/0 (config.url)"),
+        ({"url": "rediss://app:s3cret@r:6380/1"}, "rediss://app@r:6380/1 (config.url)"),
+        (
+            {"url": "unix:///run/redis.sock?db=2&password=s3cret"},
+            "unix:///run/redis.sock?db=2 (config.url)",
+        ),
+        (
+            {"sentinel": {"masterName": "m", "addresses": ["s1:26379", "s2:26379"]}},
+            "sentinel master 'm' via s1:26379, s2:26379 (config.sentinel)",
+        ),
+        (
+            {"cluster": {"nodes": ["c1:7000", "c2:7000"]}},
+            "cluster nodes c1:7000, c2:7000 (config.cluster.nodes)",
+        ),
+    ],
+)
+def test_redis_endpoint_names_the_field_without_the_password(
+    raw: dict[str, object], shown: str
+) -> None:
+    settings = Config(type="redis", config=raw).settings
+    assert isinstance(settings, RedisSettings)
+    assert settings.endpoint() == shown

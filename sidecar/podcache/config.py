@@ -9,6 +9,7 @@ starts. ``Config.settings`` is the typed result the backends consume.
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -88,6 +89,35 @@ class RedisSettings:
     """How often ``<ns>_cache_items`` is recounted by an incremental SCAN."""
     replica_ack_timeout: float = 0.0
     """After a lock or lease write, WAIT for one replica up to this long (0 = do not wait)."""
+
+    def endpoint(self) -> str:
+        """Where this connects and the field that says so, for logs: never a password."""
+        if self.sentinel is not None:
+            master, addresses = self.sentinel.master_name, ", ".join(self.sentinel.addresses)
+            return f"sentinel master {master!r} via {addresses} (config.sentinel)"
+        if self.cluster is not None:
+            return f"cluster nodes {', '.join(self.cluster.nodes)} (config.cluster.nodes)"
+        return f"{redact_url(self.url or '')} (config.url)"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the user info or a ``password`` query parameter)."""
+    parts = urllib.parse.urlsplit(url)
+    user, has_userinfo, host = parts.netloc.rpartition("@")
+    if not has_userinfo:
+        user, host = "", parts.netloc
+    user = user.partition(":")[0]
+    query = urllib.parse.urlencode(
+        [
+            (name, value)
+            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            if name != "password"
+        ]
+    )
+    return (
+        f"{parts.scheme}://{user + '@' if user else ''}{host}{parts.path}"
+        f"{'?' + query if query else ''}"
+    )
 
 
 Settings = MemorySettings | RedisSettings

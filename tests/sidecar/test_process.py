@@ -11,13 +11,21 @@ Aspects:
 - a second sidecar on a live socket exits 1 naming the problem; an invalid config exits 2
   naming the field; the first sidecar keeps serving.
 - the Redis password comes from PODCACHE_REDIS_PASSWORD or PODCACHE_REDIS_PASSWORD_FILE.
+- start-up errors name what failed and the flag that sets it: a socket in a directory the
+  sidecar may not write (EACCES) or where no socket can be made (/proc) names the path and
+  --socket, a metrics port in use names the port and --metrics-port (exit 1, no socket
+  file left behind); a Redis that does not answer at start is a WARNING naming its URL
+  without the password, and the sidecar serves anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -248,3 +256,111 @@ def test_sigint_shuts_down_like_sigterm(spawn_sidecar: Spawn) -> None:
     assert process.process.wait(timeout=15) == 0, process.log()
     assert not Path(process.socket_path).exists()
     assert "SIGINT received" in process.log()
+
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE = 1
+"""What lets root write into any directory (linux/prctl.h, linux/capability.h)."""
+
+
+def _without_dac_override() -> None:
+    """``preexec_fn``: the child, even as root, obeys directory permissions after exec.
+
+    Dropping the capability from the bounding set, not changing user: the interpreter
+    may live where only root can reach it (e.g. pyenv under /root).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE)")
+
+
+def _run_sidecar(
+    *args: str, cwd: Path, obey_permissions: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``podcache-sidecar`` that is expected to fail at start."""
+    as_root = obey_permissions and os.geteuid() == 0
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "podcache.sidecar.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=cwd,
+            preexec_fn=_without_dac_override if as_root else None,
+        )
+    except subprocess.SubprocessError as exc:  # the preexec_fn failed: no CAP_SETPCAP
+        if not as_root:
+            raise
+        pytest.skip(f"root cannot give up CAP_DAC_OVERRIDE here: {exc}")
+
+
+@pytest.mark.parametrize("where", ["in it", "below it"])
+def test_socket_in_an_unwritable_directory_names_the_path_and_the_flag(
+    short_tmp: Path, where: str
+) -> None:
+    locked = short_tmp / "locked"
+    locked.mkdir(mode=0o555)
+    # Directly in it, bind() is refused; below it, creating the missing directory is.
+    socket_path = locked / ("s.sock" if where == "in it" else "sub/s.sock")
+    result = _run_sidecar(
+        "--socket",
+        str(socket_path),
+        "--metrics-port",
+        "0",
+        cwd=short_tmp,
+        obey_permissions=True,
+    )
+    assert result.returncode == 1, result.stderr
+    assert str(socket_path) in result.stderr
+    assert "Permission denied" in result.stderr
+    assert "--socket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_socket_where_no_socket_can_be_made_names_the_path_and_the_flag(short_tmp: Path) -> None:
+    socket_path = f"/proc/podcache-{uuid.uuid4().hex[:8]}.sock"
+    result = _run_sidecar("--socket", socket_path, "--metrics-port", "0", cwd=short_tmp)
+    assert result.returncode == 1, result.stderr
+    assert socket_path in result.stderr
+    assert "--socket" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_metrics_port_in_use_names_the_port_and_suggests_the_flag(short_tmp: Path) -> None:
+    socket_path = short_tmp / "m.sock"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_sidecar(
+            "--socket", str(socket_path), "--metrics-port", str(port), cwd=short_tmp
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"port {port}" in result.stderr
+    assert "--metrics-port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not socket_path.exists(), "the socket bound before the metrics port was left behind"
+
+
+async def test_unreachable_redis_at_start_is_a_warning_naming_the_url(
+    spawn_sidecar: Spawn,
+) -> None:
+    port = free_port()  # nothing listens there
+    config = {"type": "redis", "config": {"url": f"redis://:s3cret@127.0.0.1:{port}/0"}}
+    process = spawn_sidecar(config)
+    await asyncio.to_thread(process.wait_socket)  # it serves anyway
+
+    async def warned() -> list[str]:
+        return [line for line in process.log_lines() if " WARNING " in line]
+
+    (warning,) = await wait_until(warned, message="a start-up warning")
+    assert f"redis://127.0.0.1:{port}/0" in warning
+    assert "config.url" in warning
+    api = Api(process.socket_path)
+    try:
+        assert (await api.request("GET", "/readyz")).status == 503
+    finally:
+        await api.close()
+    assert process.terminate() == 0, process.log()
+    assert "s3cret" not in process.log()

@@ -7,6 +7,8 @@ variable (the operator's webhook sets those); a flag wins over its variable.
 
 Exit codes: 0 after a graceful shutdown, 2 for a bad command line or config, 1 when
 the socket cannot be served (another sidecar holds it) or start-up failed otherwise.
+A start-up error names the path or port involved and where to set it (the hints
+below); a Redis that does not answer at start is only a warning (see ``runtime``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ from collections.abc import Mapping, Sequence
 from podcache import configfile
 from podcache.errors import ConfigError
 from podcache.sidecar import logs
+from podcache.sidecar.metrics_server import MetricsPortUnusable
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
-from podcache.sidecar.socket_site import SocketInUse
+from podcache.sidecar.socket_site import SocketInUse, SocketUnusable
 
 logger = logging.getLogger("podcache.sidecar")
+
+SOCKET_HINT = "set the path with --socket (env PODCACHE_SOCKET) or `socket` in the config file"
+METRICS_PORT_HINT = (
+    "choose another port with --metrics-port (env PODCACHE_METRICS_PORT) or `metrics.port` "
+    "in the config file; 0 turns the metrics listener off"
+)
 
 
 def _port(text: str) -> int:
@@ -120,7 +129,13 @@ async def run(options: Options) -> int:
         logger.error("invalid config %s: %s", options.config_path or "(embedded default)", exc)
         return 2
     except SocketInUse as exc:
-        logger.error("%s", exc)
+        logger.error("%s; %s", exc, SOCKET_HINT)
+        return 1
+    except SocketUnusable as exc:
+        logger.error("cannot start: %s; %s", exc, SOCKET_HINT)
+        return 1
+    except MetricsPortUnusable as exc:
+        logger.error("cannot start: %s; %s", exc, METRICS_PORT_HINT)
         return 1
     except OSError as exc:
         logger.error("cannot start: %s", exc)

@@ -3,18 +3,33 @@
 The cache itself is never reachable over TCP. The listener is its own aiohttp runner
 so a reload that changes ``metrics.port`` can move it without touching the socket
 server; port 0 turns it off (configfile's contract). ``/healthz`` is served here too,
-for an httpGet liveness probe.
+for an httpGet liveness probe. A port that cannot be listened on (in use, or below
+1024 without the privilege) is ``MetricsPortUnusable``, naming the port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 logger = logging.getLogger(__name__)
+
+
+class MetricsPortUnusable(OSError):
+    """The metrics listener cannot bind its port; the message names the port and the reason."""
+
+    def __init__(self, host: str | None, port: int, cause: OSError) -> None:
+        # asyncio's message repeats the address as a tuple; the errno's text is enough.
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        super().__init__(
+            f"cannot listen for metrics on port {port} of {host or 'all interfaces'}: {reason}"
+        )
+        self.errno = cause.errno
+        self.port = port
 
 
 class MetricsServer:
@@ -46,6 +61,9 @@ class MetricsServer:
         site = web.TCPSite(runner, self._host, port, reuse_address=True)
         try:
             await site.start()
+        except OSError as exc:
+            await asyncio.shield(runner.cleanup())
+            raise MetricsPortUnusable(self._host, port, exc) from exc
         except BaseException:
             await asyncio.shield(runner.cleanup())
             raise

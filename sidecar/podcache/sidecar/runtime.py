@@ -3,7 +3,10 @@
 Start: load and validate the config (nothing starts on a bad one), build the cache,
 join the configured elections, bind the socket (refusing a live one), then the
 metrics listener and the config watcher. ``Sidecar.started_in`` is the time from
-``start()`` to a socket accepting connections.
+``start()`` to a socket accepting connections. A Redis that does not answer is no
+reason not to start (it may come up after the pod): the sidecar serves, ``/readyz``
+says 503, and one WARNING, logged in the background so start-up does not wait for
+it, names where the backend was looked for.
 
 Shutdown (SIGTERM/SIGINT in ``main``, or ``Sidecar.shutdown()``): stop accepting and
 close idle connections; end watch streams; let in-flight requests finish within
@@ -26,6 +29,8 @@ from aiohttp import web
 
 from podcache import configfile
 from podcache.cache import new_cache
+from podcache.config import RedisSettings
+from podcache.errors import BackendUnavailable
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
 from podcache.sidecar import reload as reload_mod
@@ -92,6 +97,7 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._site: UnixListenerSite | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._backend_check: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     @property
@@ -189,6 +195,9 @@ class Sidecar:
             identity,
             self.started_in * 1000,
         )
+        self._backend_check = asyncio.create_task(
+            _warn_unless_backend_answers(state), name="podcache-backend-check"
+        )
 
     def request_reload(self) -> None:
         if self.reloader is not None:
@@ -204,10 +213,11 @@ class Sidecar:
         logger.info("shutting down")
         if self.state is not None:
             self.state.shutting_down.set()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._backend_check, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._cleanup()
         logger.info("shut down")
 
@@ -226,3 +236,20 @@ class Sidecar:
             if self._site is not None:
                 self._site.remove_socket_file()
             self._stopped.set()
+
+
+async def _warn_unless_backend_answers(state: SidecarState) -> None:
+    """Log a WARNING naming the Redis endpoint (not its password) if it does not answer."""
+    settings = state.config.backend.settings
+    if not isinstance(settings, RedisSettings):
+        return  # the memory backend always answers
+    try:
+        async with asyncio.timeout(reload_mod.PING_TIMEOUT):
+            await state.cache.ping()
+    except (BackendUnavailable, TimeoutError, OSError) as exc:
+        logger.warning(
+            "the redis backend at %s does not answer (%s); serving anyway, "
+            "/readyz answers 503 until it does",
+            settings.endpoint(),
+            str(exc) or f"no answer within {reload_mod.PING_TIMEOUT:g}s",
+        )

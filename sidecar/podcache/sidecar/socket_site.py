@@ -2,7 +2,10 @@
 
 Beware of the path before binding: a socket file left by a killed sidecar (stale)
 is replaced, but a socket another sidecar still serves on (live) is refused with a
-clear error rather than stolen, and a regular file is never deleted.
+clear error rather than stolen, and a regular file is never deleted. A path that
+cannot be used at all (a directory the sidecar may not write, a filesystem without
+sockets such as /proc, a path too long) is ``SocketUnusable``, naming the path: the
+bare ``OSError`` of ``bind()`` does not.
 
 aiohttp's ``UnixSite`` accepts every connection; ``UnixListenerSite`` runs its own
 accept loop instead, so at ``max_connections`` open connections it stops accepting
@@ -36,18 +39,39 @@ EVICT_RETRY = 0.05
 LIVE_PROBE_TIMEOUT = 0.5
 
 
+MAX_PATH_BYTES = 107
+"""Longest Unix socket path Linux takes (``sun_path`` is 108 bytes with the NUL)."""
+
+
 class SocketInUse(RuntimeError):
     """The socket path is served by another process, or is not a socket at all."""
+
+
+class SocketUnusable(RuntimeError):
+    """No socket can be made at the path; the message names the path and the reason."""
+
+    def __init__(self, path: str, what: str, cause: OSError) -> None:
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        if cause.errno is None and len(os.fsencode(path)) > MAX_PATH_BYTES:
+            reason += f" ({len(os.fsencode(path))} bytes, at most {MAX_PATH_BYTES})"
+        super().__init__(f"{what} {path}: {reason}")
+        self.path = path
 
 
 def prepare_path(path: str) -> None:
     """Create the parent directory; remove a stale socket; refuse a live one or a non-socket."""
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        directory = exc.filename or parent  # the missing level that could not be made
+        raise SocketUnusable(path, f"cannot create {directory} for the socket", exc) from exc
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:  # e.g. EACCES: the directory may not be searched
+        raise SocketUnusable(path, "cannot look up the socket", exc) from exc
     if not stat.S_ISSOCK(info.st_mode):
         raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
     if _is_live(path):
@@ -88,6 +112,9 @@ def bind(path: str, *, backlog: int = BACKLOG) -> socket.socket:
         os.chmod(path, SOCKET_MODE)
         sock.listen(backlog)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise SocketUnusable(path, "cannot create the socket", exc) from exc
     except BaseException:
         sock.close()
         raise
