@@ -90,8 +90,10 @@ class MetricsSettings:
 class WatchSettings:
     """Kopf's watch/request timing (copied into ``kopf.OperatorSettings``)."""
 
-    server_timeout: float = 300.0
-    """Ask the apiserver to end each watch after this long; kopf reconnects at once."""
+    server_timeout: int = 300
+    """Ask the apiserver to end each watch after this many seconds; kopf reconnects at
+    once. Whole seconds: kopf sends it as ``timeoutSeconds``, which the apiserver parses
+    as an integer (``300.0`` gets every watch refused with 400)."""
     client_timeout: float = 330.0
     """Give up on a silent watch connection a little after the server should have ended it."""
     connect_timeout: float = 10.0
@@ -191,8 +193,8 @@ class Settings:
                 " reaches the webhook by, e.g. podcache-webhook.podcache.svc"
             )
         watch = WatchSettings(
-            server_timeout=env.number(
-                "PODCACHE_WATCH_SERVER_TIMEOUT", WatchSettings.server_timeout
+            server_timeout=env.integer(
+                "PODCACHE_WATCH_SERVER_TIMEOUT", WatchSettings.server_timeout, minimum=1
             ),
             client_timeout=env.number(
                 "PODCACHE_WATCH_CLIENT_TIMEOUT", WatchSettings.client_timeout

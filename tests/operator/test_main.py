@@ -79,7 +79,9 @@ class TestSettingsFromEnv:
         [
             ({"PODCACHE_SIDECAR_METRICS_PORT": "http"}, "PODCACHE_SIDECAR_METRICS_PORT='http'"),
             ({"PODCACHE_SIDECAR_METRICS_PORT": "70000"}, "out of range"),
-            ({"PODCACHE_WATCH_SERVER_TIMEOUT": "-1"}, "greater than zero"),
+            ({"PODCACHE_WATCH_SERVER_TIMEOUT": "-1"}, "out of range"),
+            # The apiserver parses timeoutSeconds as an integer; 1.5 would break every watch.
+            ({"PODCACHE_WATCH_SERVER_TIMEOUT": "1.5"}, "expected a whole number"),
             ({"PODCACHE_SIDECAR_IMAGE_PULL_POLICY": "Sometimes"}, "use one of Always"),
             ({"PODCACHE_WEBHOOK_CERT_FILE": "/t/tls.crt"}, "go together"),
             ({"PODCACHE_LOG_LEVEL": "loud"}, "PODCACHE_LOG_LEVEL"),
