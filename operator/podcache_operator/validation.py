@@ -28,6 +28,10 @@ SecretFetcher = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 """Secret name → the Secret object in the CacheConfig's namespace, or None when absent."""
 
 _METRICS_NAMESPACE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Prometheus' duration syntax (the ServiceMonitor CRD's pattern): whole units only.
+_PROMETHEUS_DURATION = re.compile(
+    r"0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?"
+)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _REDIS_SOURCES = ("url", "sentinel", "cluster")
 
@@ -284,7 +288,12 @@ def _check_metrics(metrics: Mapping[str, Any]) -> list[Problem]:
             )
         )
     monitor = metrics.get("serviceMonitor") or {}
-    _duration(
-        problems, monitor.get("interval"), "spec.metrics.serviceMonitor.interval", positive=True
-    )
+    interval = monitor.get("interval")
+    field = "spec.metrics.serviceMonitor.interval"
+    if _duration(problems, interval, field, positive=True) is not None and not (
+        _PROMETHEUS_DURATION.fullmatch(str(interval))
+    ):
+        problems.append(
+            Problem(field, f"must be a Prometheus duration like 30s or 1m30s, got {interval!r}")
+        )
     return problems

@@ -72,6 +72,11 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
             "spec.metrics.serviceMonitor.interval",
             "invalid duration",
         ),
+        (
+            {"metrics": {"serviceMonitor": {"interval": "1.5s"}}},
+            "spec.metrics.serviceMonitor.interval",
+            "must be a Prometheus duration",
+        ),
         ({"sidecar": {"logLevel": "trace"}}, "spec.sidecar.logLevel", "unknown level"),
     ],
 )
