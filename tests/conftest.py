@@ -8,22 +8,18 @@ skip with the reason elsewhere (a laptop without redis-server).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 import redis.asyncio
 
+from tests.availability import unavailable
 from tests.redis_server import RedisServer, RedisUnavailable, find_redis
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(
-            f"Redis is required under CI=true and could not be started: {reason}", pytrace=False
-        )
-    pytest.skip(f"Redis unavailable: {reason}")
+    unavailable("Redis", reason)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ are missing, tests fail under ``CI=true`` and skip elsewhere, like ``redis_serve
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 
+from tests.availability import unavailable
 from tests.redis_server import RedisUnavailable
 from tests.redis_topologies import ClusterTopology, SentinelTopology
 
@@ -20,9 +20,7 @@ T = TypeVar("T", SentinelTopology, ClusterTopology)
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"Redis topology required under CI=true: {reason}", pytrace=False)
-    pytest.skip(f"Redis topology unavailable: {reason}")
+    unavailable("A Redis topology", reason)
 
 
 @pytest.fixture
