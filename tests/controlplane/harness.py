@@ -1,0 +1,139 @@
+"""What the control-plane tests share: the cluster handle, the installed release, polling.
+
+``Cluster`` bundles a running ``ControlPlane`` with an admin client and helm;
+``Installation`` is the chart installed as release ``podcache`` with its operator as a
+local process; ``eventually`` polls the apiserver until a condition holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client
+
+from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.helm import Helm
+from tests.controlplane.operator_process import OperatorProcess, point_webhook_at
+from tests.controlplane.pki import KeyPair
+
+RELEASE = "podcache"
+RELEASE_NAMESPACE = "podcache-system"
+WEBHOOK_PATH = "/inject"
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Cluster:
+    """A running control plane with an admin client and helm bound to it."""
+
+    plane: ControlPlane
+    api: client.ApiClient
+    helm: Helm
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def extensions(self) -> client.ApiextensionsV1Api:
+        return client.ApiextensionsV1Api(self.api)
+
+    @property
+    def admission(self) -> client.AdmissionregistrationV1Api:
+        return client.AdmissionregistrationV1Api(self.api)
+
+
+@dataclasses.dataclass
+class Installation:
+    """The chart installed as release ``podcache`` with its operator running locally."""
+
+    cluster: Cluster
+    operator: OperatorProcess
+    webhook_cert: KeyPair
+
+    def point_webhook(self, **changes: Any) -> None:
+        point_webhook_at(
+            self.cluster.api,
+            RELEASE,
+            self.operator.webhook_url + WEBHOOK_PATH,
+            self.cluster.plane.ca.pem,
+            **changes,
+        )
+
+
+def eventually(probe: Callable[[], T | None], *, timeout: float = 20.0, what: str = "") -> T:
+    """Poll ``probe`` until it returns something other than None/False."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+            result, last_error = None, exc
+        if result is not None and result is not False:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}: {last_error}")
+
+
+def wait_crds_established(cluster: Cluster, *names: str) -> None:
+    def established() -> bool:
+        for name in names:
+            crd = cluster.extensions.read_custom_resource_definition(name)
+            conditions = {c.type: c.status for c in (crd.status.conditions or [])}
+            if conditions.get("Established") != "True":
+                return False
+        return True
+
+    eventually(established, what=f"CRDs {names} Established")
+
+
+GROUP, VERSION, PLURAL = "podcache.io", "v1alpha1", "cacheconfigs"
+
+
+def cache_config(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CacheConfig",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def create_cache_config(cluster: Cluster, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    created: dict[str, Any] = cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    return created
+
+
+def read_cache_config(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = cluster.custom.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return body
+
+
+def cache_config_ready(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    """The CacheConfig once Ready=True at its current generation, else None."""
+    body = read_cache_config(cluster, namespace, name)
+    status = body.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions", [])}
+    if conditions.get("Ready", {}).get("status") != "True":
+        return None
+    if status.get("observedGeneration") != body["metadata"]["generation"]:
+        return None
+    return body

@@ -1,0 +1,160 @@
+"""The operator on a real apiserver, under the chart's own RBAC (a ServiceAccount token).
+
+What an emulator cannot show: watches with the query parameters the apiserver parses,
+owner references the garbage collector honours, a finalizer on namespace deletion,
+status under RBAC, the ServiceMonitor CRD appearing while the operator runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from tests.controlplane import objects
+from tests.controlplane.harness import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Installation,
+    cache_config,
+    eventually,
+    wait_crds_established,
+)
+from tests.controlplane.harness import cache_config_ready as ready
+from tests.controlplane.harness import create_cache_config as create
+
+SERVICEMONITOR_CRD = Path(__file__).with_name("data") / "servicemonitors.monitoring.coreos.com.yaml"
+
+
+def test_a_cacheconfig_gets_ready_with_owned_objects(
+    installation: Installation, namespace: str
+) -> None:
+    """Regression: every watch was refused (timeoutSeconds=300.0), so nothing got Ready."""
+    cluster = installation.cluster
+    create(cluster, namespace, cache_config("shop", {"defaultTTL": "1m"}))
+    body = eventually(lambda: ready(cluster, namespace, "shop"), what="CacheConfig Ready")
+    uid = body["metadata"]["uid"]
+    config_map = cluster.core.read_namespaced_config_map("podcache-shop", namespace)
+    service = cluster.core.read_namespaced_service("podcache-shop", namespace)
+    for owned in (config_map, service):
+        (owner,) = owned.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid) == ("CacheConfig", "shop", uid)
+        assert owner.controller is True
+    assert "defaultTTL: 1m" in config_map.data["config.yaml"]
+    assert body["status"]["configHash"]
+    assert "ParseInt" not in installation.operator.log()
+    # RBAC denials read 'forbidden: User "system:serviceaccount:..." cannot ...'.
+    assert "forbidden: User" not in installation.operator.log()
+
+
+def test_a_spec_change_moves_the_configmap_and_observed_generation(
+    installation: Installation, namespace: str
+) -> None:
+    cluster = installation.cluster
+    create(cluster, namespace, cache_config("shop", {"defaultTTL": "1m"}))
+    before = eventually(lambda: ready(cluster, namespace, "shop"), what="first Ready")
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "shop", {"spec": {"defaultTTL": "2m"}}
+    )
+
+    def reconciled_again() -> dict[str, Any] | None:
+        body = ready(cluster, namespace, "shop")
+        if body is None or body["metadata"]["generation"] == before["metadata"]["generation"]:
+            return None
+        return body
+
+    after = eventually(reconciled_again, what="Ready at the new generation")
+    assert after["status"]["configHash"] != before["status"]["configHash"]
+    config_map = cluster.core.read_namespaced_config_map("podcache-shop", namespace)
+    assert "defaultTTL: 2m" in config_map.data["config.yaml"]
+
+
+def test_the_operator_peers_through_the_charts_peering_object(
+    installation: Installation,
+) -> None:
+    peer = installation.operator.env["POD_ID"]
+
+    def listed() -> bool:
+        peering = installation.cluster.custom.get_cluster_custom_object(
+            "kopf.dev",
+            "v1",
+            "clusterkopfpeerings",
+            installation.operator.env["PODCACHE_PEERING_NAME"],
+        )
+        return any(key.startswith(peer) for key in (peering.get("status") or {}))
+
+    eventually(listed, what=f"{peer} in the ClusterKopfPeering's status")
+
+
+def test_deleting_the_cacheconfig_collects_what_it_owned(
+    installation: Installation, namespace: str
+) -> None:
+    cluster = installation.cluster
+    create(cluster, namespace, cache_config("gone", {}))
+    eventually(lambda: ready(cluster, namespace, "gone"), what="Ready")
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+
+    def collected() -> bool:
+        names = {
+            c.metadata.name for c in cluster.core.list_namespaced_config_map(namespace).items
+        } | {s.metadata.name for s in cluster.core.list_namespaced_service(namespace).items}
+        configs = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        return "podcache-gone" not in names and not configs["items"]
+
+    eventually(collected, timeout=30, what="the garbage collector to remove owned objects")
+
+
+def test_deleting_the_namespace_finishes(installation: Installation) -> None:
+    """The operator's finalizer must not hold a namespace in Terminating."""
+    cluster = installation.cluster
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="doomed")))
+    eventually(
+        lambda: cluster.core.read_namespaced_service_account("default", "doomed"),
+        what="default ServiceAccount",
+    )
+    create(cluster, "doomed", cache_config("c", {}))
+    eventually(lambda: ready(cluster, "doomed", "c"), what="Ready")
+    cluster.core.delete_namespace("doomed")
+
+    def deleted() -> bool:
+        try:
+            cluster.core.read_namespace("doomed")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    eventually(deleted, timeout=60, what="namespace doomed deleted")
+
+
+def test_servicemonitor_appears_once_its_crd_is_installed(
+    installation: Installation, namespace: str
+) -> None:
+    cluster = installation.cluster
+    create(
+        cluster,
+        namespace,
+        cache_config(
+            "watched",
+            {
+                "metrics": {"serviceMonitor": {"interval": "15s", "labels": {"release": "prom"}}},
+            },
+        ),
+    )
+    eventually(lambda: ready(cluster, namespace, "watched"), what="Ready")
+    crd = yaml.safe_load(SERVICEMONITOR_CRD.read_text())
+    objects.create(cluster.api, crd)
+    wait_crds_established(cluster, crd["metadata"]["name"])
+
+    def monitor() -> dict[str, Any]:
+        found: dict[str, Any] = cluster.custom.get_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", namespace, "servicemonitors", "podcache-watched"
+        )
+        return found
+
+    found = eventually(monitor, timeout=30, what="the ServiceMonitor")
+    assert found["metadata"]["labels"]["release"] == "prom"
+    assert found["metadata"]["ownerReferences"][0]["name"] == "watched"
+    assert found["spec"]["endpoints"][0]["interval"] == "15s"
