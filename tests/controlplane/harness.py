@@ -8,13 +8,15 @@ local process; ``eventually`` polls the apiserver until a condition holds.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from kubernetes import client
+from kubernetes import client, config
 
-from tests.controlplane.cluster import ControlPlane
+from tests.controlplane.cluster import ControlPlane, find_binaries
 from tests.controlplane.helm import Helm
 from tests.controlplane.operator_process import OperatorProcess, point_webhook_at
 from tests.controlplane.pki import KeyPair
@@ -32,6 +34,8 @@ class Cluster:
     plane: ControlPlane
     api: client.ApiClient
     helm: Helm
+    keep_logs: bool = False
+    """Set before leaving ``start_cluster`` to keep the work folder (a test failed)."""
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -137,3 +141,53 @@ def cache_config_ready(cluster: Cluster, namespace: str, name: str) -> dict[str,
     if status.get("observedGeneration") != body["metadata"]["generation"]:
         return None
     return body
+
+
+@contextmanager
+def start_cluster() -> Iterator[Cluster]:
+    """A control plane of its own; raises ``ControlPlaneUnavailable`` when it cannot start
+    (its logs are then kept, as they are when ``keep_logs`` was set)."""
+    binaries = find_binaries()
+    plane = ControlPlane(binaries)
+    running: Cluster | None = None
+    try:
+        plane.start()
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        helm = Helm(binaries / "helm", plane.kubeconfig, plane.workdir / "helm")
+        running = Cluster(plane, api, helm)
+        yield running
+        api.close()
+    finally:
+        plane.stop()
+        if running is not None and not running.keep_logs:
+            shutil.rmtree(plane.workdir, ignore_errors=True)
+
+
+@contextmanager
+def installed_chart(cluster: Cluster, *values: str) -> Iterator[Installation]:
+    """The chart installed with the built helm, its operator a local process under the
+    chart's ServiceAccount, the webhook pointed at it by url: before any labelled pod."""
+    cluster.helm.install(RELEASE, RELEASE_NAMESPACE, *values)
+    wait_crds_established(cluster, "cacheconfigs.podcache.io", "clusterkopfpeerings.kopf.dev")
+    workdir = cluster.plane.workdir / "operator"
+    workdir.mkdir(exist_ok=True)
+    webhook_cert = cluster.plane.ca.issue(
+        "webhook", common_name="podcache-webhook", ips=("127.0.0.1",), server=True
+    )
+    operator = OperatorProcess(
+        cluster.plane,
+        cluster.api,
+        namespace=RELEASE_NAMESPACE,
+        deployment=RELEASE,
+        service_account=RELEASE,
+        webhook_cert=webhook_cert,
+        workdir=workdir,
+    )
+    installed = Installation(cluster, operator, webhook_cert)
+    # The apiserver must never dial the chart's Service IP here.
+    installed.point_webhook()
+    operator.start()
+    try:
+        yield installed
+    finally:
+        operator.stop()
