@@ -74,14 +74,17 @@ _LIBRARY_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.BackendUnavailable, 503, "backend_unavailable"),
 )
 
-_HTTP_CODES: dict[int, str] = {
+HTTP_CODES: dict[int, str] = {
     400: "invalid_request",
     404: "no_route",
     405: "method_not_allowed",
     408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
+    431: "invalid_request",
+    501: "not_implemented",
 }
+"""The code of an HTTP-level failure: aiohttp's exceptions and the parser's rejections."""
 
 
 def response_for(exc: BaseException) -> web.Response:
@@ -89,7 +92,7 @@ def response_for(exc: BaseException) -> web.Response:
     if isinstance(exc, ApiError):
         response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
     elif isinstance(exc, web.HTTPException):
-        code = _HTTP_CODES.get(exc.status, "http_error")
+        code = HTTP_CODES.get(exc.status, "http_error")
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = error_response(exc.status, code, exc.reason, headers=headers)
     else:

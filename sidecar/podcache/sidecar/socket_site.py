@@ -29,6 +29,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_runner import BaseRunner
 
+from podcache.sidecar import http_protocol
+
 logger = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
@@ -329,7 +331,10 @@ class UnixListenerSite(web.BaseSite):
         sock = bind(self._path, backlog=self._backlog)
         self.inode = os.lstat(self._path).st_ino
         self._listener = _Listener(
-            sock, server, limit=self._max_connections, on_change=self._on_connections
+            sock,
+            http_protocol.factory(server),  # JSON answers for what the HTTP parser refuses
+            limit=self._max_connections,
+            on_change=self._on_connections,
         )
         self._server = self._listener  # type: ignore[assignment]  # BaseSite.stop() closes it
         self._listener.start()
