@@ -203,6 +203,23 @@ async def test_lru_bound_by_bytes() -> None:
         await b.stop()
 
 
+async def test_resize_keeps_entries_and_evicts_the_eldest_when_shrunk() -> None:
+    b = MemoryBackend(MemorySettings(max_items=10))
+    try:
+        for i in range(10):
+            await b.set(f"k{i}", b"v")
+        await b.get("k0")  # now the most recent
+        b.resize(MemorySettings(max_items=5, default_ttl=7))
+        assert b.item_count == 5
+        assert b.default_ttl == 7
+        for key in ("k0", "k7", "k8", "k9", "k6"):
+            assert await b.get(key) == b"v"
+        b.resize(MemorySettings(max_items=20))  # growing keeps everything
+        assert b.item_count == 5
+    finally:
+        await b.stop()
+
+
 async def test_key_bytes_count_towards_max_bytes() -> None:
     b = MemoryBackend(MemorySettings(max_bytes=10))
     try:

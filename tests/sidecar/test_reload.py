@@ -10,13 +10,19 @@ Aspects:
 - a ConfigMap-style update (the ..data symlink swapped atomically) is noticed.
 - a new backend (memory -> Redis) is swapped in: new requests go to Redis, a request
   in flight on the old backend finishes normally, the old backend is stopped afterwards.
+- a reload changing only maxItems/maxBytes resizes the memory store in place (a real
+  process, a real file change): entries stay (the eldest evicted if it shrank), a held
+  lock stays held; a new Redis backend of the same type keeps the held locks; memory
+  fences never go backwards, also across memory -> Redis -> memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +34,14 @@ from prometheus_client import generate_latest
 
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
-from tests.sidecar.conftest import Api, StartSidecar, error_of, free_port, wait_until
+from tests.sidecar.conftest import (
+    Api,
+    SidecarProcess,
+    StartSidecar,
+    error_of,
+    free_port,
+    wait_until,
+)
 
 BASE_CONFIG: dict[str, Any] = {
     "type": "memory",
@@ -282,3 +295,101 @@ async def test_forced_reload_does_not_wait_for_the_next_poll(
     sidecar.request_reload()
     await wait_until(lambda: applied(sidecar, 1), within=2, message="forced reload")
     assert (await api.request("PUT", "/v1/cache/k", data=b"x" * 11)).status == 413
+
+
+# -- reloads keep what the backend holds (issue 10, item 2) --
+
+
+async def _reloads_ok(port: int) -> float:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith('lab_sidecar_config_reload_total{result="ok"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_memory_limits_reload_resizes_in_place_and_keeps_locks(
+    spawn_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """A real sidecar process and a real file change: only maxItems/maxBytes differ."""
+    config = {**BASE_CONFIG, "config": {"defaultTTL": "5m", "maxItems": 1000, "maxBytes": 16 << 20}}
+    process = spawn_sidecar(config)
+    await asyncio.to_thread(process.wait_socket)
+    api = Api(process.socket_path)
+    try:
+        for i in range(100):
+            assert (await api.request("PUT", f"/v1/cache/k{i}", data=b"v%d" % i)).status == 204
+        status, lease = await api.json("POST", "/v1/locks/job", json={"ttl": "1m"})
+        assert status == 200
+        shrunk = {**config, "config": {**config["config"], "maxItems": 60, "maxBytes": 8 << 20}}
+        write(process.config_path, shrunk)
+        process.process.send_signal(signal.SIGHUP)
+        await wait_until(
+            lambda: _reloads_ok(process.metrics_port), within=10, message="reload applied"
+        )
+        # Resized in place: the 60 most recently used entries stayed, the eldest 40 went.
+        for i in range(40, 100):
+            response = await api.request("GET", f"/v1/cache/k{i}")
+            assert (response.status, await response.read()) == (200, b"v%d" % i), i
+        for i in range(40):
+            assert (await api.request("GET", f"/v1/cache/k{i}")).status == 404, i
+        # The lock is still held: nobody else gets it, its holder still refreshes it.
+        assert (await api.request("POST", "/v1/locks/job")).status == 409
+        status, refreshed = await api.json(
+            "POST", "/v1/locks/job/refresh", json={"token": lease["token"], "ttl": "1m"}
+        )
+        assert (status, refreshed["fence"]) == (200, lease["fence"])
+        release = await api.request("DELETE", "/v1/locks/job", json={"token": lease["token"]})
+        assert release.status == 204
+        status, after = await api.json("POST", "/v1/locks/job")
+        assert status == 200
+        assert after["fence"] > lease["fence"]
+    finally:
+        await api.close()
+    assert process.terminate() == 0
+
+
+async def test_memory_fences_never_go_backwards_across_backend_swaps(
+    start_sidecar: StartSidecar, short_tmp: Path, redis_url: str
+) -> None:
+    sidecar, api = await start_sidecar(BASE_CONFIG, config_file=True, name="r")
+    fences = []
+    for _ in range(3):
+        _, lease = await api.json("POST", "/v1/locks/f")
+        await api.request("DELETE", "/v1/locks/f", json={"token": lease["token"]})
+        fences.append(lease["fence"])
+    redis_config = {**BASE_CONFIG, "type": "redis", "config": {"url": redis_url}}
+    write(short_tmp / "r.yaml", {**redis_config, "config": {"url": redis_url, "keyPrefix": "f:"}})
+    await wait_until(lambda: applied(sidecar, 1), message="swap to redis")
+    write(short_tmp / "r.yaml", BASE_CONFIG)  # back to a new, empty memory backend
+    await wait_until(lambda: applied(sidecar, 2), message="swap back to memory")
+    status, lease = await api.json("POST", "/v1/locks/f")
+    assert status == 200
+    assert lease["fence"] > max(fences)
+
+
+async def test_redis_settings_reload_keeps_the_held_locks(
+    start_sidecar: StartSidecar, short_tmp: Path, redis_url: str
+) -> None:
+    """A new Redis backend (other timeouts) must not release the locks handed out before."""
+    prefix = f"keep-{uuid.uuid4().hex[:6]}:"
+    config = {**BASE_CONFIG, "type": "redis", "config": {"url": redis_url, "keyPrefix": prefix}}
+    sidecar, api = await start_sidecar(config, config_file=True, name="r")
+    assert sidecar.state is not None
+    assert sidecar.reloader is not None
+    old_cache = sidecar.state.cache
+    _, lease = await api.json("POST", "/v1/locks/job", json={"ttl": "1m"})
+    slower = {**config, "config": {**config["config"], "timeouts": {"operation": "2s"}}}
+    write(short_tmp / "r.yaml", slower)
+    await wait_until(lambda: applied(sidecar, 1), message="reload")
+    assert sidecar.state.cache is not old_cache
+    await asyncio.wait_for(sidecar.reloader.wait_retired(), 15)  # the old backend is gone
+    assert (await api.request("POST", "/v1/locks/job")).status == 409  # still held
+    status, refreshed = await api.json(
+        "POST", "/v1/locks/job/refresh", json={"token": lease["token"], "ttl": "1m"}
+    )
+    assert (status, refreshed["fence"]) == (200, lease["fence"])

@@ -98,6 +98,13 @@ class MemoryBackend(Backend):
     async def ping(self) -> None:
         self._ensure_running()
 
+    def resize(self, settings: MemorySettings) -> None:
+        """Apply new settings to the live store (a config reload): entries, locks and
+        fences stay; if the bounds shrank, the least recently used entries go now."""
+        self.settings = settings
+        self.default_ttl = settings.default_ttl
+        self._evict()
+
     def _ensure_running(self) -> None:
         if self._stopped:
             raise BackendUnavailable("the memory backend has been stopped")

@@ -7,8 +7,10 @@ release; a waiter's sleep is also bounded by the holder's expiry, so a lease tha
 lapses without a release is noticed on time.
 
 The table belongs to the backend object (``table_for``), so two lock services built
-on the same ``MemoryBackend`` see the same locks. Fences come from one counter per
-table: strictly increasing for every name, which is all fencing needs.
+on the same ``MemoryBackend`` see the same locks. Fences come from one counter for the
+whole process, shared by every table: strictly increasing for every name even when a
+sidecar reload replaces the backend (memory -> redis -> memory), so a fence never goes
+backwards while the process lives.
 
 BEWARE: one event loop. The table must not be shared between threads.
 """
@@ -30,6 +32,9 @@ from podcache.locks.base import Busy, Lease, LockService
 _PRUNE_FLOOR = 1024
 """Expired entries of names nobody touches again are dropped once the table grows past this."""
 
+_FENCES = itertools.count(1)
+"""The process-wide fence counter (see the module docstring); next() on it is atomic."""
+
 
 @dataclasses.dataclass
 class _Owner:
@@ -43,7 +48,7 @@ class LockTable:
 
     def __init__(self) -> None:
         self.owners: dict[str, _Owner] = {}
-        self.fences = itertools.count(1)
+        self.fences = _FENCES
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._prune_at = _PRUNE_FLOOR
 

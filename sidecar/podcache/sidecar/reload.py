@@ -16,6 +16,11 @@ listener, build the new backend (and ping it), then commit: switch the backend
 slot, move the elections to it, swap the config (limits, default TTLs, namespace
 are read per request), follow the elections list. The old backend is retired in
 the background once the requests that started on it have finished.
+
+Locks survive every reload that keeps the backend type: a memory backend whose
+settings changed is resized in place (it holds the entries, locks and fences;
+``CacheSlot.resize_in_place``), and a new backend of the same type takes over the
+old one's leases, so retiring the old one releases none that a holder still holds.
 """
 
 from __future__ import annotations
@@ -152,7 +157,9 @@ class Reloader:
         if new.metrics.port != old.metrics.port:
             await self._metrics_server.move(new.metrics.port)
         slot: CacheSlot | None = None
-        if backend_identity(new.backend) != state.slot.identity:
+        if backend_identity(new.backend) != state.slot.identity and not (
+            state.slot.resize_in_place(new.backend)
+        ):
             slot = await self._new_slot(new)
             await self._ping(slot)
         # 2. Commit.
@@ -168,6 +175,8 @@ class Reloader:
             logs.set_level(new.log_level)
         if slot is not None:
             previous = state.slot
+            if new.backend.type == previous.config.type:
+                slot.take_leases(previous)
             state.slot = slot
             state.metrics.backend_swaps.inc()
             logger.info("switched to the new %s backend", new.backend.type)

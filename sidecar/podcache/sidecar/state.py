@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from podcache import configfile
+from podcache.backends.memory import MemoryBackend
 from podcache.cache import Cache
 from podcache.config import Config, MemorySettings
 from podcache.sidecar import leases
@@ -63,6 +64,26 @@ class CacheSlot:
         self.inflight -= 1
         if self.inflight <= 0 and self._idle is not None:
             self._idle.set()
+
+    def resize_in_place(self, config: Config) -> bool:
+        """Follow ``config`` without a new backend when only the memory backend's settings
+        changed (bounds, reap interval): entries, locks and fences live in the backend
+        object, so rebuilding it would lose them. False when a new backend is needed."""
+        backend = self.cache.backend
+        if not isinstance(config.settings, MemorySettings) or not isinstance(
+            backend, MemoryBackend
+        ):
+            return False
+        backend.resize(config.settings)
+        self.config = config
+        self.identity = backend_identity(config)
+        self.cache.config = config
+        return True
+
+    def take_leases(self, previous: CacheSlot) -> None:
+        """Keep the leases handed out on ``previous`` (same backend type): retiring it must
+        not release locks their holders still hold; they refresh and release through us."""
+        self.leases, previous.leases = previous.leases, leases.LeaseBook()
 
     async def drain(self, grace: float) -> bool:
         """Wait until no request uses this slot any more; False if ``grace`` s passed first."""
