@@ -52,17 +52,19 @@ async def _watch(request: web.Request, election: Election) -> web.StreamResponse
     response = web.StreamResponse(
         headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
     )
-    await response.prepare(request)
     heartbeat = request.app[STATE].watch_heartbeat
+    # Every write, the headers and the end of the stream included, may find the client
+    # gone (aiohttp raises ConnectionError or RuntimeError): that ends the watch quietly.
     try:
+        await response.prepare(request)
         async for state in election.changes(heartbeat=heartbeat):
             # None is a heartbeat: a blank line keeps idle proxies and clients from timing out
             body = b"" if state is None else json.dumps(dataclasses.asdict(state)).encode()
             line = body + b"\n"
             await response.write(line)
+        await response.write_eof()
     except (ConnectionError, RuntimeError):
-        return response  # the client went away (aiohttp raises either): nothing to finish
-    await response.write_eof()
+        pass  # nothing left to finish
     return response
 
 
