@@ -166,7 +166,9 @@ class Elector:
 
     @property
     def is_leader(self) -> bool:
-        return self._leader
+        """Whether we lead *now*: also False once the renew deadline has passed, even
+        before the campaign loop has run to step down (after a process pause)."""
+        return self._leader and time.monotonic() < self._last_renew + self.renew_deadline
 
     @property
     def holder(self) -> str | None:
@@ -180,7 +182,16 @@ class Elector:
 
     @property
     def state(self) -> LeaderState:
-        return self._state
+        """The last observed state, with ``leader`` checked against the renew deadline now.
+
+        A process resumed after a pause longer than the renew deadline must not report
+        itself leader while another may hold the lease: the campaign loop steps down
+        only when it next runs, which may be after this answer is served.
+        """
+        state = self._state
+        if state.leader and not self.is_leader:
+            return LeaderState(leader=False, holder=None, term=state.term)
+        return state
 
     @property
     def version(self) -> int:
@@ -218,8 +229,15 @@ class Elector:
         record = await self._store.read()
         if not self._leader:
             self._observe(record)
-        leading = self._leader and record.holder == self.identity
+        leading = self.is_leader and record.holder == self.identity
         return LeaderState(leader=leading, holder=record.holder, term=record.term)
+
+    def forget_metrics(self) -> None:
+        """Remove this election's metric series (``stop()`` first): for an election left
+        for good, so its label set does not stay in every scrape."""
+        if self._task is not None:
+            raise RuntimeError(f"election {self.name}: stop() the elector before forgetting it")
+        self._metrics.forget(self.name)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ election per registry (the sidecar does), or the last writer wins.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -55,6 +56,19 @@ class ElectionMetrics:
         if metrics is None:
             metrics = per_namespace[namespace] = cls(registry, namespace=namespace)
         return metrics
+
+    STEP_DOWN_REASONS = ("resigned", "stopped", "lost", "deadline")
+    """Every ``reason`` label ``step_downs`` is given (see the elector's ``_step_down``)."""
+
+    def forget(self, election: str) -> None:
+        """Remove every series of ``election``: it was left for good, so its label set must
+        not linger in every scrape (elections joined and left at run time add up)."""
+        for metric in (self.is_leader, self.term, self.transitions, self.renew_failures):
+            with contextlib.suppress(KeyError):
+                metric.remove(election)
+        for reason in self.STEP_DOWN_REASONS:
+            with contextlib.suppress(KeyError):
+                self.step_downs.remove(election, reason)
 
     def prepare(self, election: str) -> None:
         """Export zeros for a new election, so dashboards see it before anything happens."""

@@ -49,7 +49,13 @@ class Election:
 
     @property
     def state(self) -> LeaderState:
-        return self._state
+        """The state to serve: ``leader`` is checked against the renew deadline right now
+        (see ``Elector.state``), not taken from the last published change."""
+        state = self._state
+        elector = self.elector
+        if state.leader and (elector is None or not elector.is_leader):
+            return LeaderState(leader=False, holder=None, term=state.term)
+        return state
 
     async def start(self, cache: Cache) -> None:
         """Campaign on ``cache``'s backend (the elector renews and retries by itself)."""
@@ -93,8 +99,11 @@ class Election:
         self._publish(LeaderState(leader=False, holder=None, term=self._state.term))
 
     async def close(self) -> None:
-        """Leave the election for good: resign and end the watch streams."""
+        """Leave the election for good: resign, drop its metric series, end the watch streams."""
+        elector = self.elector
         await self.stop_elector()
+        if elector is not None and not elector.running:
+            elector.forget_metrics()
         self.close_watchers()
 
     def close_watchers(self) -> None:
@@ -126,7 +135,7 @@ class Election:
         """
         last: LeaderState | None = None
         while True:
-            current = self._state
+            current = self.state
             if current != last:
                 last = current
                 yield current
