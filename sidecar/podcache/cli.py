@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -126,7 +127,13 @@ def _lock(client: Client, args: argparse.Namespace) -> int:
     command: list[str] = args.cmd
     if not command:
         # No command: take the lease and print it; it ends by its ttl or `podcache unlock`.
+        from podcache.client import locking
+
+        sent_at = time.monotonic()
         lease = client.acquire_lock(args.name, ttl=args.ttl, wait=args.wait)
+        stale = locking.stale_on_arrival(args.name, lease, sent_at=sent_at)
+        if stale is not None:  # printing it would hand out a lease that already ended
+            raise stale
         print(json.dumps(lease.as_json()))
         return EXIT_OK
     return _run_locked(client, args, command)

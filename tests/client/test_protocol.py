@@ -215,11 +215,6 @@ def test_lease_clock_never_outlives_the_lease() -> None:
     assert state.request_timeout(100.5, 10.0) == pytest.approx(0.4)
 
 
-def test_grant_time_after_a_blocking_wait() -> None:
-    assert locking.grant_time(sent_at=10.0, received_at=12.0, waited=False) == 10.0
-    assert locking.grant_time(sent_at=10.0, received_at=12.0, waited=True) == pytest.approx(11.95)
-
-
 # -- CLI -------------------------------------------------------------------------------------
 
 def test_cli_splits_the_locked_command_off() -> None:

@@ -22,7 +22,8 @@ from tests.sidecar.conftest import Api, StartSidecar, error_of
 async def test_acquire_returns_lease(api: Api) -> None:
     status, lease = await api.json("POST", "/v1/locks/job", json={"ttl": "5s"})
     assert status == 200
-    assert set(lease) == {"token", "fence", "ttl_ms"}
+    assert set(lease) == {"token", "fence", "ttl_ms", "waited_ms"}
+    assert 0 <= lease["waited_ms"] < 1000  # no wait: about the time to reach Redis
     assert isinstance(lease["token"], str)
     assert lease["token"]
     assert isinstance(lease["fence"], int)

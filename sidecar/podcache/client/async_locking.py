@@ -1,14 +1,16 @@
 """The asyncio flavour of ``locking.HeldLock``: ``async with client.lock(...) as held``.
 
 Same rules as the sync one (see ``locking``): refresh every ttl/3, retry quickly
-after a failed refresh, and signal the loss when the sidecar refuses the refresh
-or no refresh succeeded before the lease's expiry. Kept apart so the sync client
+after a failed refresh, signal the loss when the sidecar refuses the refresh or no
+refresh succeeded before the lease's deadline (counted from the send), and never
+hand out a lease already past its deadline. Kept apart so the sync client
 and the CLI never import asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from podcache.client import protocol
-from podcache.client.locking import HeldLockBase, LeaseState, grant_time, logger
+from podcache.client.locking import HeldLockBase, LeaseState, logger, stale_on_arrival
 from podcache.errors import NotOwner, PodcacheError
 
 if TYPE_CHECKING:
@@ -46,8 +48,11 @@ class AsyncHeldLock(HeldLockBase):
     async def __aenter__(self) -> AsyncHeldLock:
         sent_at = time.monotonic()
         lease = await self._client.acquire_lock(self.name, ttl=self._ttl, wait=self._wait)
-        self._state.granted(lease, sent_at=grant_time(sent_at=sent_at, received_at=time.monotonic(),
-                                                      waited=self._wait > 0))
+        stale = stale_on_arrival(self.name, lease, sent_at=sent_at)
+        if stale is not None:
+            await self._release_quietly(lease.token)  # the token check keeps this safe
+            raise stale
+        self._state.granted(lease, sent_at=sent_at)
         self._task = asyncio.create_task(self._refresh_loop(), name=f"podcache-lock-{self.name}")
         return self
 
@@ -61,6 +66,8 @@ class AsyncHeldLock(HeldLockBase):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.lost:
+            # Past its deadline it may still be ours in Redis: free it for the next holder.
+            await self._release_quietly(self.token)
             return
         try:
             await self._client.release_lock(self.name, token=self.token)
@@ -68,6 +75,11 @@ class AsyncHeldLock(HeldLockBase):
             await self._mark_lost("the sidecar no longer knew our token at release")
         except PodcacheError as error:
             logger.warning("releasing lock %r failed (it expires by its ttl): %s", self.name, error)
+
+    async def _release_quietly(self, token: str) -> None:
+        # Not ours any more, or the sidecar is away: either way the lease ends by its ttl.
+        with contextlib.suppress(PodcacheError):
+            await self._client.release_lock(self.name, token=token)
 
     async def wait_lost(self) -> str:
         """Wait until the lock is lost; return why (handy in ``asyncio.wait`` next to the work)."""
@@ -80,9 +92,12 @@ class AsyncHeldLock(HeldLockBase):
         while True:
             await asyncio.sleep(delay)
             now = time.monotonic()
-            if now >= self._state.expires_at:
+            if self._state.lost_reason is None and now >= self._state.expires_at:
                 await self._mark_lost(f"no refresh succeeded within the {self.ttl:g}s ttl"
                                       + (f" (last error: {last_error})" if last_error else ""))
+                return
+            if self._state.lost_reason is not None:  # a check() saw the deadline pass first
+                await self._mark_lost(self._state.lost_reason)
                 return
             try:
                 lease = await self._client.refresh_lock(
@@ -100,10 +115,11 @@ class AsyncHeldLock(HeldLockBase):
             delay = self._state.refresh_delay()
 
     async def _mark_lost(self, reason: str) -> None:
-        if self._state.lost_reason is not None:
+        if self.lost_event.is_set():
             return
-        self._state.lost_reason = reason
-        logger.warning("lock %r lost: %s", self.name, reason)
+        if self._state.lost_reason is None:
+            self._state.lost_reason = reason
+        logger.warning("lock %r lost: %s", self.name, self._state.lost_reason)
         self.lost_event.set()
         if self._on_lost is not None:
             try:

@@ -23,6 +23,9 @@ class Lease:
     fence: int
     ttl: float
     """Seconds the lease lasts from the moment the sidecar granted it."""
+    waited: float = 0.0
+    """Seconds the sidecar held the acquire before sending the granting write (a blocking
+    wait): the lease is certainly ours until the request's send time + ``waited`` + ``ttl``."""
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "token": self.token, "fence": self.fence,
@@ -54,9 +57,13 @@ def parse_lease(name: str, payload: Any) -> Lease:
         ttl_ms = data["ttl_ms"]
     except KeyError as exc:
         raise _malformed(f"lock lease lacks {exc.args[0]!r}: {payload!r}") from exc
-    if not isinstance(token, str) or not _is_int(fence) or not _is_number(ttl_ms):
+    # Absent from older sidecars: 0 counts the lease from the send, never too long.
+    waited_ms = data.get("waited_ms", 0)
+    if (not isinstance(token, str) or not _is_int(fence) or not _is_number(ttl_ms)
+            or not _is_number(waited_ms)):
         raise _malformed(f"lock lease has fields of the wrong type: {payload!r}")
-    return Lease(name=name, token=token, fence=int(fence), ttl=float(ttl_ms) / 1000.0)
+    return Lease(name=name, token=token, fence=int(fence), ttl=float(ttl_ms) / 1000.0,
+                 waited=max(0.0, float(waited_ms) / 1000.0))
 
 
 def parse_leader_status(payload: Any) -> LeaderStatus:

@@ -389,6 +389,12 @@ def _schemas(config: configfile.SidecarConfig) -> dict[str, Any]:
                 "token": {"type": "string"},
                 "fence": {"type": "integer"},
                 "ttl_ms": {"type": "integer"},
+                "waited_ms": {
+                    "type": "integer",
+                    "description": "From the request's arrival to the sending of the granting "
+                                   "write: the lease lasts ttl_ms from the client's send time "
+                                   "plus this.",
+                },
             },
         },
         "LeaderState": {

@@ -9,6 +9,7 @@ answer before the request timeout. Every lease handed out is noted in the slot's
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -55,15 +56,20 @@ def _wait(payload: dict[str, Any], state: SidecarState) -> float:
     return min(wait, max(0.0, timeout - min(1.0, timeout / 4)))
 
 
-def _lease_json(lease: Any) -> dict[str, Any]:
+def _lease_json(lease: Any, *, waited: float = 0.0) -> dict[str, Any]:
     return {
         "token": lease.token,
         "fence": int(lease.fence),
         "ttl_ms": round(float(lease.ttl) * 1000),
+        # Rounded down: the client adds it to its send time, which must never overshoot.
+        "waited_ms": int(waited * 1000),
     }
 
 
 async def acquire(request: web.Request) -> web.Response:
+    # Taken after the client sent: the client's deadline (its send time + waited + ttl)
+    # then never lies past the lease's real end.
+    received = time.monotonic()
     state = request.app[STATE]
     name = _name(request)
     payload = await inputs.json_object(request, allowed=_ACQUIRE_FIELDS)
@@ -74,7 +80,7 @@ async def acquire(request: web.Request) -> web.Response:
     if lease is None:
         raise LockNotAcquired(f"lock {name!r} is held by someone else", lock_name=name)
     slot.leases.held(name, lease)
-    return web.json_response(_lease_json(lease))
+    return web.json_response(_lease_json(lease, waited=max(0.0, lease.acquired_at - received)))
 
 
 async def refresh(request: web.Request) -> web.Response:
