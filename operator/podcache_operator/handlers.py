@@ -29,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import drift, injection, kubeapi, reconciling, rendering
+from podcache_operator import cacheconfig_mirror, drift, injection, kubeapi, reconciling, rendering
 from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
@@ -66,6 +66,8 @@ class RuntimeState:
         default_factory=podcache_metrics.OperatorMetrics
     )
     """The operator's Prometheus metrics (served by ``main.serve_metrics``)."""
+    cacheconfig_mirror: cacheconfig_mirror.CacheConfigMirror | None = None
+    """The webhook's live CacheConfigs (``main.mirror_cacheconfigs``); None: ask the API."""
 
 
 @kopf.index(*CACHECONFIGS)

@@ -24,7 +24,8 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import handlers, metrics, rendering, webhook
+from podcache import tasks
+from podcache_operator import cacheconfig_mirror, handlers, metrics, rendering, webhook
 from podcache_operator import settings as podcache_settings
 
 PREFIX = "podcache.io"
@@ -109,6 +110,26 @@ async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
         await endpoint.stop()
 
 
+@kopf.on.startup()
+async def mirror_cacheconfigs(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Start the webhook's CacheConfig mirror (kept current on standby replicas too)."""
+    if not memo.get("clusterwide", True):
+        logger.info("Namespaced operator: the webhook reads each CacheConfig from the API")
+        return
+    mirror = cacheconfig_mirror.CacheConfigMirror()
+    memo["state"].cacheconfig_mirror = mirror
+    memo["mirror_task"] = asyncio.create_task(mirror.run(settings), name="cacheconfig mirror")
+
+
+@kopf.on.cleanup()
+async def stop_mirror(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("mirror_task")
+    if task is not None:
+        await tasks.cancel_and_wait(task)
+
+
 async def _no_webhooks(fn: kopf.WebhookFn) -> Any:
     """A webhook 'server' that never serves: the webhook is turned off."""
     await asyncio.Event().wait()
@@ -166,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace,
         standalone=True if args.standalone else None,
         liveness_endpoint=args.liveness or config.liveness_endpoint,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, clusterwide=not args.namespace),
     )
     return 0
 

@@ -12,9 +12,10 @@ and any unexpected failure becomes a denied review — never a 500 with a traceb
 and never a stopped server. Every request is timed and counted by outcome there
 (``metrics``).
 
-Which CacheConfig a pod names is looked up in an index kopf keeps of all
-CacheConfigs (no API call per pod), with one GET as a fallback for a CacheConfig
-created a moment ago.
+Which CacheConfig a pod names is looked up in ``cacheconfig_mirror`` (no API call per
+pod), a watch that kopf peering does not pause, so standby replicas answer from the
+CacheConfig as it is too; one GET is the fallback for a CacheConfig created a moment
+ago.
 
 The JSONPatch ``injection`` builds goes to the apiserver as it is: behind
 ``AdmissionServer`` the handler hands its ops over through a per-request context
@@ -35,7 +36,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from podcache_operator import conditions, injection, kubeapi, rendering
+from podcache_operator import cacheconfig_mirror, conditions, injection, kubeapi, rendering
 from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
@@ -194,13 +195,16 @@ async def find_cacheconfig(
     *,
     namespace: str,
     name: str,
-    index: Mapping[Any, Any],
+    mirror: cacheconfig_mirror.CacheConfigMirror | None,
     kopf_settings: kopf.OperatorSettings,
     logger: kubeapi.Logger,
 ) -> Mapping[str, Any] | None:
-    """The CacheConfig a pod names: from kopf's index, else one GET (it may be brand new)."""
-    for snapshot in index.get((namespace, name), ()):
-        return snapshot  # type: ignore[no-any-return]
+    """The CacheConfig a pod names, as it is now: from the live mirror, else one GET (the
+    mirror is still listing, is off, or has not seen a CacheConfig created a moment ago)."""
+    if mirror is not None and mirror.synced:
+        found = mirror.get(namespace, name)
+        if found is not None:
+            return found
     return await kubeapi.get(
         kubeapi.CACHECONFIGS, namespace=namespace, name=name, settings=kopf_settings, logger=logger
     )
@@ -246,7 +250,6 @@ async def inject(
     **kwargs: Any,
 ) -> None:
     """Add the podcache sidecar to a pod that names a CacheConfig."""
-    cacheconfigs: kopf.Index[Any, Any] = kwargs["cacheconfigs"]  # kopf's index, by its name
     config: podcache_settings.Settings = memo.config
     pod = dict(body)
     namespace = body.metadata.namespace or ""
@@ -255,7 +258,7 @@ async def inject(
     cacheconfig = await find_cacheconfig(
         namespace=namespace,
         name=name,
-        index=cacheconfigs,
+        mirror=memo.state.cacheconfig_mirror,
         kopf_settings=memo.kopf_settings,
         logger=logger,
     )

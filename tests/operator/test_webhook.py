@@ -25,8 +25,9 @@ import aiohttp
 import kopf
 import kubernetes_validate
 import pytest
+from kopf._cogs.clients import watching
 
-from podcache_operator import injection, webhook
+from podcache_operator import cacheconfig_mirror, handlers, injection, webhook
 from tests.operator import emulator, samples
 from tests.operator.conftest import (
     WEBHOOKS,
@@ -303,15 +304,21 @@ async def test_handler_outside_our_server_patches_through_kopf(
     pod["metadata"]["namespace"] = "shop"
     body = kopf.Body(pod)
     patch = kopf.Patch(body=body)
-    cacheconfig = {"metadata": {"name": "shop"}, "spec": samples.MEMORY_SPEC}
+    cacheconfig = {"metadata": {"name": "shop", "namespace": "shop"}, "spec": samples.MEMORY_SPEC}
+    mirror = cacheconfig_mirror.CacheConfigMirror()
+    mirror.apply({"type": None, "object": cacheconfig})
+    mirror.apply(watching.Bookmark.LISTED)
     warnings: list[str] = []
     await webhook.inject(
         body=body,
         patch=patch,
         warnings=warnings,
-        memo=kopf.Memo(config=config, kopf_settings=kopf.OperatorSettings()),
+        memo=kopf.Memo(
+            config=config,
+            kopf_settings=kopf.OperatorSettings(),
+            state=handlers.RuntimeState(cacheconfig_mirror=mirror),
+        ),
         logger=logging.getLogger(__name__),
-        cacheconfigs={("shop", "shop"): [cacheconfig]},
     )
     expected = injection.apply_patch(
         pod,
