@@ -56,6 +56,7 @@ DEFAULT_SCRAPE_INTERVAL = "30s"
 DEFAULT_LOG_LEVEL = "info"
 
 _MAX_NAME = 63  # Services are DNS labels; keep every owned object within that
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # DNS-1035: what a Service name must be
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _SUFFIXES = {
     None: 1,
@@ -87,12 +88,16 @@ class Rendered:
 
 
 def object_name(cacheconfig: str) -> str:
-    """Name of the ConfigMap, Service and ServiceMonitor of a CacheConfig."""
+    """Name of the ConfigMap, Service and ServiceMonitor of a CacheConfig: always a
+    DNS-1035 label. A CacheConfig name that would not make one (too long, or with dots:
+    CacheConfigs created before the CRD refused those) gets a hash suffix, so that
+    ``a.b`` and ``a-b`` still own different objects."""
     name = f"podcache-{cacheconfig}"
-    if len(name) <= _MAX_NAME:
+    if len(name) <= _MAX_NAME and _DNS_LABEL.fullmatch(name):
         return name
     digest = hashlib.sha256(cacheconfig.encode()).hexdigest()[:8]
-    return f"{name[: _MAX_NAME - 9].rstrip('-.')}-{digest}"
+    safe = re.sub(r"[^a-z0-9-]", "-", name.lower())[: _MAX_NAME - 9].rstrip("-")
+    return f"{safe}-{digest}"
 
 
 def parse_quantity(value: object, *, field: str) -> int:

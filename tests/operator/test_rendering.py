@@ -9,6 +9,7 @@ owned-object names stay valid DNS labels; quantities.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -241,6 +242,14 @@ class TestObjects:
         assert len(short) <= 63
         assert short != rendering.object_name("x" * 81)
         assert rendering.object_name("shop") == "podcache-shop"
+
+    @pytest.mark.parametrize("name", ["my.cache", "My_Cache", "a.b", "x" * 54 + ".y"])
+    def test_owned_names_are_always_dns_labels(self, name: str) -> None:
+        owned = rendering.object_name(name)
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", owned), owned
+        assert len(owned) <= 63
+        if "." in name:
+            assert owned != rendering.object_name(name.replace(".", "-"))
 
 
 class TestQuantities:
