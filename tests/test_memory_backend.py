@@ -10,18 +10,30 @@ Aspects:
   in batches that let other tasks run in between;
 - bad input (non-bytes value, empty/overlong/non-str key) is refused before any change;
 - many concurrent tasks keep the byte and item accounting exact;
+- maxBytes bounds memory: each entry is charged at least what Python allocates for it
+  (tracemalloc), also under a flood of tiny entries and with stale wheel references;
+- resize applies new bounds in place, evicting the eldest when they shrank;
 - stop() is idempotent and later calls fail clearly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
 
-from podcache.backends.memory import REAP_BATCH, MemoryBackend
+from podcache.backends import memory
+from podcache.backends.memory import (
+    ENTRY_OVERHEAD,
+    REAP_BATCH,
+    STALE_REF_OVERHEAD,
+    MemoryBackend,
+    entry_size,
+)
 from podcache.config import MemorySettings
 from podcache.errors import (
     BackendUnavailable,
@@ -62,7 +74,7 @@ async def test_overwrite_replaces_value_and_accounting(backend: MemoryBackend) -
     await backend.set("k", b"1")
     assert await backend.get("k") == b"1"
     assert backend.item_count == 1
-    assert backend.bytes_used == len("k") + 1
+    assert backend.bytes_used - backend.stale_bytes == entry_size("k", 1)
 
 
 async def test_get_missing_raises_cache_miss(backend: MemoryBackend) -> None:
@@ -186,19 +198,21 @@ async def test_lru_bound_by_items() -> None:
 
 
 async def test_lru_bound_by_bytes() -> None:
-    # each entry: 1-byte key + 9-byte value = 10 bytes; 25 bytes hold two.
-    b = MemoryBackend(MemorySettings(max_bytes=25))
+    # each entry: 1-byte key + 9-byte value + the overhead; this holds two.
+    one = entry_size("a", 9)
+    b = MemoryBackend(MemorySettings(max_bytes=2 * one + 100))
     try:
         await b.set("a", b"x" * 9)
         await b.set("b", b"x" * 9)
         await b.set("c", b"x" * 9)
-        assert b.bytes_used == 20
+        assert b.bytes_used - b.stale_bytes == 2 * one
         with pytest.raises(CacheMiss):
             await b.get("a")
         assert await b.get("c") == b"x" * 9
-        await b.set("d", b"x" * 19)  # 20 bytes: evicts both older entries
+        await b.set("d", b"x" * (one + 9))  # more than one entry's room: evicts both
         assert b.item_count == 1
-        assert b.bytes_used == 20
+        assert b.bytes_used - b.stale_bytes == entry_size("d", one + 9)
+        assert b.bytes_used <= 2 * one + 100
     finally:
         await b.stop()
 
@@ -221,7 +235,7 @@ async def test_resize_keeps_entries_and_evicts_the_eldest_when_shrunk() -> None:
 
 
 async def test_key_bytes_count_towards_max_bytes() -> None:
-    b = MemoryBackend(MemorySettings(max_bytes=10))
+    b = MemoryBackend(MemorySettings(max_bytes=ENTRY_OVERHEAD + 10))
     try:
         with pytest.raises(ValueTooLarge, match="maxBytes"):
             await b.set("é" * 5, b"x")  # 10 key bytes + 1 value byte
@@ -230,7 +244,7 @@ async def test_key_bytes_count_towards_max_bytes() -> None:
 
 
 async def test_oversized_entry_refused_and_cache_kept() -> None:
-    b = MemoryBackend(MemorySettings(max_bytes=100))
+    b = MemoryBackend(MemorySettings(max_bytes=ENTRY_OVERHEAD + 100))
     try:
         await b.set("keep", b"v")
         with pytest.raises(ValueTooLarge):
@@ -249,7 +263,7 @@ async def test_reaper_removes_expired_entries_without_reads(backend: MemoryBacke
     await backend.set("long", b"v", ttl=30)
     assert backend.item_count == 11
     await wait_for(lambda: backend.item_count == 1)
-    assert backend.bytes_used == len("long") + 1
+    assert backend.bytes_used == entry_size("long", 1)  # the stale references went too
 
 
 async def test_reaper_started_explicitly_before_any_call() -> None:
@@ -307,14 +321,54 @@ async def test_reaper_ignores_overwritten_entries(backend: MemoryBackend) -> Non
     assert await backend.get("k") == b"new"
 
 
-async def test_heap_is_compacted_under_repeated_overwrites() -> None:
-    b = MemoryBackend(MemorySettings(reap_interval=3600))
+async def test_wheel_is_compacted_under_repeated_overwrites() -> None:
+    b = MemoryBackend(MemorySettings(reap_interval=3600, max_bytes=100_000))
     try:
         for _ in range(5000):
             await b.set("same", b"v", ttl=60)
-        assert len(b._heap) <= 2 * b.item_count + 1024 + 1
+        assert b.bytes_used <= b.settings.max_bytes
+        assert b._wheel_items <= 100_000 // 4 // STALE_REF_OVERHEAD + 2
+        assert await b.get("same") == b"v"
     finally:
         await b.stop()
+
+
+# -- maxBytes bounds memory (issue 10, item 3) --
+
+
+async def _traced_store(settings: MemorySettings, count: int, size: int) -> tuple[int, int]:
+    """Fill a backend; return (bytes Python allocated for keys, values and the store,
+    the backend's charge). tracemalloc counts requested sizes: allocator rounding adds
+    up to ~30 B per entry, which ENTRY_OVERHEAD leaves room for (checked below)."""
+    backend = MemoryBackend(settings)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            await backend.set(f"key:{i:08d}", b"%0*d" % (size, i), ttl=300)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    charged = backend.bytes_used
+    await backend.stop()
+    return traced, charged
+
+
+# 21,900 entries: just past a table growth, where the tables cost the most per entry.
+@pytest.mark.parametrize("size", [1, 100, 5000])
+async def test_charge_covers_what_the_entries_really_take(size: int) -> None:
+    settings = MemorySettings(max_items=10**7, max_bytes=1 << 40, reap_interval=3600)
+    traced, charged = await _traced_store(settings, 21_900, size)
+    assert traced + 30 * 21_900 <= charged, (traced / 21_900, charged / 21_900)
+
+
+async def test_memory_stays_within_max_bytes_under_a_flood_of_tiny_entries() -> None:
+    """The issue's case: tiny entries used to cost ~490 B each against a 1-2 B charge."""
+    settings = MemorySettings(max_items=10**7, max_bytes=2 << 20, reap_interval=3600)
+    traced, charged = await _traced_store(settings, 60_000, 1)  # ~7x what fits
+    assert charged <= 2 << 20
+    assert traced <= (2 << 20) * 1.1, traced
 
 
 # -- bad input --
@@ -363,8 +417,10 @@ async def test_many_concurrent_tasks_keep_accounting_exact() -> None:
 
         await asyncio.gather(*(worker(n) for n in range(50)))
         assert b.item_count <= 500
-        expected = sum(len(k.encode()) + len(e.value) for k, e in b._entries.items())
-        assert b.bytes_used == expected
+        expected = sum(
+            entry_size(key, len(memory._value(stored))) for key, stored in b._entries.items()
+        )
+        assert b.bytes_used - b.stale_bytes == expected
     finally:
         await b.stop()
 
