@@ -132,14 +132,79 @@ def test_bad_config_file_names_the_field(text: str, field: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@r:6379/0", "redis://r:6379/0 (config.url)"),
+        ("rediss://app:s3cret@r:6380/1", "rediss://app@r:6380/1 (config.url)"),
+        ("unix:///run/redis.sock?db=2&password=s3cret", "unix:///run/redis.sock?db=2 (config.url)"),
+    ],
+)
+def test_endpoint_of_settings_built_directly_never_shows_the_password(url: str,
+                                                                      shown: str) -> None:
+    # Config refuses such URLs; settings built in code are still redacted in logs.
+    assert RedisSettings(url=url).endpoint() == shown
+    assert "s3cret" not in repr(RedisSettings(url="redis://r:1", password="s3cret"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@r:6379/0",
+        "rediss://app:s3cret@r:6380/1",
+        "redis://app@r:6379/0",
+        "redis://r:6379/0?password=s3cret",
+        "redis://r:6379/0?db=1&Password=s3cret",
+        "redis://r:6379/0?pass%77ord=s3cret",
+        "redis://r:6379/0?username=app",
+        "unix:///run/redis.sock?db=2&password=s3cret",
+        "unix://:s3cret@/run/redis.sock",
+    ],
+)
+def test_credentials_anywhere_in_the_url_are_refused(url: str) -> None:
+    """Issue 10, item 8: the URL lands in a ConfigMap; ``?password=`` slipped through."""
+    with pytest.raises(ConfigError) as info:
+        Config(type="redis", config={"url": url})
+    assert info.value.field == "config.url"
+    assert "credentials" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("type: redis\nconfig: {url: 'http://app:s3cret@r:1/0'}", "config.url"),
+        ("type: redis\nconfig: {url: 'redis:/app:s3cret@r:1/0'}", "config.url"),
+        ("type: redis\nconfig: {url: 'app:s3cret@r:1'}", "config.url"),
+        ("type: redis\nconfig: {url: 'redis://r:1/0', password: 31415926}", "config.password"),
+        (
+            "type: redis\nconfig: {sentinel: {masterName: m, addresses: ['s:1'], "
+            "password: 31415926}}",
+            "config.sentinel.password",
+        ),
+        ("type: redis\nconfig: {url: 'redis://r:1/0', password: 's3cret", "file"),
+        ("type: redis\nconfig:\n  password: s3cret\n\tport: 1", "file"),
+    ],
+)
+def test_config_errors_never_echo_a_secret(text: str, field: str) -> None:
+    """Issue 10, item 9: a bad-scheme URL and a numeric password used to be echoed."""
+    with pytest.raises(ConfigError) as info:
+        configfile.loads(text)
+    assert info.value.field == field
+    for secret in ("s3cret", "31415926"):
+        assert secret not in str(info.value)
+        assert secret not in repr(info.value)
+    assert info.value.__cause__ is None or "s3cret" not in str(info.value.__cause__)
+
+
+def test_config_repr_hides_the_password() -> None:
+    config = Config(type="redis", config={"url": "redis://r:1/0", "password": "s3cret"})
+    assert "s3cret" not in repr(config)
+    assert "redis://r:1/0" in repr(config)
+
+
+@pytest.mark.parametrize(
     ("raw", "shown"),
     [
-        ({"url": "redis://:s3cret@r:6379/0"}, "redis://r:6379/0 (config.url)"),
-        ({"url": "rediss://app:s3cret@r:6380/1"}, "rediss://app@r:6380/1 (config.url)"),
-        (
-            {"url": "unix:///run/redis.sock?db=2&password=s3cret"},
-            "unix:///run/redis.sock?db=2 (config.url)",
-        ),
         (
             {"sentinel": {"masterName": "m", "addresses": ["s1:26379", "s2:26379"]}},
             "sentinel master 'm' via s1:26379, s2:26379 (config.sentinel)",
@@ -150,7 +215,7 @@ def test_bad_config_file_names_the_field(text: str, field: str) -> None:
         ),
     ],
 )
-def test_redis_endpoint_names_the_field_without_the_password(
+def test_redis_endpoint_names_the_field(
     raw: dict[str, object], shown: str
 ) -> None:
     settings = Config(type="redis", config=raw).settings

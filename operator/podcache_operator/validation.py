@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from podcache import durations
+from podcache import config, durations
 from podcache.errors import ConfigError
 from podcache_operator import rendering, settings
 
@@ -191,17 +190,18 @@ def _check_redis(redis: Any) -> list[Problem]:
             Problem("spec.redis", f"needs exactly one of url, sentinel or cluster{detail}")
         )
     url = redis.get("url")
-    if url is not None and not str(url).startswith(("redis://", "rediss://", "unix://")):
-        problems.append(
-            Problem(
-                "spec.redis.url", f"unsupported URL {url!r} (use redis://, rediss:// or unix://)"
+    if url is not None:
+        # The sidecar's own rule: a scheme it serves and no credentials anywhere in the URL
+        # (it lands in a ConfigMap); the message never echoes the URL itself.
+        try:
+            config.check_url(str(url), field="spec.redis.url")
+        except ConfigError as exc:
+            message = exc.reason.replace(
+                "set config.username, and the password through config.passwordFile or "
+                "PODCACHE_REDIS_PASSWORD",
+                "use spec.redis.username and spec.redis.passwordSecretRef",
             )
-        )
-    elif url is not None and urllib.parse.urlsplit(str(url)).password is not None:
-        # The URL lands in a ConfigMap, which is not a place for secrets.
-        problems.append(
-            Problem("spec.redis.url", "must not carry a password; use spec.redis.passwordSecretRef")
-        )
+            problems.append(Problem("spec.redis.url", message))
     timeouts = redis.get("timeouts") or {}
     _duration(problems, timeouts.get("connect"), "spec.redis.timeouts.connect", positive=True)
     _duration(problems, timeouts.get("operation"), "spec.redis.timeouts.operation", positive=True)

@@ -9,6 +9,7 @@ starts. ``Config.settings`` is the typed result the backends consume.
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -53,7 +54,7 @@ class SentinelSettings:
 
     master_name: str
     addresses: tuple[str, ...]
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
     """Password of the sentinels themselves (the data password is RedisSettings.password)."""
     read_from_replicas: bool = False
     """Serve ``get`` from replicas; off by default because replicas lag."""
@@ -74,7 +75,7 @@ class RedisSettings:
     sentinel: SentinelSettings | None = None
     cluster: ClusterSettings | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
     password_file: str | None = None
     """A mounted Secret file holding the password; read at connect time."""
     tls: TLSSettings = dataclasses.field(default_factory=TLSSettings)
@@ -98,6 +99,51 @@ class RedisSettings:
         if self.cluster is not None:
             return f"cluster nodes {', '.join(self.cluster.nodes)} (config.cluster.nodes)"
         return f"{redact_url(self.url or '')} (config.url)"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+_CREDENTIAL_PARAM = re.compile(r"pass|user|auth|token|secret", re.IGNORECASE)
+
+
+def url_credentials(url: str) -> str | None:
+    """What credential ``url`` carries (never its value), or None when it carries none.
+
+    Both the user info and any query parameter count: redis-py passes every query
+    parameter on as a connection argument, ``?password=`` and ``?username=`` included.
+    """
+    parts = urllib.parse.urlsplit(url)
+    userinfo, has_userinfo, _ = parts.netloc.rpartition("@")
+    if has_userinfo:
+        return "a password in its user info" if ":" in userinfo else "a user name in its user info"
+    for name, _value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if _CREDENTIAL_PARAM.search(name):
+            return f"a {name!r} query parameter" if _SCHEME.fullmatch(name) else (
+                "a credential query parameter")
+    return None
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of ``url`` for an error message: never anything past it (it may hold a
+    password), and a placeholder when there is no plausible scheme."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://" if sep and _SCHEME.fullmatch(scheme) else "(no scheme)"
+
+
+def check_url(url: str, *, field: str) -> None:
+    """Raise ConfigError naming ``field`` unless ``url`` is a credential-free Redis URL."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            field,
+            f"unsupported URL scheme {url_scheme(url)} (use redis://, rediss:// or unix://)",
+        )
+    found = url_credentials(url)
+    if found is not None:
+        # The URL is rendered into a ConfigMap and named in logs: no place for secrets.
+        raise ConfigError(
+            field,
+            f"must not carry credentials, found {found}; set config.username, and the "
+            "password through config.passwordFile or PODCACHE_REDIS_PASSWORD",
+        )
 
 
 def redact_url(url: str) -> str:
@@ -134,6 +180,10 @@ class Config:
         # Validate eagerly: a bad config must fail before a backend starts.
         object.__setattr__(self, "_settings", parse_settings(self.type, self.config))
 
+    def __repr__(self) -> str:
+        # The map may hold a password: a repr lands in logs and tracebacks.
+        return f"Config(type={self.type!r}, config={_masked(self.config)!r})"
+
     @property
     def settings(self) -> Settings:
         return self._settings  # type: ignore[attr-defined,no-any-return]
@@ -141,6 +191,20 @@ class Config:
     @property
     def default_ttl(self) -> float:
         return self.settings.default_ttl
+
+
+def _masked(raw: Mapping[str, Any]) -> dict[str, Any]:
+    masked: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "password":
+            masked[key] = "<redacted>"
+        elif key == "url" and isinstance(value, str):
+            masked[key] = redact_url(value)
+        elif isinstance(value, Mapping):
+            masked[key] = _masked(value)
+        else:
+            masked[key] = value
+    return masked
 
 
 def parse_settings(backend_type: str, raw: Mapping[str, Any] | None) -> Settings:
@@ -186,17 +250,15 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
             "redis needs exactly one of url, sentinel or cluster"
             + (f" (got {', '.join(given)})" if given else ""),
         )
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            "config.url", f"unsupported URL {url!r} (use redis://, rediss:// or unix://)"
-        )
+    if url is not None:
+        check_url(url, field="config.url")
     timeouts = _Reader(reader.optional_mapping("timeouts") or {}, "config.timeouts")
     settings = RedisSettings(
         url=url,
         sentinel=sentinel,
         cluster=cluster,
         username=reader.optional_str("username"),
-        password=reader.optional_str("password"),
+        password=reader.optional_str("password", secret=True),
         password_file=reader.optional_str("passwordFile"),
         tls=_parse_tls(reader.optional_mapping("tls"), url),
         key_prefix=reader.optional_str("keyPrefix") or "",
@@ -227,7 +289,7 @@ def _parse_sentinel(raw: Mapping[str, Any] | None) -> SentinelSettings | None:
     settings = SentinelSettings(
         master_name=master,
         addresses=addresses,
-        password=reader.optional_str("password"),
+        password=reader.optional_str("password", secret=True),
         read_from_replicas=reader.boolean("readFromReplicas", False),
     )
     reader.reject_unknown()
@@ -306,12 +368,15 @@ class _Reader:
             raise ConfigError(self.field(key), f"expected true or false, got {value!r}")
         return value
 
-    def optional_str(self, key: str) -> str | None:
+    def optional_str(self, key: str, *, secret: bool = False) -> str | None:
         value = self.get(key)
         if value is None:
             return None
         if not isinstance(value, str):
-            raise ConfigError(self.field(key), f"expected a string, got {value!r}")
+            # A secret's value is never echoed, not even a mistyped one (YAML reads
+            # `password: 12345` as a number).
+            shown = f"a {type(value).__name__} (quote it in YAML)" if secret else repr(value)
+            raise ConfigError(self.field(key), f"expected a string, got {shown}")
         return value
 
     def optional_mapping(self, key: str) -> Mapping[str, Any] | None:

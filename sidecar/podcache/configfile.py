@@ -89,8 +89,17 @@ def loads(text: str) -> SidecarConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("file", f"not valid YAML: {exc}") from exc
+        raise ConfigError("file", f"not valid YAML: {_yaml_problem(exc)}") from None
     return parse(raw if raw is not None else {})
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, but never PyYAML's snippet of the line: it may be a password's."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + " ".join(part for part in (exc.context, exc.problem) if part)
+    return type(exc).__name__
 
 
 def parse(raw: Mapping[str, Any]) -> SidecarConfig:

@@ -42,6 +42,10 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
         ),
         ({"redis": {"url": "http://a:1"}}, "spec.redis.url", "unsupported URL"),
         ({"redis": {"url": "redis://:hunter2@a:1"}}, "spec.redis.url", "passwordSecretRef"),
+        ({"redis": {"url": "redis://a:1?password=hunter2"}}, "spec.redis.url", "credentials"),
+        ({"redis": {"url": "unix:///s.sock?password=hunter2"}}, "spec.redis.url", "credentials"),
+        ({"redis": {"url": "redis://app@a:1"}}, "spec.redis.url", "spec.redis.username"),
+        ({"redis": {"url": "http://app:hunter2@a:1"}}, "spec.redis.url", "unsupported URL"),
         (
             {"redis": {"url": "redis://a:1", "timeouts": {"operation": "0s"}}},
             "spec.redis.timeouts.operation",
@@ -83,6 +87,7 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
 def test_bad_redis_fields_name_the_field(changes: dict[str, Any], field: str, words: str) -> None:
     found = problems(samples.spec(samples.REDIS_SPEC, **changes))
     assert any(problem.startswith(f"{field}: ") and words in problem for problem in found), found
+    assert not any("hunter2" in problem for problem in found), found  # never echoed
 
 
 def test_redis_settings_on_a_memory_backend() -> None:

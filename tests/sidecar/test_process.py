@@ -347,7 +347,8 @@ async def test_unreachable_redis_at_start_is_a_warning_naming_the_url(
     spawn_sidecar: Spawn,
 ) -> None:
     port = free_port()  # nothing listens there
-    config = {"type": "redis", "config": {"url": f"redis://:s3cret@127.0.0.1:{port}/0"}}
+    config = {"type": "redis", "config": {"url": f"redis://127.0.0.1:{port}/0",
+                                          "password": "s3cret", "keyPrefix": "x:"}}
     process = spawn_sidecar(config)
     await asyncio.to_thread(process.wait_socket)  # it serves anyway
 
