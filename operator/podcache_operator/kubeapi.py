@@ -90,18 +90,20 @@ class ApiCall(NamedTuple):
 API_CALLS: tuple[ApiCall, ...] = (
     # kopf: watch CacheConfigs, keep its progress annotations on them, write status.
     ApiCall("podcache.io", "v1alpha1", "cacheconfigs", ("get", "list", "watch", "patch")),
-    ApiCall("podcache.io", "v1alpha1", "cacheconfigs/status", ("get", "patch")),
+    ApiCall("podcache.io", "v1alpha1", "cacheconfigs/status", ("patch",)),
     # Owned objects carry blockOwnerDeletion; clusters enforcing OwnerReferencesPermission
     # (OpenShift) require update on the owner's finalizers for that.
     ApiCall("podcache.io", "v1alpha1", "cacheconfigs/finalizers", ("update",)),
-    # kopf: index labelled pods for status.pods.
-    ApiCall("", "v1", "pods", ("get", "list", "watch")),
-    # The objects each CacheConfig owns (applied as merge-patch, created when absent),
-    # watched (label-selected server-side) to put them back when deleted or edited.
-    ApiCall("", "v1", "configmaps", ("get", "list", "watch", "create", "patch")),
-    ApiCall("", "v1", "services", ("get", "list", "watch", "create", "patch")),
-    ApiCall("monitoring.coreos.com", "v1", "servicemonitors", ("get", "create", "patch", "delete")),
-    # Validation: referenced Secrets exist and hold their key (never copied anywhere).
+    # kopf: index labelled pods for status.pods (a watch: no single-pod GET).
+    ApiCall("", "v1", "pods", ("list", "watch")),
+    # The objects each CacheConfig owns (applied, never read one by one), watched
+    # (label-selected server-side) to put them back when deleted or edited.
+    ApiCall("", "v1", "configmaps", ("list", "watch", "create", "patch")),
+    ApiCall("", "v1", "services", ("list", "watch", "create", "patch")),
+    ApiCall("monitoring.coreos.com", "v1", "servicemonitors", ("create", "patch", "delete")),
+    # Opt-in (Settings.check_secrets, the chart's operator.checkSecrets): referenced
+    # Secrets exist and hold their key (never copied anywhere). The chart grants it only
+    # then: get on Secrets everywhere reads every Helm release's values.
     ApiCall("", "v1", "secrets", ("get",)),
     # kopf posts Events for handler outcomes and our Warnings.
     ApiCall("", "v1", "events", ("create",)),
@@ -122,7 +124,8 @@ API_CALLS: tuple[ApiCall, ...] = (
 )
 
 WATCHED: tuple[Resource, ...] = (CACHECONFIGS, PODS, CONFIGMAPS, SERVICES, CRDS)
-"""Resources our kopf handlers and indices watch (each needs get/list/watch above)."""
+"""Resources our kopf handlers and indices watch (each needs list and watch above: kopf
+lists and watches, and never GETs one object of a watched resource for them)."""
 
 
 async def get(

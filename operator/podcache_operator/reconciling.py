@@ -7,8 +7,9 @@ garbage collector removes them with the CacheConfig), then the ServiceMonitor if
 its CRD is served. The result is the full ``status`` to write.
 
 Failures are classified here for kopf: ``InvalidSpec`` (the user must edit the
-spec — do not retry) and ``Blocked`` (a referenced Secret is missing, the API is
-failing — retry later). Both carry the status to write before giving up.
+spec — do not retry) and ``Blocked`` (a referenced Secret is missing — checked only
+with ``Settings.check_secrets`` — or the API is failing: retry later). Both carry the
+status to write before giving up.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ async def reconcile(body: Mapping[str, Any], *, pods: int, context: Context) -> 
             logger=context.logger,
         )
 
-    try:
-        missing = await validation.check_secrets(spec, fetch=fetch_secret)
-    except kubeapi.TRANSIENT as exc:
-        raise _api_failure(exc, status=status) from exc
+    missing: list[validation.Problem] = []
+    if context.config.check_secrets:  # opt-in: needs get on Secrets (see Settings)
+        try:
+            missing = await validation.check_secrets(spec, fetch=fetch_secret)
+        except kubeapi.TRANSIENT as exc:
+            raise _api_failure(exc, status=status) from exc
     if missing:
         message = "; ".join(str(problem) for problem in missing)
         raise Blocked(

@@ -136,8 +136,13 @@ class Settings:
     """Where kopf serves its liveness probe; None turns it off."""
     post_events: bool = True
     """Post Kubernetes Events for what the operator does (and Warnings for bad specs)."""
+    check_secrets: bool = False
+    """Check that the Secrets a CacheConfig references exist and hold their key before
+    calling it Ready. Off by default: it needs ``get`` on Secrets in every namespace the
+    operator serves, which is enough to read every Helm release's values. Without it a
+    missing Secret shows where the kubelet reports it (the pod's CreateContainerConfigError)."""
     secret_retry_delay: float = 30.0
-    """How soon a CacheConfig waiting for a missing Secret looks again."""
+    """How soon a CacheConfig waiting for a missing Secret looks again (``check_secrets``)."""
     log_level: str = "info"
     """debug, info, warning or error (``--verbose``/``--quiet`` override it)."""
 
@@ -226,6 +231,7 @@ class Settings:
             metrics=metrics,
             liveness_endpoint=liveness_endpoint,
             post_events=env.flag("PODCACHE_POST_EVENTS", cls.post_events),
+            check_secrets=env.flag("PODCACHE_CHECK_SECRETS", cls.check_secrets),
             secret_retry_delay=env.number("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
             log_level=env.choice(
                 "PODCACHE_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")

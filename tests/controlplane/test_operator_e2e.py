@@ -17,6 +17,8 @@ from tests.controlplane import objects
 from tests.controlplane.harness import (
     GROUP,
     PLURAL,
+    RELEASE,
+    RELEASE_NAMESPACE,
     VERSION,
     Installation,
     cache_config,
@@ -158,3 +160,30 @@ def test_servicemonitor_appears_once_its_crd_is_installed(
     assert found["metadata"]["labels"]["release"] == "prom"
     assert found["metadata"]["ownerReferences"][0]["name"] == "watched"
     assert found["spec"]["endpoints"][0]["interval"] == "15s"
+
+
+def test_no_secret_is_read_by_default(installation: Installation, namespace: str) -> None:
+    """Regression (issue 9, defect 8): the chart granted get on Secrets in every namespace
+    for an existence check. By default the operator reads no Secret (a missing one shows on
+    the pod), and under the chart's RBAC it may not."""
+    cluster = installation.cluster
+    spec = {
+        "backend": "redis",
+        "redis": {
+            "url": "redis://redis.example:6379/0",
+            "passwordSecretRef": {"name": "not-there", "key": "password"},
+        },
+    }
+    create(cluster, namespace, cache_config("secretive", spec))
+    eventually(lambda: ready(cluster, namespace, "secretive"), what="Ready without the Secret")
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}",
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb="get", resource="secrets"
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(cluster.api).create_subject_access_review(review)
+    assert answer.status.allowed is False
+    assert "forbidden: User" not in installation.operator.log()

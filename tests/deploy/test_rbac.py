@@ -6,6 +6,7 @@ Aspects:
   off (each exclusion is tied to the rendered setting that turns it off, and must
   still be in API_CALLS, so a stale exclusion fails);
 - no wildcards; the binding gives the role to the operator's ServiceAccount;
+- no access to Secrets by default; operator.checkSecrets=true grants exactly get;
 - rbac.create=false renders no RBAC.
 """
 
@@ -36,6 +37,10 @@ EXCLUDED: dict[tuple[str, str], tuple[str, Callable[[Mapping[str, Any]], bool]]]
     ("", "namespaces"): (
         "kopf only lists namespaces for --namespace patterns; cluster-wide here",
         lambda operator: not _namespace_restricted(operator),
+    ),
+    ("", "secrets"): (
+        "the Secret existence check is opt-in (operator.checkSecrets)",
+        lambda operator: chart.env_of(operator).get("PODCACHE_CHECK_SECRETS") == "false",
     ),
 }
 
@@ -133,3 +138,16 @@ def test_binding_targets_the_operator_service_account(default_release: chart.Rel
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:
     release = chart.render({"rbac": {"create": False}})
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & release.kinds()
+
+
+def test_no_secret_access_by_default(default_release: chart.Release) -> None:
+    """Regression (issue 9, defect 8): get on Secrets in every namespace reads every Helm
+    release's values; the existence check it served is opt-in."""
+    assert not [t for t in _granted(default_release) if t[1] == "secrets"]
+
+
+def test_secret_check_grants_exactly_get_on_secrets() -> None:
+    release = chart.render({"operator": {"checkSecrets": True}})
+    operator = chart.container(release.one("Deployment"), "operator")
+    assert chart.env_of(operator)["PODCACHE_CHECK_SECRETS"] == "true"
+    assert [t for t in _granted(release) if t[1] == "secrets"] == [("", "secrets", "get")]

@@ -75,12 +75,20 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def operator_settings(
     certificates: dict[str, Path], request: pytest.FixtureRequest
 ) -> podcache_settings.Settings:
-    """Test settings; parametrize indirectly with a dict of WebhookSettings fields to change."""
-    webhook_changes: dict[str, Any] = getattr(request, "param", {})
+    """Test settings; parametrize indirectly with a dict of WebhookSettings fields to change
+    (and of Settings fields, such as check_secrets)."""
+    changes: dict[str, Any] = dict(getattr(request, "param", {}))
+    # Fields of Settings itself (e.g. check_secrets); the rest are WebhookSettings fields.
+    top = {key: changes.pop(key) for key in list(changes) if key in _SETTINGS_FIELDS}
     settings = emulator.test_settings(certificates)
     return dataclasses.replace(
-        settings, webhook=dataclasses.replace(settings.webhook, **webhook_changes)
+        settings, webhook=dataclasses.replace(settings.webhook, **changes), **top
     )
+
+
+_SETTINGS_FIELDS = {field.name for field in dataclasses.fields(podcache_settings.Settings)} - {
+    "webhook"
+}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from podcache_operator import kubeapi
 from tests.operator import samples
@@ -48,7 +49,7 @@ def test_urls() -> None:
 def test_watched_resources_are_granted() -> None:
     granted = {(call.group, call.resource): set(call.verbs) for call in kubeapi.API_CALLS}
     for resource in kubeapi.WATCHED:
-        assert {"get", "list", "watch"} <= granted[(resource.group, resource.plural)], resource
+        assert {"list", "watch"} <= granted[(resource.group, resource.plural)], resource
 
 
 def test_established() -> None:
@@ -68,6 +69,7 @@ def verb(request: Any) -> str:
     return VERBS[request.method.value]
 
 
+@pytest.mark.parametrize("operator_settings", [{"check_secrets": True}], indirect=True)
 async def test_every_call_in_a_scenario_is_granted(
     cluster: ClusterEmulator, operator: Any, certificates: dict[str, Path]
 ) -> None:

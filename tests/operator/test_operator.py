@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
+
 from tests.operator import emulator, samples
 from tests.operator.conftest import (
     CACHECONFIGS,
@@ -143,6 +145,7 @@ async def test_invalid_spec_is_reported_and_the_operator_keeps_serving(
     await eventually(lambda: ready(cluster, "broken", generation=2), what="fixed spec Ready")
 
 
+@pytest.mark.parametrize("operator_settings", [{"check_secrets": True}], indirect=True)
 async def test_missing_secret_is_waited_for(cluster: ClusterEmulator, operator: Any) -> None:
     await create(cluster, "shop", samples.REDIS_SPEC)
 

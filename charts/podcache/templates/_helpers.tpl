@@ -212,6 +212,12 @@ webhook TLS, and the sidecar defaults the webhook injects.
   value: {{ printf "%s/ca.crt" $certDir | quote }}
 - name: PODCACHE_REJECT_MISSING_CONFIG
   value: {{ .Values.webhook.rejectMissingConfig | quote }}
+# What to do when the sidecar cannot be injected: as the apiserver does when we fail.
+- name: PODCACHE_WEBHOOK_FAILURE_POLICY
+  value: {{ .Values.webhook.failurePolicy | quote }}
+# Without it the operator reads no Secret (and the ClusterRole grants none).
+- name: PODCACHE_CHECK_SECRETS
+  value: {{ .Values.operator.checkSecrets | quote }}
 - name: PODCACHE_SIDECAR_IMAGE
   value: {{ include "podcache.image" (list .Values.sidecar.image .) | quote }}
 - name: PODCACHE_SIDECAR_IMAGE_PULL_POLICY
