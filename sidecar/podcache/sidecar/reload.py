@@ -12,10 +12,17 @@ Applying. A new config is validated first (``configfile.load``); an invalid one 
 logged, counted in ``<ns>_sidecar_config_reload_total{result="error"}`` and
 ignored, and the old one keeps serving. A valid one is applied in an order where
 every step that can fail comes before anything is changed: move the metrics
-listener, build the new backend (and ping it), then commit: switch the backend
+listener, build the new backend and check it, then commit: switch the backend
 slot, move the elections to it, swap the config (limits, default TTLs, namespace
 are read per request), follow the elections list. The old backend is retired in
 the background once the requests that started on it have finished.
+
+The check of a new backend is connect + AUTH + PING within its connect timeout
+(``Reloader.check_backend``): a backend that fails it (wrong password, wrong host,
+an ACL that refuses) is refused like an invalid file (logged, counted as an error)
+and the working one stays. Only when the current backend does not answer either is
+the new one taken anyway: then there is nothing working to keep, and the new file
+is likely the fix.
 
 Locks survive every reload that keeps the backend type: a memory backend whose
 settings changed is resized in place (it holds the entries, locks and fences;
@@ -33,6 +40,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from podcache import configfile
+from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import logs
 from podcache.sidecar.metrics_server import MetricsServer
@@ -161,7 +169,11 @@ class Reloader:
             state.slot.resize_in_place(new.backend)
         ):
             slot = await self._new_slot(new)
-            await self._ping(slot)
+            try:
+                await self.check_backend(slot)
+            except BaseException:
+                await self._close_quietly(slot)
+                raise
         # 2. Commit.
         if new.socket != old.socket:
             logger.warning(
@@ -186,14 +198,32 @@ class Reloader:
         self._site.max_connections = new.limits.max_connections
         await state.elections.apply(new.elections)
 
+    async def check_backend(self, slot: CacheSlot) -> None:
+        """Raise ConfigError unless ``slot``'s backend connects, authenticates and answers
+        PING within its connect timeout (or the current backend is no better)."""
+        settings = slot.config.settings
+        timeout = settings.connect_timeout if isinstance(settings, RedisSettings) else PING_TIMEOUT
+        failure = await _ping_failure(slot, timeout)
+        if failure is None:
+            return
+        if await _ping_failure(self._state.slot, timeout) is not None:
+            logger.warning(
+                "the new backend does not answer (%s), nor does the current one; switching", failure
+            )
+            return
+        where = settings.endpoint() if isinstance(settings, RedisSettings) else "the new backend"
+        raise ConfigError(
+            "config",
+            f"the new backend at {where} failed its check (connect, AUTH and PING within "
+            f"{timeout:g}s): {failure}",
+        )
+
     @staticmethod
-    async def _ping(slot: CacheSlot) -> None:
+    async def _close_quietly(slot: CacheSlot) -> None:
         try:
-            async with asyncio.timeout(PING_TIMEOUT):
-                await slot.cache.ping()
-        except (BackendUnavailable, TimeoutError, OSError) as exc:
-            # The config is valid: follow it. /readyz reports the backend until it answers.
-            logger.warning("the new backend does not answer yet (%s); switching anyway", exc)
+            await slot.close()
+        except Exception:
+            logger.exception("closing the refused backend failed")
 
     def _retire(self, slot: CacheSlot, *, grace: float) -> None:
         async def retire() -> None:
@@ -216,3 +246,15 @@ class Reloader:
         """Let old backends finish retiring (at shutdown)."""
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+async def _ping_failure(slot: CacheSlot, within: float) -> str | None:
+    """Why ``slot``'s backend did not answer PING ``within`` seconds; None when it did."""
+    try:
+        async with asyncio.timeout(within):
+            await slot.cache.ping()
+    except TimeoutError:
+        return f"no answer within {within:g}s"
+    except (BackendUnavailable, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
