@@ -45,6 +45,9 @@ class Limits:
     """Concurrent socket connections served; more wait in the listen backlog."""
     request_timeout: float = 10.0
     """A request (including a blocking lock acquire) never runs longer than this."""
+    max_inflight_bytes: int = 32 * 1024 * 1024
+    """Request bodies held in memory at once, all connections together (a body of n
+    bytes counts 2n: it is joined from its chunks); a PUT beyond it answers 503."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +161,7 @@ def render(config: SidecarConfig) -> dict[str, Any]:
             "maxValueBytes": config.limits.max_value_bytes,
             "maxKeyBytes": config.limits.max_key_bytes,
             "maxConnections": config.limits.max_connections,
+            "maxInflightBytes": config.limits.max_inflight_bytes,
             "requestTimeout": durations.format_duration(config.limits.request_timeout),
         },
         "locks": {
@@ -237,8 +241,12 @@ def _parse_metrics(raw: Mapping[str, Any]) -> MetricsSettings:
 
 
 def _parse_limits(raw: Mapping[str, Any]) -> Limits:
-    _check_keys(raw, "limits", {"maxValueBytes", "maxKeyBytes", "maxConnections", "requestTimeout"})
-    return Limits(
+    _check_keys(
+        raw,
+        "limits",
+        {"maxValueBytes", "maxKeyBytes", "maxConnections", "requestTimeout", "maxInflightBytes"},
+    )
+    limits = Limits(
         max_value_bytes=_int(
             raw.get("maxValueBytes"), "limits.maxValueBytes", Limits.max_value_bytes
         ),
@@ -254,7 +262,18 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
             Limits.request_timeout,
             positive=True,
         ),
+        max_inflight_bytes=_int(
+            raw.get("maxInflightBytes"), "limits.maxInflightBytes", Limits.max_inflight_bytes
+        ),
     )
+    if limits.max_inflight_bytes < 2 * limits.max_value_bytes:
+        # A body counts twice its size (see Limits): the largest value must fit.
+        raise ConfigError(
+            "limits.maxInflightBytes",
+            f"must be at least twice limits.maxValueBytes ({2 * limits.max_value_bytes}),"
+            f" got {limits.max_inflight_bytes}",
+        )
+    return limits
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LockSettings:

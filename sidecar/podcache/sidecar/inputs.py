@@ -23,6 +23,7 @@ from aiohttp import web
 
 from podcache import durations
 from podcache.errors import InvalidKey, InvalidTTL, ValueTooLarge
+from podcache.sidecar import bodies
 from podcache.sidecar.errors import ApiError
 
 MAX_CACHE_TTL = 10 * 365 * 86400.0
@@ -106,16 +107,22 @@ def flag(request: web.Request, name: str) -> bool:
     raise ApiError(400, "invalid_request", f"{name} must be true or false, got {raw!r}")
 
 
-async def body(request: web.Request, *, limit: int) -> bytes:
-    """The whole request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+async def body(request: web.Request, *, limit: int, claim: bodies.Claim | None = None) -> bytes:
+    """The whole request body, refused with 413 as soon as it exceeds ``limit`` bytes.
+
+    With ``claim``, the body's memory is taken from the global budget first (503 when
+    it does not fit; see ``bodies``).
+    """
     length = request.content_length
     if length is not None and length > limit:
         raise ValueTooLarge(f"the value is {length} bytes, the limit is {limit}")
     try:
         if length is not None:
             # Fast path: the size is known and allowed, read it in one go.
+            if claim is not None:
+                claim.take(length)
             return await request.content.readexactly(length) if length else b""
-        return await _read_chunked(request, limit=limit)
+        return await _read_chunked(request, limit=limit, claim=claim)
     except asyncio.IncompleteReadError as exc:
         raise ApiError(
             400, "invalid_request", f"the body ended after {len(exc.partial)} of {length} bytes"
@@ -124,7 +131,7 @@ async def body(request: web.Request, *, limit: int) -> bytes:
         raise ApiError(400, "invalid_request", f"the body could not be read: {exc}") from exc
 
 
-async def _read_chunked(request: web.Request, *, limit: int) -> bytes:
+async def _read_chunked(request: web.Request, *, limit: int, claim: bodies.Claim | None) -> bytes:
     stream = request.content
     chunks: list[bytes] = []
     size = 0
@@ -135,6 +142,8 @@ async def _read_chunked(request: web.Request, *, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise ValueTooLarge(f"the value exceeds the limit of {limit} bytes")
+        if claim is not None:
+            claim.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -61,7 +61,24 @@ async def put_value(request: web.Request) -> web.Response:
         if_absent = True
     if if_absent and if_match is not None:
         raise ApiError(400, "invalid_request", "ifAbsent and If-Match cannot be combined")
-    value = await inputs.body(request, limit=state.config.limits.max_value_bytes)
+    limits = state.config.limits
+    # Held until the value is stored (then the backend counts it) or dropped.
+    with state.bodies.claim(limits.max_inflight_bytes) as claim:
+        value = await inputs.body(request, limit=limits.max_value_bytes, claim=claim)
+        return await _store(
+            state, key=key, value=value, ttl=ttl, if_absent=if_absent, if_match=if_match
+        )
+
+
+async def _store(
+    state: SidecarState,
+    *,
+    key: str,
+    value: bytes,
+    ttl: float,
+    if_absent: bool,
+    if_match: str | None,
+) -> web.Response:
     cache = state.cache
     etag = etag_of(value)
     if if_absent:

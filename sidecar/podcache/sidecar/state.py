@@ -27,6 +27,7 @@ from podcache.backends.memory import MemoryBackend
 from podcache.cache import Cache
 from podcache.config import Config, MemorySettings
 from podcache.sidecar import leases
+from podcache.sidecar.bodies import BodyBudget
 
 if TYPE_CHECKING:
     from podcache.sidecar.elections import ElectionManager
@@ -116,6 +117,8 @@ class SidecarState:
     watch_heartbeat: float = 10.0
     """Seconds of quiet after which a watch stream sends a blank keep-alive line."""
     shutting_down: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    bodies: BodyBudget = dataclasses.field(default_factory=BodyBudget)
+    """Request bodies in memory now, against ``limits.maxInflightBytes``."""
 
     @property
     def cache(self) -> Cache:
