@@ -86,6 +86,10 @@ class RedisSettings:
     operation_timeout: float = 1.0
     """A dead Redis makes calls fail within this instead of hanging."""
     pool_size: int = 64
+    """Connections for commands: cache reads and writes, lock and election scripts."""
+    wait_pool_size: int = 32
+    """Connections for lock acquires blocked waiting for a release (one per lock name
+    waited on at once), apart from ``pool_size``; beyond it a waiter is refused."""
     items_refresh_interval: float = 10.0
     """How often ``<ns>_cache_items`` is recounted by an incremental SCAN."""
     replica_ack_timeout: float = 0.0
@@ -268,6 +272,7 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
             "operation", RedisSettings.operation_timeout, positive=True
         ),
         pool_size=reader.positive_int("poolSize", RedisSettings.pool_size),
+        wait_pool_size=reader.positive_int("waitPoolSize", RedisSettings.wait_pool_size),
         items_refresh_interval=reader.duration(
             "itemsRefreshInterval", RedisSettings.items_refresh_interval, positive=True
         ),

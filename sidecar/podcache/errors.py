@@ -51,6 +51,17 @@ class BackendUnavailable(PodcacheError):
     """Seconds the sidecar suggested waiting (its ``Retry-After``), when known."""
 
 
+class TooManyWaiters(PodcacheError):
+    """A blocking lock acquire found its wait budget used up (Redis ``waitPoolSize``).
+
+    Only the waiting caller is refused, at once; the cache and the other locks keep
+    serving. Retry later, or acquire without ``wait``.
+    """
+
+    retry_after: float | None = None
+    """Seconds the sidecar suggested waiting (its ``Retry-After``), when known."""
+
+
 class ClientError(PodcacheError, ConnectionError):
     """The socket client could not reach the sidecar, or lost it mid-request."""
 
@@ -98,5 +109,6 @@ __all__ = [
     "NotOwner",
     "PodcacheError",
     "ServerError",
+    "TooManyWaiters",
     "ValueTooLarge",
 ]

@@ -14,8 +14,20 @@ itself when Redis comes back: nothing needs to be recreated.
 Reads: ``get`` goes to Sentinel replicas only when ``readFromReplicas`` is set (they
 lag); conditional writes, locks and elections always use the primary.
 
-``client``, ``key_prefix``, ``settings`` and ``key()`` are public: the Redis locks
-and elections (``podcache.locks``, ``podcache.election``) build on them.
+Connections, by kind of traffic, so that no kind can starve another:
+
+- ``client`` (and ``_reader``): a pool of ``poolSize`` for short commands: cache reads
+  and writes, lock and election scripts, ``/readyz``'s PING. Nothing holds one of its
+  connections longer than one command. (This is the place for an auto-pipelined
+  connection, issue 11: only the hot path's commands go through it.)
+- ``waits``: ``waitPoolSize`` connections for lock waiters blocked in ``BLPOP``
+  (``redis_waits``); a waiter beyond them is refused, not queued on ``client``.
+- ``notices``: one pub/sub connection shared by every election's change notices
+  (``redis_notices``), open only while an election listens.
+
+``client``, ``waits``, ``notices``, ``key_prefix``, ``settings`` and ``key()`` are
+public: the Redis locks and elections (``podcache.locks``, ``podcache.election``)
+build on them.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from podcache import validation
-from podcache.backends import redis_connection
+from podcache.backends import redis_connection, redis_notices, redis_waits
 from podcache.backends.base import Backend
 from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, CacheMiss
@@ -80,6 +92,8 @@ return 0
         self.key_prefix: str = settings.key_prefix
         self.client = redis_connection.connect(settings)
         self._reader = redis_connection.connect_reader(settings, self.client)
+        self.waits = redis_waits.WaitLane.for_settings(settings)
+        self.notices = redis_notices.NoticeHub(self.client, timeout=settings.operation_timeout)
         # register_script computes the SHA once; calls run EVALSHA and load on NOSCRIPT.
         self._set_if_match = self.client.register_script(self.SET_IF_MATCH_SCRIPT)
         self._internal = tuple((self.key_prefix + space).encode() for space in INTERNAL_KEY_SPACES)
@@ -181,6 +195,8 @@ return 0
         if self._stopped:
             return
         self._stopped = True
+        await self.notices.stop()
+        await self.waits.stop()
         # Closing connections to a dead Redis has nothing left to release.
         with contextlib.suppress(RedisError, OSError):
             if self._reader is not self.client:

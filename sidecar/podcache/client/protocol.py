@@ -32,6 +32,7 @@ from podcache.errors import (
     NotOwner,
     PodcacheError,
     ServerError,
+    TooManyWaiters,
     ValueTooLarge,
 )
 
@@ -127,6 +128,7 @@ _TYPED_ERRORS: dict[str, type[PodcacheError]] = {
     "invalid_ttl": InvalidTTL,
     "invalid_value": InvalidValue,
     "too_large": ValueTooLarge,
+    "too_many_waiters": TooManyWaiters,
 }
 
 
@@ -140,7 +142,7 @@ def error_from(reply: Reply, *, lock_name: str | None = None) -> PodcacheError:
     if typed is None:
         return ServerError(message, code=code, status=reply.status)
     error = typed(message)
-    if isinstance(error, BackendUnavailable):
+    if isinstance(error, BackendUnavailable | TooManyWaiters):
         error.retry_after = _retry_after(reply.headers.get("retry-after"))
     return error
 

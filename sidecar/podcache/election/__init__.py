@@ -28,6 +28,7 @@ def build_store(backend: Any, *, name: str) -> LeaseStore:
         name=name,
         key_prefix=backend.key_prefix,
         operation_timeout=backend.settings.operation_timeout,
+        notices=backend.notices,  # one pub/sub connection for every election of the backend
     )
 
 

@@ -8,24 +8,19 @@ Keys of one election share a Cluster hash tag, so every script touches one slot:
 
 The notices only make followers react sooner; correctness never depends on them.
 A follower also re-checks after ``retry_period`` and when the holder's lease is due
-to expire, and a lost subscription is simply re-established on the next wait.
+to expire. Every election of a backend listens on ONE shared pub/sub connection
+(``podcache.backends.redis_notices.NoticeHub``, which reconnects by itself), so
+joining elections never takes connections from the cache.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
-
-from podcache.backends import redis_topologies
+from podcache.backends import redis_notices, redis_topologies
 from podcache.election.store import LeaseRecord, LeaseStore
-from podcache.errors import BackendUnavailable
 from podcache.locks.redis import bounded, hash_tag
-
-logger = logging.getLogger(__name__)
 
 
 def election_keys(prefix: str, name: str) -> tuple[str, str, str]:
@@ -113,9 +108,19 @@ return {redis.call('HGET', KEYS[1], 'holder'),
 """
 
     def __init__(
-        self, client: Any, *, name: str, key_prefix: str = "", operation_timeout: float = 1.0,
+        self,
+        client: Any,
+        *,
+        name: str,
+        key_prefix: str = "",
+        operation_timeout: float = 1.0,
+        notices: redis_notices.NoticeHub | None = None,
     ) -> None:
-        """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it."""
+        """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it.
+
+        ``notices`` is the backend's shared pub/sub connection; without one the store
+        makes a hub of its own (one connection for this election alone).
+        """
         self.name = name
         self._client = client
         self._lease_key, self._term_key, self._channel = election_keys(key_prefix, name)
@@ -124,9 +129,9 @@ return {redis.call('HGET', KEYS[1], 'holder'),
         self._renew = client.register_script(self.RENEW_LUA)
         self._resign = client.register_script(self.RESIGN_LUA)
         self._read = client.register_script(self.READ_LUA)
-        self._pubsub: Any = None
-        self._closing: set[asyncio.Future[None]] = set()
-        """Background closes of dropped subscriptions (referenced so they are not collected)."""
+        self._owns_notices = notices is None
+        self._notices = notices or redis_notices.NoticeHub(client, timeout=operation_timeout)
+        self._subscription: redis_notices.Subscription | None = None
 
     async def try_acquire(
         self, *, identity: str, nonce: str, duration: float,
@@ -151,72 +156,20 @@ return {redis.call('HGET', KEYS[1], 'holder'),
         return _record(holder, term, pttl)
 
     async def open(self) -> None:
-        try:
-            await self._subscribed()
-        except BackendUnavailable as exc:
-            logger.debug("election %s: no change notices yet: %s", self.name, exc)
+        if self._subscription is None:
+            self._subscription = await self._notices.subscribe(self._channel)
 
     async def wait_for_change(self, *, at_most: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + at_most
-        try:
-            pubsub = await self._subscribed()
-            while (remaining := deadline - loop.time()) > 0:
-                read = pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-                try:
-                    message = await bounded(read, seconds=remaining + self._timeout,
-                                            what="wait for notices")
-                except asyncio.CancelledError:
-                    self._forget_subscription()  # the read was cut short: start afresh
-                    raise
-                if message is not None:
-                    return
-        except BackendUnavailable as exc:
-            # Without notices we still poll every retry period; resubscribe next time.
-            logger.debug("election %s: change notices lost: %s", self.name, exc)
-            self._forget_subscription()
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        await self.open()  # a no-op once subscribed; the hub keeps the subscription alive
+        assert self._subscription is not None
+        await self._subscription.wait(at_most=at_most)
 
     async def close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            await _close_quietly(pubsub)
-
-    async def _subscribed(self) -> Any:
-        if self._pubsub is None:
-            pubsub = self._client.pubsub()
-            try:
-                await bounded(self._subscribe(pubsub), seconds=self._timeout, what="subscribe")
-            except BaseException:
-                self._closing.add(asyncio.ensure_future(_close_quietly(pubsub)))
-                raise
-            self._pubsub = pubsub
-        return self._pubsub
-
-    async def _subscribe(self, pubsub: Any) -> None:
-        if isinstance(self._client, RedisCluster):
-            await self._client.initialize()  # cluster pub/sub routes by the slot map: load it
-        # Wait for the confirmation: only then are notices published after it ours.
-        await pubsub.subscribe(self._channel)
-        while True:
-            message = await pubsub.get_message(timeout=self._timeout)
-            if message is not None and message["type"] == "subscribe":
-                return
-
-    def _forget_subscription(self) -> None:
-        """Drop the subscription without waiting: it is closed in the background."""
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            task = asyncio.ensure_future(_close_quietly(pubsub))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    try:
-        await bounded(pubsub.aclose(), seconds=1.0, what="close pub/sub")
-    except Exception as exc:  # clean-up of a connection that may be broken already
-        logger.debug("closing a pub/sub connection failed: %s", exc)
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.close()
+        if self._owns_notices:
+            await self._notices.stop()
 
 
 def _ms(seconds: float) -> int:

@@ -29,6 +29,7 @@ def build_locks(backend: Any, *, registry: CollectorRegistry, namespace: str) ->
         namespace=namespace,
         operation_timeout=settings.operation_timeout,
         replica_ack_timeout=settings.replica_ack_timeout,
+        waits=backend.waits,  # blocked waiters never take the cache's connections
     )
 
 

@@ -27,7 +27,7 @@ from typing import NamedTuple
 from prometheus_client import CollectorRegistry
 
 from podcache import validation
-from podcache.errors import BackendUnavailable, InvalidKey, InvalidTTL
+from podcache.errors import BackendUnavailable, InvalidKey, InvalidTTL, TooManyWaiters
 from podcache.locks import metrics as lock_metrics
 
 MAX_NAME_BYTES = 1024
@@ -151,7 +151,8 @@ class LockService(abc.ABC):
         """Take the lock for ``ttl`` seconds, waiting up to ``wait`` seconds for it.
 
         Returns None when the lock stayed held by someone else for the whole wait.
-        Raises ``BackendUnavailable`` when the backend does not answer.
+        Raises ``BackendUnavailable`` when the backend does not answer, and
+        ``TooManyWaiters`` when it would have to wait but its wait budget is used up.
         """
         name = check_name(name)
         ttl = check_ttl(ttl)
@@ -180,6 +181,9 @@ class LockService(abc.ABC):
                     break
         except BackendUnavailable:
             self._metrics.acquisitions.labels(outcome="error").inc()
+            raise
+        except TooManyWaiters:
+            self._metrics.acquisitions.labels(outcome="too_many_waiters").inc()
             raise
         if contended:
             self._metrics.contention_wait.observe(time.monotonic() - started)

@@ -33,7 +33,8 @@ class LockMetrics:
         common: dict[str, Any] = {"namespace": namespace, "subsystem": "lock", "registry": registry}
         self.acquisitions = Counter(
             "acquisitions", "Lock acquisition attempts by outcome "
-            "(acquired, contended: held and no wait, timeout: waited in vain, error).",
+            "(acquired, contended: held and no wait, timeout: waited in vain, "
+            "too_many_waiters: refused a wait connection, error).",
             ["outcome"], **common,
         )
         self.contention_wait = Histogram(

@@ -11,7 +11,10 @@ Why a signal list rather than pub/sub: a list keeps the signal until someone pop
 so a release that lands between a waiter's failed attempt and its ``BLPOP`` is not
 lost; Redis serves blocked clients first-come first-served; and it needs no
 subscription connection. Waiting tasks of one process share one ``BLPOP`` per lock
-name, so waiters never hold more pooled connections than there are names waited on.
+name, and those ``BLPOP``s run on connections of their own, never the command pool's
+(``podcache.backends.redis_waits.WaitLane``): at most ``waitPoolSize`` names are
+waited on at once, and a waiter beyond that is refused with ``TooManyWaiters``
+while the cache and every other lock call keep their connections.
 A waiter blocks for at most the remaining wait, the holder's
 remaining PTTL (so a lease that lapses without a release is noticed on time) and a
 slice shorter than the operation timeout (the client's socket timeout must not fire
@@ -36,7 +39,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from podcache.backends import redis_topologies
+from podcache.backends import redis_topologies, redis_waits
 from podcache.errors import BackendUnavailable
 from podcache.locks.base import Busy, Lease, LockService
 
@@ -163,11 +166,14 @@ return 0
         namespace: str = "lab",
         operation_timeout: float = 1.0,
         replica_ack_timeout: float = 0.0,
+        waits: redis_waits.WaitLane | None = None,
     ) -> None:
         """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it.
 
         ``replica_ack_timeout`` > 0 makes acquire and refresh ``WAIT`` for one replica
-        up to that long and report it in ``Lease.replicated``.
+        up to that long and report it in ``Lease.replicated``. ``waits`` is where blocked
+        waiters ``BLPOP`` (the backend's own lane); without one they use ``client``,
+        still at most ``redis_waits.DEFAULT_LIMIT`` at once.
         """
         super().__init__(registry=registry, namespace=namespace)
         self._client = client
@@ -179,6 +185,7 @@ return 0
         self._acquire_script = client.register_script(self.ACQUIRE_LUA)
         self._refresh_script = client.register_script(self.REFRESH_LUA)
         self._release_script = client.register_script(self.RELEASE_LUA)
+        self._waits = waits if waits is not None else redis_waits.WaitLane.sharing(client)
         self._watches: dict[str, asyncio.Future[None]] = {}
         """Per lock name, the wake-up of the one task of ours blocked on its signal list."""
 
@@ -208,8 +215,9 @@ return 0
         try:
             _, _, signal = lock_keys(self._prefix, name)
             block = max(_MIN_BLOCK, min(at_most, self._max_block))
-            await bounded(self._client.blpop([signal], timeout=block),
-                          seconds=self._timeout + block, what="wait for release")
+            with self._waits.reserve(f"waiting for lock {name!r}") as client:
+                await bounded(client.blpop([signal], timeout=block),
+                              seconds=self._timeout + block, what="wait for release")
         finally:
             del self._watches[name]
             shared.set_result(None)  # riders retry too (and one of them watches next)

@@ -72,6 +72,7 @@ _LIBRARY_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
     (errors.LockLost, 409, "not_owner"),
     (errors.ConfigError, 400, "invalid_request"),
     (errors.BackendUnavailable, 503, "backend_unavailable"),
+    (errors.TooManyWaiters, 429, "too_many_waiters"),
 )
 
 HTTP_CODES: dict[int, str] = {
@@ -98,7 +99,8 @@ def response_for(exc: BaseException) -> web.Response:
     else:
         for kind, status, code in _LIBRARY_ERRORS:
             if isinstance(exc, kind):
-                headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+                retry = status in (429, 503)
+                headers = {"Retry-After": RETRY_AFTER_SECONDS} if retry else None
                 response = error_response(status, code, str(exc) or code, headers=headers)
                 break
         else:

@@ -28,6 +28,7 @@ ERROR_CODES = (
     "not_owner",
     "unknown_election",
     "backend_unavailable",
+    "too_many_waiters",
     "request_timeout",
     "no_route",
     "method_not_allowed",
@@ -46,9 +47,13 @@ def _error(description: str) -> dict[str, Any]:
 
 
 def _unavailable() -> dict[str, Any]:
-    response = _error(
+    return _retry_later(
         "backend_unavailable: the backend did not answer in time; retry after Retry-After"
     )
+
+
+def _retry_later(description: str) -> dict[str, Any]:
+    response = _error(description)
     response["headers"] = {
         "Retry-After": {
             "schema": {"type": "string"},
@@ -208,6 +213,10 @@ def document(config: configfile.SidecarConfig) -> dict[str, Any]:
                         "409": _error("locked: held by someone else"),
                         "408": _error("request_timeout: the body did not arrive in time"),
                         "413": _error("too_large: the body is too large"),
+                        "429": _retry_later(
+                            "too_many_waiters: it would have to wait, but every wait "
+                            "connection (config.waitPoolSize) is busy; retry after Retry-After"
+                        ),
                         "503": _unavailable(),
                     },
                 },
