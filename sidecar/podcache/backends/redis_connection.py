@@ -209,4 +209,7 @@ def tls_kwargs(settings: RedisSettings) -> dict[str, Any]:
         kwargs["ssl_check_hostname"] = False
     else:
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        # Explicit: redis-py's default changed between releases (off before 6.0), and a
+        # verified chain for the wrong host name is no protection at all.
+        kwargs["ssl_check_hostname"] = True
     return kwargs
