@@ -32,6 +32,15 @@ _PROMETHEUS_DURATION = re.compile(
     r"0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?"
 )
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+
+SIDECAR_BASELINE_BYTES = 56 * 1024 * 1024
+"""RSS of an idle sidecar: 49.6 MiB measured (bench/bench_memory.py), rounded up."""
+MAX_BYTES_RSS_FACTOR = 1.15
+"""RSS growth per byte of maxBytes, which already charges each entry's overhead: 1.11x
+measured under a flood of tiny entries (bench/bench_memory.py; allocator slack)."""
+INFLIGHT_BODY_BYTES = 32 * 1024 * 1024
+"""Request bodies in memory at once: the sidecar's limits.maxInflightBytes default."""
+
 _REDIS_SOURCES = ("url", "sentinel", "cluster")
 
 
@@ -226,12 +235,18 @@ def _check_memory(spec: Mapping[str, Any], sidecar: settings.SidecarSettings) ->
         limit = rendering.parse_quantity(limit_text, field="memory limit")
     except ValueError:
         return []  # not a byte quantity we understand; the apiserver judges resources
-    if max_bytes >= limit:
+    # maxBytes already charges each entry's overhead (ENTRY_OVERHEAD in the memory
+    # backend); the process needs its baseline and the in-flight bodies on top.
+    fixed = SIDECAR_BASELINE_BYTES + INFLIGHT_BODY_BYTES
+    if max_bytes * MAX_BYTES_RSS_FACTOR + fixed > limit:
+        room = int(max(0, limit - fixed) / MAX_BYTES_RSS_FACTOR)
         return [
             Problem(
                 "spec.memory.maxBytes",
                 f"{memory.get('maxBytes', rendering.DEFAULT_MAX_BYTES)} does not fit under the"
-                f" sidecar's memory limit {limit_text};"
+                f" sidecar's memory limit {limit_text} with the sidecar's baseline"
+                f" ({SIDECAR_BASELINE_BYTES >> 20}Mi) and in-flight request bodies"
+                f" ({INFLIGHT_BODY_BYTES >> 20}Mi): at most {room >> 20}Mi fits;"
                 " lower it or raise spec.sidecar.resources.limits.memory",
             )
         ]

@@ -110,6 +110,16 @@ def test_memory_cache_must_fit_under_the_memory_limit() -> None:
     assert problems(raised) == []
 
 
+def test_memory_cache_needs_room_for_the_baseline_and_bodies() -> None:
+    """The issue's case: 200Mi under the default 256Mi limit reached 284-296 MiB RSS."""
+    (problem,) = problems(samples.spec(samples.MEMORY_SPEC, memory={"maxBytes": "200Mi"}))
+    assert problem.startswith("spec.memory.maxBytes: 200Mi does not fit under the sidecar's")
+    assert "baseline (56Mi)" in problem
+    assert "at most 146Mi fits" in problem
+    assert problems(samples.spec(samples.MEMORY_SPEC, memory={"maxBytes": "146Mi"})) == []
+    assert problems(samples.spec(samples.MEMORY_SPEC, memory={})) == []  # the default fits
+
+
 def test_memory_quantity() -> None:
     (problem,) = problems(samples.spec(samples.MEMORY_SPEC, memory={"maxBytes": "lots"}))
     assert problem.startswith("spec.memory.maxBytes: expected a quantity")
