@@ -42,7 +42,10 @@ class Limits:
     max_value_bytes: int = 1024 * 1024
     max_key_bytes: int = 1024
     max_connections: int = 1024
-    """Concurrent socket connections served; more wait in the listen backlog."""
+    """Concurrent socket connections served; more wait in the listen backlog. A watch
+    stream leaves this count when it starts: it counts in ``max_watch_streams``."""
+    max_watch_streams: int = 256
+    """Watch streams open at once; one more is refused with 429 too_many_watches."""
     request_timeout: float = 10.0
     """A request (including a blocking lock acquire) never runs longer than this."""
     max_inflight_bytes: int = 32 * 1024 * 1024
@@ -161,6 +164,7 @@ def render(config: SidecarConfig) -> dict[str, Any]:
             "maxValueBytes": config.limits.max_value_bytes,
             "maxKeyBytes": config.limits.max_key_bytes,
             "maxConnections": config.limits.max_connections,
+            "maxWatchStreams": config.limits.max_watch_streams,
             "maxInflightBytes": config.limits.max_inflight_bytes,
             "requestTimeout": durations.format_duration(config.limits.request_timeout),
         },
@@ -244,7 +248,14 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
     _check_keys(
         raw,
         "limits",
-        {"maxValueBytes", "maxKeyBytes", "maxConnections", "requestTimeout", "maxInflightBytes"},
+        {
+            "maxValueBytes",
+            "maxKeyBytes",
+            "maxConnections",
+            "maxWatchStreams",
+            "requestTimeout",
+            "maxInflightBytes",
+        },
     )
     limits = Limits(
         max_value_bytes=_int(
@@ -255,6 +266,9 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
         ),
         max_connections=_int(
             raw.get("maxConnections"), "limits.maxConnections", Limits.max_connections
+        ),
+        max_watch_streams=_int(
+            raw.get("maxWatchStreams"), "limits.maxWatchStreams", Limits.max_watch_streams
         ),
         request_timeout=_duration(
             raw.get("requestTimeout"),

@@ -29,6 +29,7 @@ ERROR_CODES = (
     "unknown_election",
     "backend_unavailable",
     "too_many_waiters",
+    "too_many_watches",
     "request_timeout",
     "no_route",
     "method_not_allowed",
@@ -284,6 +285,10 @@ def document(config: configfile.SidecarConfig) -> dict[str, Any]:
                         },
                         "400": bad,
                         "404": _error("unknown_election: not joined by this sidecar"),
+                        "429": _retry_later(
+                            "too_many_watches: limits.maxWatchStreams watch streams are "
+                            "open; retry after Retry-After"
+                        ),
                     },
                 },
                 "put": {

@@ -4,7 +4,9 @@ A watch answers 200 with ``application/x-ndjson``: the current state first, then
 line ``{"leader","holder","term"}`` per change. A blank line is sent after
 ``watch_heartbeat`` seconds without a change, so proxies and clients can tell a quiet
 stream from a dead one (and a gone client is noticed). The stream ends when the
-election is left or the sidecar shuts down.
+election is left or the sidecar shuts down, and its connection is closed then. Watches
+are bounded by ``limits.maxWatchStreams`` and do not count in ``maxConnections``
+(``podcache.sidecar.watches``).
 """
 
 from __future__ import annotations
@@ -49,10 +51,20 @@ async def status(request: web.Request) -> web.StreamResponse:
 
 
 async def _watch(request: web.Request, election: Election) -> web.StreamResponse:
+    state = request.app[STATE]
+    with state.watches.admit(request, limit=state.config.limits.max_watch_streams):
+        return await _stream(request, election, heartbeat=state.watch_heartbeat)
+
+
+async def _stream(
+    request: web.Request, election: Election, *, heartbeat: float
+) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
     )
-    heartbeat = request.app[STATE].watch_heartbeat
+    # The connection left the connection limit for this watch: close it afterwards
+    # rather than let it serve further requests uncounted.
+    response.force_close()
     # Every write, the headers and the end of the stream included, may find the client
     # gone (aiohttp raises ConnectionError or RuntimeError): that ends the watch quietly.
     try:

@@ -166,6 +166,7 @@ class Sidecar:
             )
             await site.start()
             self._site = site
+            state.watches.detach = site.detach  # watch streams leave the connection limit
             self.started_in = time.monotonic() - began
             self.metrics_server = MetricsServer(
                 self.exposition.registry, host=self.options.metrics_host

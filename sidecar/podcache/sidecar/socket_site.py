@@ -11,7 +11,8 @@ aiohttp's ``UnixSite`` accepts every connection; ``UnixListenerSite`` runs its o
 accept loop instead, so at ``max_connections`` open connections it stops accepting
 and further clients wait in the kernel's listen backlog (nothing is refused). While
 a client waits there, the oldest idle keep-alive connection is closed to make room.
-The limit may change on a config reload.
+The limit may change on a config reload. A watch stream leaves the count when it
+starts (``detach``): watches have a bound of their own (``podcache.sidecar.watches``).
 """
 
 from __future__ import annotations
@@ -136,11 +137,13 @@ def remove(path: str, inode: int | None) -> None:
 class _Counted(asyncio.Protocol):
     """Forwards to aiohttp's protocol and reports when the connection is gone."""
 
-    __slots__ = ("_on_lost", "inner")
+    __slots__ = ("_on_lost", "detached", "inner")
 
     def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[_Counted], None]) -> None:
         self.inner = inner
         self._on_lost = on_lost
+        self.detached = False
+        """Taken off the connection limit (a watch stream, see ``_Listener.detach``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
@@ -187,6 +190,8 @@ class _Listener:
         self._on_change = on_change
         self._active = 0
         self._open: dict[_Counted, None] = {}  # insertion-ordered: oldest first
+        self._by_inner: dict[object, _Counted] = {}
+        """aiohttp's protocol -> our wrapper, so a handler can ``detach`` its connection."""
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -217,7 +222,25 @@ class _Listener:
     async def wait_closed(self) -> None:
         return None
 
+    def detach(self, inner: object) -> bool:
+        """Take the connection served by ``inner`` off the limit (it became a watch stream,
+        which has a bound of its own); False if unknown or already detached."""
+        protocol = self._by_inner.get(inner)
+        if protocol is None or protocol.detached:
+            return False
+        protocol.detached = True
+        self._open.pop(protocol, None)  # busy for good: never a candidate for eviction
+        self._active -= 1
+        self._changed()
+        if self._active < self._limit:
+            self._room.set()
+        return True
+
     def _released(self, protocol: _Counted | None = None) -> None:
+        if protocol is not None:
+            self._by_inner.pop(protocol.inner, None)
+            if protocol.detached:
+                return  # its slot was given back when it was detached
         self._open.pop(protocol, None)  # type: ignore[arg-type]
         self._active -= 1
         self._changed()
@@ -253,6 +276,7 @@ class _Listener:
     def _protocol(self) -> _Counted:
         protocol = _Counted(self._factory(), self._released)
         self._open[protocol] = None
+        self._by_inner[protocol.inner] = protocol
         return protocol
 
     async def _wait_for_room(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -338,6 +362,10 @@ class UnixListenerSite(web.BaseSite):
         )
         self._server = self._listener  # type: ignore[assignment]  # BaseSite.stop() closes it
         self._listener.start()
+
+    def detach(self, inner: object) -> bool:
+        """Take a connection off ``max_connections`` (see ``_Listener.detach``)."""
+        return self._listener is not None and self._listener.detach(inner)
 
     def remove_socket_file(self) -> None:
         remove(self._path, self.inode)

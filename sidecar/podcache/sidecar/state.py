@@ -27,6 +27,7 @@ from podcache.backends.memory import MemoryBackend
 from podcache.cache import Cache
 from podcache.config import Config, MemorySettings
 from podcache.sidecar import leases
+from podcache.sidecar import watches as watches_mod  # the module: watches -> errors -> state
 from podcache.sidecar.bodies import BodyBudget
 
 if TYPE_CHECKING:
@@ -117,6 +118,10 @@ class SidecarState:
     watch_heartbeat: float = 10.0
     """Seconds of quiet after which a watch stream sends a blank keep-alive line."""
     shutting_down: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    watches: watches_mod.WatchStreams = dataclasses.field(
+        default_factory=lambda: watches_mod.WatchStreams()
+    )
+    """The open watch streams, bounded apart from the connection limit."""
     bodies: BodyBudget = dataclasses.field(default_factory=BodyBudget)
     """Request bodies in memory now, against ``limits.maxInflightBytes``."""
 
