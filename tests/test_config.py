@@ -196,6 +196,16 @@ def test_config_errors_never_echo_a_secret(text: str, field: str) -> None:
     assert info.value.__cause__ is None or "s3cret" not in str(info.value.__cause__)
 
 
+def test_an_empty_key_prefix_is_refused() -> None:
+    """Issue 10, item 6: ``keyPrefix: ""`` read and wrote every other tenant's keys."""
+    with pytest.raises(ConfigError) as info:
+        configfile.loads("type: redis\nconfig: {url: 'redis://r:1/0', keyPrefix: ''}")
+    assert info.value.field == "config.keyPrefix"
+    settings = Config(type="redis", config={"url": "redis://r:1/0", "keyPrefix": "shop:"}).settings
+    assert isinstance(settings, RedisSettings)
+    assert settings.key_prefix == "shop:"
+
+
 def test_config_repr_hides_the_password() -> None:
     config = Config(type="redis", config={"url": "redis://r:1/0", "password": "s3cret"})
     assert "s3cret" not in repr(config)

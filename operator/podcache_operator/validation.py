@@ -211,6 +211,9 @@ def _check_redis(redis: Any) -> list[Problem]:
                 "use spec.redis.username and spec.redis.passwordSecretRef",
             )
             problems.append(Problem("spec.redis.url", message))
+    if redis.get("keyPrefix") == "":  # a spec from before the CRD's minLength
+        problems.append(Problem("spec.redis.keyPrefix", "must not be empty (omit it for the "
+                                "default <namespace>/<name>:)"))
     timeouts = redis.get("timeouts") or {}
     _duration(problems, timeouts.get("connect"), "spec.redis.timeouts.connect", positive=True)
     _duration(problems, timeouts.get("operation"), "spec.redis.timeouts.operation", positive=True)

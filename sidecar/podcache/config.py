@@ -265,7 +265,7 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
         password=reader.optional_str("password", secret=True),
         password_file=reader.optional_str("passwordFile"),
         tls=_parse_tls(reader.optional_mapping("tls"), url),
-        key_prefix=reader.optional_str("keyPrefix") or "",
+        key_prefix=_key_prefix(reader),
         default_ttl=reader.duration("defaultTTL", RedisSettings.default_ttl),
         connect_timeout=timeouts.duration("connect", RedisSettings.connect_timeout, positive=True),
         operation_timeout=timeouts.duration(
@@ -281,6 +281,19 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
     timeouts.reject_unknown()
     reader.reject_unknown()
     return settings
+
+
+def _key_prefix(reader: _Reader) -> str:
+    prefix = reader.optional_str("keyPrefix")
+    if prefix == "":
+        # Every tenant on the Redis would read, delete and overwrite this one's keys,
+        # locks and fence counters (and it theirs).
+        raise ConfigError(
+            "config.keyPrefix",
+            "must not be empty: give each tenant on a shared Redis its own prefix "
+            '(e.g. "<namespace>/<name>:")',
+        )
+    return prefix or ""
 
 
 def _parse_sentinel(raw: Mapping[str, Any] | None) -> SentinelSettings | None:

@@ -79,6 +79,12 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.redis needs exactly one of url, sentinel or cluster",
     ),
     (
+        "redis-empty-key-prefix",  # issue 10, item 6: it shared every tenant's keys and locks
+        "c",
+        {"backend": "redis", "redis": {"url": "redis://r:6379", "keyPrefix": ""}},
+        "spec.redis.keyPrefix",
+    ),
+    (
         "redis-no-topology",
         "c",
         {"backend": "redis", "redis": {"keyPrefix": "x"}},

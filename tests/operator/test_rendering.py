@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from podcache import configfile
+from podcache.errors import ConfigError
 from podcache_operator import rendering
 from tests.operator import samples
 
@@ -58,9 +59,12 @@ class TestSidecarConfig:
         spec = samples.spec(samples.REDIS_SPEC, redis={"url": "redis://r:6379"})
         assert render(spec, name="carts").config["config"]["keyPrefix"] == "shop/carts:"
 
-    def test_empty_key_prefix_is_kept_when_asked_for(self) -> None:
+    def test_empty_key_prefix_is_never_rendered(self) -> None:
+        # It shared every tenant's keys, locks and fences (issue 10, item 6); the CRD and
+        # check_spec refuse it first, the sidecar's own validation here.
         spec = samples.spec(samples.REDIS_SPEC, redis={"url": "redis://r:6379", "keyPrefix": ""})
-        assert render(spec).config["config"]["keyPrefix"] == ""
+        with pytest.raises(ConfigError, match="keyPrefix"):
+            render(spec)
 
     def test_sentinel(self) -> None:
         redis = {
