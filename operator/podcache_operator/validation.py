@@ -208,7 +208,7 @@ def _check_redis(redis: Any) -> list[Problem]:
             message = exc.reason.replace(
                 "set config.username, and the password through config.passwordFile or "
                 "PODCACHE_REDIS_PASSWORD",
-                "use spec.redis.username and spec.redis.passwordSecretRef",
+                "give the password through spec.redis.passwordSecretRef",
             )
             problems.append(Problem("spec.redis.url", message))
     if redis.get("keyPrefix") == "":  # a spec from before the CRD's minLength

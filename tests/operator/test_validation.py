@@ -44,7 +44,7 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
         ({"redis": {"url": "redis://:hunter2@a:1"}}, "spec.redis.url", "passwordSecretRef"),
         ({"redis": {"url": "redis://a:1?password=hunter2"}}, "spec.redis.url", "credentials"),
         ({"redis": {"url": "unix:///s.sock?password=hunter2"}}, "spec.redis.url", "credentials"),
-        ({"redis": {"url": "redis://app@a:1"}}, "spec.redis.url", "spec.redis.username"),
+        ({"redis": {"url": "redis://app@a:1"}}, "spec.redis.url", "a user name"),
         ({"redis": {"url": "http://app:hunter2@a:1"}}, "spec.redis.url", "unsupported URL"),
         ({"redis": {"url": "redis://a:1", "keyPrefix": ""}}, "spec.redis.keyPrefix", "empty"),
         (
