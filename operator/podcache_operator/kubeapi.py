@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import aiohttp
 import kopf
-from kopf._cogs.clients import api, errors
+from kopf._cogs.clients import api, auth, errors
+from kopf._core.engines import activities
 
 APIError = errors.APIError
 TRANSIENT: tuple[type[BaseException], ...] = (errors.APIError, aiohttp.ClientError, TimeoutError)
@@ -75,6 +76,8 @@ SERVICES = Resource("", "v1", "services")
 SECRETS = Resource("", "v1", "secrets")
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors")
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
 SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 
@@ -116,9 +119,10 @@ API_CALLS: tuple[ApiCall, ...] = (
         "mutatingwebhookconfigurations",
         ("get", "list", "watch", "create", "patch"),
     ),
-    # kopf peering: several replicas, one active.
-    ApiCall("kopf.dev", "v1", "kopfpeerings", ("get", "list", "watch", "patch")),
-    ApiCall("kopf.dev", "v1", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
+    # kopf peering: several replicas, one active; ``prerequisites`` creates the peering
+    # object when it is missing (crds.enabled=false, a GitOps tool pruned the chart's hook).
+    ApiCall("kopf.dev", "v1", "kopfpeerings", ("get", "list", "watch", "patch", "create")),
+    ApiCall("kopf.dev", "v1", "clusterkopfpeerings", ("get", "list", "watch", "patch", "create")),
     # kopf follows namespaces when started with --namespace patterns (globs).
     ApiCall("", "v1", "namespaces", ("get", "list", "watch")),
 )
@@ -176,6 +180,49 @@ async def apply(
             url, payload=dict(obj), headers=MERGE_PATCH, settings=settings, logger=logger
         )
     return result
+
+
+async def create(
+    resource: Resource, obj: Mapping[str, Any], *, settings: kopf.OperatorSettings, logger: Logger
+) -> dict[str, Any] | None:
+    """Create the object; None when it exists already."""
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    try:
+        result: dict[str, Any] = await api.post(
+            resource.url(namespace=namespace), payload=dict(obj), settings=settings, logger=logger
+        )
+    except errors.APIConflictError:
+        return None
+    return result
+
+
+async def authenticate_early(*, settings: kopf.OperatorSettings, memo: Any) -> None:
+    """Log in now, with kopf's own login handlers, for calls made by startup handlers.
+
+    Kopf starts its authenticator only after every startup handler has finished, so an
+    API call from one would wait for credentials forever. Once the vault holds these,
+    kopf's authenticator logs in again only when they stop working (a 401).
+    """
+    vault = auth.vault_var.get()
+    if vault.is_empty():
+        await activities.authenticate(
+            registry=kopf.get_default_registry(),
+            settings=settings,
+            indices=cast(Any, {}),  # login handlers take no indices
+            vault=vault,
+            memo=memo,
+            _activity_title="Authentication for the start-up checks",
+        )
+
+
+async def served(resource: Resource, *, settings: kopf.OperatorSettings, logger: Logger) -> bool:
+    """Whether the apiserver serves the resource (API discovery: allowed to everyone)."""
+    root = f"/apis/{resource.group}/{resource.version}" if resource.group else "/api/v1"
+    try:
+        found = await api.get(root, settings=settings, logger=logger)
+    except errors.APINotFoundError:
+        return False
+    return any(item.get("name") == resource.plural for item in found.get("resources") or [])
 
 
 async def delete(

@@ -25,7 +25,15 @@ from typing import Any
 import kopf
 
 from podcache import tasks
-from podcache_operator import cacheconfig_mirror, handlers, metrics, rendering, webhook
+from podcache_operator import (
+    cacheconfig_mirror,
+    handlers,
+    kubeapi,
+    metrics,
+    prerequisites,
+    rendering,
+    webhook,
+)
 from podcache_operator import settings as podcache_settings
 
 PREFIX = "podcache.io"
@@ -74,13 +82,66 @@ def configure(
     settings.posting.enabled = config.post_events
     settings.posting.reporting_component = "podcache-operator"
 
-    if config.webhook.enabled:
+    off_reason = prerequisites.webhook_off_reason(config.webhook)
+    if off_reason is not None:
+        logger.warning("Admission webhook: %s", off_reason)
+    if config.webhook.enabled and off_reason is None:
         settings.admission.server = webhook.build_server(config.webhook, metrics=state.metrics)
         settings.admission.managed = config.webhook.managed
     else:
         settings.admission.server = _no_webhooks
         settings.admission.managed = None
     logger.info("podcache-operator configured: %s", podcache_settings.as_dict(config))
+
+
+@kopf.on.startup()
+async def check_prerequisites(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Wait for the CacheConfig CRD and make peering possible, saying so at WARNING."""
+    config: podcache_settings.Settings = memo["config"]
+    await kubeapi.authenticate_early(settings=settings, memo=memo)
+    await prerequisites.wait_until_served(
+        kubeapi.CACHECONFIGS,
+        what=f"the CRD {prerequisites.CACHECONFIG_CRD}",
+        fix=prerequisites.INSTALL_CRDS,
+        settings=settings,
+        logger=logger,
+    )
+    if settings.peering.standalone:
+        return
+    namespaces: Sequence[str] = memo.get("namespaces", ())
+    clusterwide = bool(settings.peering.clusterwide)
+    peer = await prerequisites.prepare_peering(
+        config.peering,
+        name=settings.peering.name,
+        clusterwide=clusterwide,
+        namespaces=namespaces,
+        settings=settings,
+        logger=logger,
+    )
+    if not peer:
+        settings.peering.standalone = True
+        settings.peering.mandatory = False
+        return
+    memo["peering_task"] = asyncio.create_task(
+        prerequisites.watch_peering(
+            settings.peering.name,
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            interval=config.peering.watchdog_interval,
+            settings=settings,
+            logger=logger,
+        ),
+        name="peering object watchdog",
+    )
+
+
+@kopf.on.cleanup()
+async def stop_peering_watchdog(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("peering_task")
+    if task is not None:
+        await tasks.cancel_and_wait(task)
 
 
 @kopf.on.startup()
@@ -166,6 +227,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--standalone", action="store_true", help="run without peering (one replica only)"
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {podcache_settings.VERSION}"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser.parse_args(argv)
@@ -187,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace,
         standalone=True if args.standalone else None,
         liveness_endpoint=args.liveness or config.liveness_endpoint,
-        memo=kopf.Memo(config=config, clusterwide=not args.namespace),
+        memo=kopf.Memo(config=config, clusterwide=not args.namespace, namespaces=args.namespace),
     )
     return 0
 

@@ -32,7 +32,9 @@ def _version() -> str:
         return "0.1.0"
 
 
-DEFAULT_IMAGE = f"ghcr.io/podcache/podcache:{_version()}"
+VERSION = _version()
+"""The installed podcache's version (``podcache-operator --version``)."""
+DEFAULT_IMAGE = f"ghcr.io/podcache/podcache:{VERSION}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +118,13 @@ class PeeringSettings:
     """The highest live priority is the active replica. kopf pauses *every* replica that
     shares the top priority, so None (the default) draws a random one per process:
     replicas of one Deployment differ, and exactly one of them stays active."""
+
+    replicas: int = 1
+    """How many operator replicas the Deployment runs (the chart's replicaCount). With one,
+    a cluster without kopf's peering CRD is served standalone; with more, the operator
+    waits for the CRD rather than let every replica act."""
+    watchdog_interval: float = 30.0
+    """How often the peering object is checked for, and created again when it went."""
 
     def effective_priority(self) -> int:
         if self.priority is not None:
@@ -214,6 +223,7 @@ class Settings:
             name=env.text("PODCACHE_PEERING_NAME", PeeringSettings.name),
             standalone=env.flag("PODCACHE_STANDALONE", PeeringSettings.standalone),
             priority=env.optional_integer("PODCACHE_PEERING_PRIORITY", minimum=-(2**31)),
+            replicas=env.integer("PODCACHE_REPLICAS", PeeringSettings.replicas, minimum=1),
         )
         metrics = MetricsSettings(
             port=env.integer(

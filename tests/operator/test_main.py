@@ -1,6 +1,6 @@
 """The ``podcache-operator`` entry point and its settings.
 
-Aspects: ``--help``; settings read from ``PODCACHE_*`` variables with typed errors
+Aspects: ``--help``, ``--version``; settings read from ``PODCACHE_*`` variables with typed errors
 naming the variable; the startup ``configure`` handler puts kopf's bookkeeping in
 ``podcache.io`` annotations and applies our timeouts, peering, event posting and
 webhook server (or none when the webhook is off); a bad environment exits with 2.
@@ -8,6 +8,7 @@ webhook server (or none when the webhook is off); a bad environment exits with 2
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--namespace", "--all-namespaces", "--liveness", "--verbose", "--standalone"):
         assert flag in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (issue 9, defect 3): there was no --version."""
+    with pytest.raises(SystemExit) as exited:
+        main.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"podcache-operator {settings.VERSION}"
 
 
 def test_namespace_and_all_namespaces_exclude_each_other() -> None:
@@ -166,6 +175,20 @@ class TestConfigure:
         )
         assert kopf_settings.admission.server is main._no_webhooks
         assert kopf_settings.admission.managed is None
+
+    def test_no_certificate_turns_the_webhook_off_with_a_warning(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Regression (issue 9, defect 3): with the defaults (no certificate files) kopf
+        needed certbuilder for a self-signed certificate and the operator died."""
+        if importlib.util.find_spec("certbuilder") is not None:
+            pytest.skip("certbuilder is installed: kopf makes a self-signed certificate")
+        with caplog.at_level(logging.WARNING):
+            kopf_settings, _ = self.configure(settings.Settings())
+        assert kopf_settings.admission.server is main._no_webhooks
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "admission webhook is OFF" in warning
+        assert "PODCACHE_WEBHOOK_CERT_FILE" in warning
 
     def test_reads_the_environment_when_not_given_settings(
         self, monkeypatch: pytest.MonkeyPatch

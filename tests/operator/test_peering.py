@@ -1,7 +1,10 @@
 """Peering: several replicas, one active (kopf's ClusterKopfPeering, as the chart creates it).
 
 Aspects: with peering on, the operator announces itself in the peering object and
-serves; while a live peer of higher priority is announced there, it pauses.
+serves; while a live peer of higher priority is announced there, it pauses. When the
+peering object is missing, the operator creates it (and again when it is deleted while
+running); when kopf's peering CRD is missing, one replica runs standalone and several
+wait, each saying so at WARNING.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import datetime
 from typing import Any
 
 import kmock
+import pytest
 
 from podcache_operator import settings as podcache_settings
 from tests.operator import emulator, samples
@@ -33,9 +37,15 @@ def with_peering(cluster: ClusterEmulator, status: dict[str, Any] | None = None)
     }
 
 
-def peered(config: podcache_settings.Settings, *, priority: int = 0) -> podcache_settings.Settings:
+def peered(
+    config: podcache_settings.Settings, *, priority: int = 0, replicas: int = 1
+) -> podcache_settings.Settings:
     peering = podcache_settings.PeeringSettings(
-        name="podcache-operator", standalone=False, priority=priority
+        name="podcache-operator",
+        standalone=False,
+        priority=priority,
+        replicas=replicas,
+        watchdog_interval=0.2,
     )
     return dataclasses.replace(config, peering=peering)
 
@@ -91,5 +101,79 @@ async def test_pauses_while_a_higher_priority_peer_is_alive(
         )
         assert response.status < 300
         await eventually(lambda: ready(cluster, "shop"), what="Ready once the peer is gone")
+    finally:
+        await runner.stop(within=10)
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and text in r.getMessage()
+    ]
+
+
+async def test_creates_a_missing_peering_object_and_serves(
+    cluster: ClusterEmulator,
+    operator_settings: podcache_settings.Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression (issue 9, defect 3): with the CRD but no object (crds.enabled=false, or
+    a GitOps tool pruned the chart's hook) kopf waited silently and nothing was served."""
+    with_peering(cluster)
+    del cluster.objects[PEERINGS, None, "podcache-operator"]
+    runner = await start(cluster, peered(operator_settings, priority=5))
+    try:
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        assert get(cluster, PEERINGS, "podcache-operator", None) is not None
+        assert warnings_about(caplog, "was missing")
+        # Deleted while running: put back by the watchdog.
+        response = await cluster.delete("/apis/kopf.dev/v1/clusterkopfpeerings/podcache-operator")
+        assert response.status < 300
+        await eventually(
+            lambda: get(cluster, PEERINGS, "podcache-operator", None), what="re-created"
+        )
+    finally:
+        await runner.stop(within=10)
+
+
+async def test_one_replica_runs_standalone_without_the_peering_crd(
+    cluster: ClusterEmulator,
+    operator_settings: podcache_settings.Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression (issue 9, defect 3): without kopf's CRD the operator did nothing."""
+    runner = await start(cluster, peered(operator_settings, priority=5))
+    try:
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        await eventually(lambda: ready(cluster, "shop"), what="Ready")
+        (warning,) = warnings_about(caplog, "clusterkopfpeerings.kopf.dev is not installed")
+        assert "running standalone" in warning
+        assert "crds.enabled=true" in warning
+    finally:
+        await runner.stop(within=10)
+
+
+async def test_several_replicas_wait_for_the_peering_crd_and_say_so(
+    cluster: ClusterEmulator,
+    operator_settings: podcache_settings.Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = emulator.OperatorThread(
+        server=str(cluster.url).rstrip("/"),
+        config=peered(operator_settings, priority=5, replicas=2),
+        standalone=False,
+    )
+    runner.thread.start()
+    try:
+        await eventually(
+            lambda: warnings_about(caplog, "Waiting for kopf's peering CRD"), what="the WARNING"
+        )
+        await create(cluster, "shop", samples.MEMORY_SPEC)
+        await asyncio.sleep(0.3)
+        assert ready(cluster, "shop") is None  # two replicas must not both act
+        with_peering(cluster)
+        await eventually(lambda: ready(cluster, "shop"), what="Ready once the CRD is there")
     finally:
         await runner.stop(within=10)

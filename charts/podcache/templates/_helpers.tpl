@@ -193,6 +193,9 @@ webhook TLS, and the sidecar defaults the webhook injects.
   value: {{ .Values.operator.logLevel | quote }}
 - name: PODCACHE_PEERING_NAME
   value: {{ .Values.operator.peering.name | quote }}
+# One replica runs standalone when kopf's peering CRD is missing; more wait for it.
+- name: PODCACHE_REPLICAS
+  value: {{ .Values.operator.replicaCount | quote }}
 - name: PODCACHE_LIVENESS_ENDPOINT
   value: {{ printf "http://0.0.0.0:%d/healthz" (int .Values.operator.healthPort) | quote }}
 # The operator's own /metrics (the container port "metrics", the metrics Service).
