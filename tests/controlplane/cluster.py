@@ -3,7 +3,11 @@ kube-controller-manager as child processes on loopback.
 
 The binaries come from ``scripts/build-controlplane`` (pinned Go modules, built once and
 cached). Everything listens on 127.0.0.1 at free ports; the service CIDR is bookkeeping
-only (no kube-proxy, no node), so no traffic leaves the machine. The apiserver runs with
+only (no kube-proxy, no node), so no traffic leaves the machine. The e2e node
+(``tests.node``) runs the same control plane inside its network namespace: a launcher
+prefix for every command, the apiserver bound and advertised on the node IP, and extra
+flags; it starts its own components through ``spawn`` so they stop with the plane.
+The apiserver runs with
 RBAC and the admission chain a production cluster has; the controller-manager runs the
 controllers that make namespaces, service-account tokens, Deployments, ReplicaSets and
 garbage collection real. Logs stay in ``workdir/logs`` for a failing test.
@@ -21,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -79,8 +84,28 @@ def find_binaries() -> Path:
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager in ``workdir``; admin kubeconfig."""
 
-    def __init__(self, binaries: Path, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        binaries: Path,
+        workdir: Path | None = None,
+        *,
+        launcher: Sequence[str] = (),
+        bind_address: str = "127.0.0.1",
+        advertise_address: str = "127.0.0.1",
+        serving_ips: Sequence[str] = (),
+        apiserver_args: Sequence[str] = (),
+        controllers: str = CONTROLLERS,
+    ) -> None:
         self.binaries = binaries
+        self.launcher = list(launcher)
+        """Prefix of every command (e.g. nsenter into the node's network namespace)."""
+        self.bind_address = bind_address
+        self.advertise_address = advertise_address
+        # Clients reach the apiserver on loopback, by the advertised address (the
+        # kubernetes Service's endpoint) and by the Service's own IP.
+        self.serving_ips = tuple(dict.fromkeys(("127.0.0.1", advertise_address, *serving_ips)))
+        self.apiserver_args = list(apiserver_args)
+        self.controllers = controllers
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="podcache-kube-"))
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -100,7 +125,7 @@ class ControlPlane:
         serving = self.ca.issue(
             "apiserver",
             common_name="kube-apiserver",
-            ips=("127.0.0.1",),
+            ips=self.serving_ips,
             dns_names=(
                 "localhost",
                 "kubernetes",
@@ -119,7 +144,7 @@ class ControlPlane:
         sa = service_account_keys(self.pki)
         self.write_kubeconfig(self.kubeconfig, client_cert=self.admin)
         etcd_port, etcd_peer = free_port(), free_port()
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 "--name=e2e",
@@ -133,12 +158,12 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._spawn(
+        self.spawn(
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.advertise_address}",
                 f"--secure-port={self.port}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
@@ -152,10 +177,11 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={self.pki / 'apiserver-generated'}",
+                *self.apiserver_args,
             ],
         )
         self._wait_ready(deadline)
-        self._spawn(
+        self.spawn(
             "kube-controller-manager",
             [
                 f"--kubeconfig={self.kubeconfig}",
@@ -164,7 +190,7 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
                 f"--cert-dir={self.pki / 'kcm-generated'}",
-                f"--controllers={CONTROLLERS}",
+                f"--controllers={self.controllers}",
                 f"--service-account-private-key-file={sa.key}",
                 f"--root-ca-file={self.ca.cert_path}",
                 "--use-service-account-credentials=true",
@@ -175,6 +201,7 @@ class ControlPlane:
         self._wait_default_service_account(deadline)
 
     def stop(self) -> None:
+        """Stop every process, the last started first."""
         for name in reversed(list(self.processes)):
             process = self.processes[name]
             if process.poll() is None:
@@ -260,12 +287,27 @@ class ControlPlane:
             body: bytes = r.read()
             return body
 
+    def stop_process(self, name: str, timeout: float = 10.0) -> None:
+        """Stop one component (SIGTERM, then SIGKILL after ``timeout``)."""
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
     # --- internals -------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], *, program: Path | str | None = None) -> None:
+        """Start a component under the launcher, its output in ``logs/<name>.log``; it
+        stops with the plane (last started, first stopped) or alone by ``stop_process``."""
         log = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            [str(self.binaries / name), *args],
+            [*self.launcher, str(program or self.binaries / name), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

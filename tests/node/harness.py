@@ -1,0 +1,192 @@
+"""What the node tests share: the running node as a ``Cluster``, the chart installed
+as a user installs it (``helm install --wait``, the operator a pod of the built image),
+exec into containers, and the timings the suite reports at its end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.stream import stream
+
+from tests.controlplane.cluster import find_binaries
+from tests.controlplane.harness import RELEASE, RELEASE_NAMESPACE, Cluster, eventually
+from tests.controlplane.helm import CHART, Helm
+from tests.node import images
+from tests.node.node import Node, find_node_binaries, remove_workdir
+
+IMAGE = "ghcr.io/podcache/podcache"
+TIMINGS: dict[str, float] = {}
+"""Figures measured by the node tests (seconds), printed at the end of the session."""
+
+
+@dataclasses.dataclass
+class NodeCluster:
+    """The one-node cluster: the control-plane handle plus the node's own parts."""
+
+    cluster: Cluster
+    node: Node
+    upgrade_tag: str
+    """A second tag of the same image in containerd, for ``helm upgrade`` to roll to."""
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return self.cluster.core
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return self.cluster.apps
+
+    @property
+    def helm(self) -> Helm:
+        return self.cluster.helm
+
+    def exec(self, namespace: str, pod: str, container: str, *argv: str) -> tuple[int, str]:
+        """Run ``argv`` in a container through the apiserver and the kubelet (as
+        ``kubectl exec`` does); its exit code and combined output."""
+        response = stream(
+            self.core.connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=list(argv),
+            stdin=False,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            _preload_content=False,
+        )
+        output = ""
+        deadline = time.monotonic() + 60
+        while response.is_open() and time.monotonic() < deadline:
+            response.update(timeout=1)
+            output += response.read_stdout() + response.read_stderr()
+        output += response.read_stdout() + response.read_stderr()
+        response.close()
+        code = response.returncode
+        return (code if code is not None else -1), output
+
+    @property
+    def helm_chart(self) -> Path:
+        return CHART
+
+    def install(self, *values: str, timeout: str = "180s") -> float:
+        """``helm install --wait`` of the unmodified chart; the seconds it took."""
+        started = time.monotonic()
+        self.helm.run(
+            "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+            "--create-namespace", "--wait", "--timeout", timeout,
+            *[arg for value in values for arg in ("--set", value)],
+            timeout=240,
+        )  # fmt: skip
+        return time.monotonic() - started
+
+    def operator_pods(self) -> list[client.V1Pod]:
+        pods = self.core.list_namespaced_pod(
+            RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator"
+        ).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+
+def pod_ready(pod: client.V1Pod) -> bool:
+    conditions = {c.type: c.status for c in (pod.status.conditions or [])}
+    return conditions.get("Ready") == "True"
+
+
+def wait_pods_ready(
+    nodes: NodeCluster, namespace: str, selector: str, count: int, timeout: float = 120
+) -> list[client.V1Pod]:
+    def ready() -> list[client.V1Pod] | None:
+        pods = [
+            p
+            for p in nodes.core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.metadata.deletion_timestamp is None
+        ]
+        if len(pods) == count and all(pod_ready(p) for p in pods):
+            return pods
+        return None
+
+    return eventually(ready, timeout=timeout, what=f"{count} Ready pods {selector} in {namespace}")
+
+
+def app_deployment(name: str, config_name: str | None, replicas: int = 1,
+                   **pod_extra: Any) -> dict[str, Any]:  # fmt: skip
+    """A Deployment whose app is ``sleep`` in the project's image (it has Python and the
+    podcache client, so a test can talk to the socket from the app container)."""
+    labels = {"app": name}
+    if config_name is not None:
+        labels["podcache.io/config"] = config_name
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": f"{IMAGE}:{images_version()}",
+        "imagePullPolicy": "Never",
+        "command": ["sleep", "infinity"],
+    }
+    container.update(pod_extra.pop("container", {}))
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [container], "terminationGracePeriodSeconds": 10,
+                         **pod_extra},
+            },
+        },
+    }  # fmt: skip
+
+
+def images_version() -> str:
+    return images.project_version()
+
+
+@contextmanager
+def start_node() -> Iterator[NodeCluster]:
+    """The image built, a node started with it; raises ``ControlPlaneUnavailable`` (or
+    a subclass) when anything cannot start. Set ``cluster.keep_logs`` to keep the folder."""
+    started = time.monotonic()
+    image = images.build()
+    TIMINGS["image build (cached by content)"] = time.monotonic() - started
+    node = Node(find_binaries(), find_node_binaries(), image)
+    running: NodeCluster | None = None
+    try:
+        started = time.monotonic()
+        node.start()
+        TIMINGS["node start (namespace to CoreDNS ready)"] = time.monotonic() - started
+        for phase, at in node.timings.items():
+            TIMINGS[f"  node start: {phase} at"] = at
+        api = config.new_client_from_config(config_file=str(node.plane.kubeconfig))
+        helm = Helm(
+            node.plane.binaries / "helm", node.plane.kubeconfig, node.plane.workdir / "helm"
+        )
+        upgrade_tag = f"e2e-{image.rsplit(':', 1)[1]}"
+        node.containerd.ctr("images", "tag", "--force", image, f"{IMAGE}:{upgrade_tag}")
+        running = NodeCluster(Cluster(node.plane, api, helm), node, upgrade_tag)
+        yield running
+        api.close()
+    finally:
+        node.stop()
+        if running is None or not running.cluster.keep_logs:
+            remove_workdir(node.plane.workdir)
+
+
+def wait_deleted(probe: Any, what: str, timeout: float = 60) -> None:
+    def gone() -> bool:
+        try:
+            probe()
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    eventually(gone, timeout=timeout, what=what)
