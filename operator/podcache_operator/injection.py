@@ -249,7 +249,7 @@ def sidecar_container(
             }
         ],
         "volumeMounts": mounts,
-        "resources": _resources(sidecar_spec.get("resources"), sidecar),
+        "resources": sidecar_resources(sidecar_spec.get("resources"), sidecar),
         "securityContext": _security_context(pod_spec, sidecar),
         # Native sidecars hold back the app's containers until this passes.
         "startupProbe": {
@@ -283,9 +283,10 @@ def _secret_env(name: str, ref: Mapping[str, Any] | None) -> list[dict[str, Any]
     ]
 
 
-def _resources(
+def sidecar_resources(
     resources: Mapping[str, Any] | None, sidecar: settings.SidecarSettings
 ) -> dict[str, Any]:
+    """``spec.sidecar.resources`` when given, else the operator's defaults."""
     if resources:
         return {key: dict(value) for key, value in resources.items() if value}
     return {

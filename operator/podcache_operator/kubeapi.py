@@ -16,6 +16,7 @@ All calls are async: never the synchronous ``kubernetes`` client inside handlers
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple, cast
@@ -154,6 +155,48 @@ async def apply(
     resource: Resource, obj: Mapping[str, Any], *, settings: kopf.OperatorSettings, logger: Logger
 ) -> dict[str, Any]:
     """Make the object look like ``obj``: merge-patch it, or create it when absent.
+EVENTS = Resource("", "v1", "events")
+
+
+async def warn(
+    about: Mapping[str, Any],
+    *,
+    reason: str,
+    message: str,
+    settings: kopf.OperatorSettings,
+    logger: Logger,
+) -> None:
+    """A Warning Event on ``about``, from places kopf's own posting does not reach (the
+    webhook answers outside kopf's handler contexts, where ``kopf.warn`` cannot queue)."""
+    metadata = about.get("metadata") or {}
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "podcache-", "namespace": metadata.get("namespace")},
+        "involvedObject": {
+            "apiVersion": about.get("apiVersion"),
+            "kind": about.get("kind"),
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": metadata.get("uid"),
+        },
+        "type": "Warning",
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "podcache-operator"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    await api.post(
+        EVENTS.url(namespace=metadata.get("namespace")),
+        payload=event,
+        settings=settings,
+        logger=logger,
+    )
+
+
 
     A merge patch replaces lists whole and keeps keys we never set, which is what
     an owner of labels/data/spec wants; stale keys we set earlier and dropped since

@@ -42,11 +42,14 @@ NAMESPACE = "podcache_operator"
 ReconcileOutcome = Literal["ok", "invalid_spec", "temporary_error"]
 RECONCILE_OUTCOMES: tuple[ReconcileOutcome, ...] = ("ok", "invalid_spec", "temporary_error")
 
-AdmissionOutcome = Literal["injected", "unchanged", "missing_config_allowed", "denied", "malformed"]
+AdmissionOutcome = Literal[
+    "injected", "unchanged", "missing_config_allowed", "not_injected_allowed", "denied", "malformed"
+]
 ADMISSION_OUTCOMES: tuple[AdmissionOutcome, ...] = (
     "injected",  # the pod gets the sidecar
     "unchanged",  # admitted as it is: already injected, or not ours to touch
     "missing_config_allowed",  # names a CacheConfig that does not exist; admitted without it
+    "not_injected_allowed",  # the sidecar could not be injected (failurePolicy Ignore)
     "denied",  # refused: cannot inject, missing CacheConfig when so configured, or our failure
     "malformed",  # not a usable AdmissionReview; answered 400
 )

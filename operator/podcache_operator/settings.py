@@ -76,6 +76,11 @@ class WebhookSettings:
     None leaves it to the Helm chart, which ships one."""
     reject_missing_config: bool = False
     """Deny pods naming a CacheConfig that does not exist, instead of admitting them unchanged."""
+    failure_policy: str = "Ignore"
+    """The webhook configuration's ``failurePolicy`` (the chart passes its own). When the
+    sidecar cannot be injected, or injecting fails, ``Ignore`` admits the pod unmodified
+    with a warning, as the apiserver would if we did not answer; ``Fail`` denies it with
+    the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +200,11 @@ class Settings:
             managed=env.optional("PODCACHE_WEBHOOK_MANAGED", WebhookSettings.managed),
             reject_missing_config=env.flag(
                 "PODCACHE_REJECT_MISSING_CONFIG", WebhookSettings.reject_missing_config
+            ),
+            failure_policy=env.choice(
+                "PODCACHE_WEBHOOK_FAILURE_POLICY",
+                WebhookSettings.failure_policy,
+                ("Ignore", "Fail"),
             ),
         )
         if (webhook.cert_file is None) != (webhook.key_file is None):

@@ -21,7 +21,7 @@ from typing import Any
 
 from podcache import config, durations
 from podcache.errors import ConfigError
-from podcache_operator import rendering, settings
+from podcache_operator import injection, quantities, rendering, settings
 
 SecretFetcher = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 """Secret name → the Secret object in the CacheConfig's namespace, or None when absent."""
@@ -89,6 +89,7 @@ def check_spec(
                 f"{locks['defaultTTL']} must not exceed spec.locks.maxTTL ({locks['maxTTL']})",
             )
         )
+    problems += _check_sidecar_resources(spec, sidecar)
     problems += _check_elections((spec.get("leaderElection") or {}).get("elections"))
     problems += _check_metrics(spec.get("metrics") or {})
     log_level = (spec.get("sidecar") or {}).get("logLevel")
@@ -254,6 +255,20 @@ def _check_memory(spec: Mapping[str, Any], sidecar: settings.SidecarSettings) ->
             )
         ]
     return []
+
+
+def _check_sidecar_resources(
+    spec: Mapping[str, Any], sidecar: settings.SidecarSettings
+) -> list[Problem]:
+    """Requests over limits make the apiserver refuse every pod the sidecar goes into."""
+    given = (spec.get("sidecar") or {}).get("resources")
+    if given is not None and not isinstance(given, Mapping):
+        return [Problem("spec.sidecar.resources", "expected requests and limits")]
+    field = "spec.sidecar.resources" if given else "the operator's default sidecar resources"
+    return [
+        Problem(field, f"{found}: pods selecting this CacheConfig would be refused")
+        for found in quantities.requests_over_limits(injection.sidecar_resources(given, sidecar))
+    ]
 
 
 def _check_elections(elections: Any) -> list[Problem]:

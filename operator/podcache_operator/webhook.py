@@ -26,6 +26,7 @@ Under any other kopf server the handler falls back to kopf's ``patch``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import json
@@ -36,12 +37,24 @@ from typing import Any
 import aiohttp.web
 import kopf
 
-from podcache_operator import cacheconfig_mirror, conditions, injection, kubeapi, rendering
+from podcache_operator import (
+    cacheconfig_mirror,
+    conditions,
+    injection,
+    kubeapi,
+    quantities,
+    rendering,
+)
 from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
 logger = logging.getLogger(__name__)
 
+ADMISSION_API_TIMEOUT = 3.0
+"""Seconds an admission may wait for the apiserver: well below the webhook's
+``timeoutSeconds`` (10 by default), so that a slow API gets our answer (under
+``failurePolicy``) instead of the apiserver timing us out."""
+_READ_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *kubeapi.TRANSIENT)
 HANDLER_ID = "inject"
 """Also the URL path (``/inject``) the chart's MutatingWebhookConfiguration points at."""
 REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -60,15 +73,24 @@ class AdmissionServer(kopf.WebhookServer):
     traceback; here every such request gets a 400 with a JSON reason instead.
     """
 
-    def __init__(self, *, metrics: podcache_metrics.OperatorMetrics, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: podcache_metrics.OperatorMetrics,
+        failure_policy: str = "Ignore",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.metrics = metrics
+        self.failure_policy = failure_policy
 
     async def _serve(  # type: ignore[override]  # kopf's is a staticmethod; ours needs metrics
         self, fn: kopf.WebhookFn, request: aiohttp.web.Request
     ) -> aiohttp.web.Response:
         with self.metrics.admission() as admission:
-            return await self._answer(fn, request, admission=admission)
+            return await self._answer(
+                fn, request, admission=admission, failure_policy=self.failure_policy
+            )
 
     @staticmethod
     async def _answer(
@@ -76,6 +98,7 @@ class AdmissionServer(kopf.WebhookServer):
         request: aiohttp.web.Request,
         *,
         admission: podcache_metrics.Admission,
+        failure_policy: str = "Ignore",
     ) -> aiohttp.web.Response:
         raw = await request.read()
         try:
@@ -97,7 +120,14 @@ class AdmissionServer(kopf.WebhookServer):
             )
         except Exception as exc:  # the apiserver gets an answer, the server keeps serving
             logger.exception("Admission request %s failed", review["request"]["uid"])
-            response = denied(review, code=500, message=f"podcache webhook failed: {exc!r}")
+            message = f"podcache webhook failed: {exc!r}"
+            if failure_policy == "Fail":
+                response = denied(review, code=500, message=message)
+            else:  # as the apiserver would treat our failure: admitted, untouched
+                response = allowed_unmodified(
+                    review, warning=f"{message}; pod admitted without the podcache sidecar"
+                )
+                ops.clear()
         finally:
             _direct_ops.reset(token)
         if ops:
@@ -154,6 +184,15 @@ def review_problem(review: Any) -> str | None:
     return None
 
 
+def allowed_unmodified(review: Mapping[str, Any], *, warning: str) -> dict[str, Any]:
+    """An AdmissionReview response admitting the request as it is, with a warning."""
+    return {
+        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+        "kind": "AdmissionReview",
+        "response": {"uid": review["request"]["uid"], "allowed": True, "warnings": [warning]},
+    }
+
+
 def denied(review: Mapping[str, Any], *, code: int, message: str) -> dict[str, Any]:
     """An AdmissionReview response refusing the request with ``message``."""
     return {
@@ -182,6 +221,7 @@ def build_server(
 ) -> AdmissionServer:
     return AdmissionServer(
         metrics=metrics,
+        failure_policy=config.failure_policy,
         addr=config.addr,
         port=config.port,
         host=config.host,
@@ -255,13 +295,29 @@ async def inject(
     namespace = body.metadata.namespace or ""
     name = body.metadata.labels.get(rendering.CONFIG_LABEL, "")
     pod_name = body.metadata.name or body.metadata.get("generateName", "<generated>")
-    cacheconfig = await find_cacheconfig(
-        namespace=namespace,
-        name=name,
-        mirror=memo.state.cacheconfig_mirror,
-        kopf_settings=memo.kopf_settings,
-        logger=logger,
-    )
+    policy = config.webhook.failure_policy
+    try:
+        cacheconfig = await asyncio.wait_for(
+            find_cacheconfig(
+                namespace=namespace,
+                name=name,
+                mirror=memo.state.cacheconfig_mirror,
+                kopf_settings=memo.kopf_settings,
+                logger=logger,
+            ),
+            ADMISSION_API_TIMEOUT,
+        )
+    except _READ_FAILURES as exc:
+        not_injected(
+            f"cannot read CacheConfig {namespace}/{name}: {exc!r}",
+            policy=policy,
+            pod_name=pod_name,
+            warnings=warnings,
+            cacheconfig=None,
+            kopf_settings=memo.kopf_settings,
+            logger=logger,
+        )
+        return
     if cacheconfig is None:
         message = (
             f"CacheConfig {namespace}/{name} named by label {rendering.CONFIG_LABEL} does not exist"
@@ -278,12 +334,27 @@ async def inject(
             f"CacheConfig {namespace}/{name} is not Ready ({ready.get('reason')}:"
             f" {ready.get('message')}); the sidecar waits for its config"
         )
+    spec = cacheconfig.get("spec") or {}
+    # What the apiserver would refuse in the mutated pod is caught here, not by a 422 that
+    # no failurePolicy can turn into an admission.
+    refusals = quantities.requests_over_limits(
+        injection.sidecar_resources((spec.get("sidecar") or {}).get("resources"), config.sidecar)
+    )
     try:
-        ops = injection.build_patch(
-            pod, cacheconfig=name, spec=cacheconfig.get("spec") or {}, sidecar=config.sidecar
-        )
+        if refusals:
+            raise injection.InjectionError(f"sidecar resources: {'; '.join(refusals)}")
+        ops = injection.build_patch(pod, cacheconfig=name, spec=spec, sidecar=config.sidecar)
     except injection.InjectionError as exc:
-        raise kopf.AdmissionError(f"cannot inject the podcache sidecar: {exc}", code=422) from exc
+        not_injected(
+            f"cannot inject the podcache sidecar of CacheConfig {namespace}/{name}: {exc}",
+            policy=policy,
+            pod_name=pod_name,
+            warnings=warnings,
+            cacheconfig=cacheconfig,
+            kopf_settings=memo.kopf_settings,
+            logger=logger,
+        )
+        return
     if ops:
         direct = _direct_ops.get()
         if direct is not None:  # behind AdmissionServer: sent as they are
@@ -291,3 +362,51 @@ async def inject(
         else:
             patch.update(merge_patch(pod, injection.apply_patch(pod, ops)))
         logger.info("Injected the podcache sidecar (CacheConfig %s) into pod %s", name, pod_name)
+
+
+def not_injected(
+    message: str,
+    *,
+    policy: str,
+    pod_name: str,
+    warnings: list[str],
+    cacheconfig: Mapping[str, Any] | None,
+    kopf_settings: kopf.OperatorSettings,
+    logger: kubeapi.Logger,
+) -> None:
+    """The sidecar cannot go into this pod: deny under ``Fail``, else admit it unmodified
+    with a warning to whoever created it and an Event on the CacheConfig."""
+    if policy == "Fail":
+        raise kopf.AdmissionError(f"{message} (failurePolicy: Fail)", code=422)
+    warnings.append(f"{message}; pod admitted without the podcache sidecar")
+    podcache_metrics.note_admission("not_injected_allowed")
+    logger.warning("%s; admitting pod %s without the sidecar", message, pod_name)
+    if cacheconfig is not None and (cacheconfig.get("metadata") or {}).get("uid"):
+        # Posted in the background: the admission answer does not wait for it.
+        task = asyncio.create_task(
+            _post_warning(cacheconfig, f"pod {pod_name}: {message}", kopf_settings, logger)
+        )
+        _event_tasks.add(task)
+        task.add_done_callback(_event_tasks.discard)
+
+
+_event_tasks: set[asyncio.Task[None]] = set()  # kept referenced until done
+
+
+async def _post_warning(
+    cacheconfig: Mapping[str, Any],
+    message: str,
+    kopf_settings: kopf.OperatorSettings,
+    logger: kubeapi.Logger,
+) -> None:
+    try:
+        async with asyncio.timeout(ADMISSION_API_TIMEOUT):
+            await kubeapi.warn(
+                cacheconfig,
+                reason="SidecarNotInjected",
+                message=message,
+                settings=kopf_settings,
+                logger=logger,
+            )
+    except _READ_FAILURES as exc:
+        logger.warning("Could not post the SidecarNotInjected Event: %r", exc)

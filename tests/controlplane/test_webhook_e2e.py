@@ -246,3 +246,47 @@ def test_operator_down_with_fail_refuses_the_pod_with_a_reason(
     message = json.loads(refused.value.body)["message"]
     assert 'failed calling webhook "sidecar.podcache.io"' in message
     assert "connection refused" in message
+
+
+def test_a_sidecar_the_apiserver_would_refuse_is_not_injected(
+    installation: Installation, namespace: str
+) -> None:
+    """Issue 9 defect 4: requests over limits passed the CRD; the mutated pod was then
+    refused by the apiserver (422) whatever the failurePolicy, so no pod could start.
+    Under Ignore the pod is now admitted as it is, with a warning and an Event."""
+    cluster = installation.cluster
+    resources = {"requests": {"cpu": "1"}, "limits": {"cpu": "500m"}}
+    create(cluster, namespace, cache_config("greedy", {"sidecar": {"resources": resources}}))
+    stored = cluster.core.create_namespaced_pod(namespace, pod("app", "greedy"))
+    assert sidecar_of(stored) is None
+
+    def warned() -> bool:
+        events = cluster.core.list_namespaced_event(namespace).items
+        return any(
+            e.reason == "SidecarNotInjected" and e.involved_object.name == "greedy"
+            for e in events
+        )
+
+    eventually(warned, what="a SidecarNotInjected Event on the CacheConfig")
+
+
+def test_under_fail_a_sidecar_the_apiserver_would_refuse_denies_with_the_reason(
+    installation: Installation, namespace: str
+) -> None:
+    cluster = installation.cluster
+    resources = {"requests": {"cpu": "1"}, "limits": {"cpu": "500m"}}
+    create(cluster, namespace, cache_config("greedy", {"sidecar": {"resources": resources}}))
+    installation.operator.stop()
+    installation.operator.env["PODCACHE_WEBHOOK_FAILURE_POLICY"] = "Fail"
+    installation.point_webhook(failure_policy="Fail")
+    try:
+        installation.operator.start()
+        with pytest.raises(client.ApiException) as refused:
+            cluster.core.create_namespaced_pod(namespace, pod("app", "greedy"))
+        message = json.loads(refused.value.body)["message"]
+        assert "cpu: request 1 must be less than or equal to limit 500m" in message
+    finally:
+        installation.operator.stop()
+        installation.operator.env["PODCACHE_WEBHOOK_FAILURE_POLICY"] = "Ignore"
+        installation.point_webhook(failure_policy="Ignore")
+        installation.operator.start()

@@ -339,13 +339,18 @@ async def test_admissions_counted_by_outcome(
         assert "warnings" in await post(client, webhook, review(samples.pod(config="nope")))
         clashing = samples.pod()
         clashing["spec"]["volumes"] = [{"name": "podcache-socket", "emptyDir": {}}]
-        assert (await post(client, webhook, review(clashing)))["allowed"] is False
+        # failurePolicy Ignore (the default): admitted as it is, with a warning.
+        answer = await post(client, webhook, review(clashing))
+        assert answer["allowed"] is True
+        assert "patch" not in answer
+        assert "podcache-socket" in answer["warnings"][0]
         async with client.post(webhook, data=b"{not json") as response:
             assert response.status == 400
     # Counted before each answer went out: no waiting needed.
     counts = await scrape()
     for outcome in metrics.ADMISSION_OUTCOMES:
-        assert value(counts, "webhook_admissions_total", outcome=outcome) == 1, outcome
+        expected = 0 if outcome == "denied" else 1  # nothing is denied under Ignore
+        assert value(counts, "webhook_admissions_total", outcome=outcome) == expected, outcome
     assert value(counts, "webhook_duration_seconds_count") == 5
     assert value(counts, "webhook_duration_seconds_bucket", le="10.0") == 5
 

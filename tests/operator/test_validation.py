@@ -178,3 +178,36 @@ class TestSecrets:
 
     async def test_memory_backend_references_nothing(self) -> None:
         assert validation.secret_refs(samples.MEMORY_SPEC) == []
+
+
+@pytest.mark.parametrize(
+    ("resources", "words"),
+    [
+        ({"requests": {"cpu": "1"}, "limits": {"cpu": "500m"}}, "cpu: request 1 must be"),
+        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}}, "memory: request 1Gi"),
+        ({"requests": {"cpu": "2e3"}, "limits": {"cpu": "1"}}, "cpu: request 2e3 must"),
+    ],
+)
+def test_sidecar_requests_over_limits_are_refused(resources: dict[str, Any], words: str) -> None:
+    """The apiserver refuses such a container: every pod selecting the CacheConfig would be."""
+    spec = samples.spec(samples.MEMORY_SPEC, sidecar={"resources": resources})
+    found = problems(spec)
+    assert any(p.startswith("spec.sidecar.resources: ") and words in p for p in found), found
+
+
+def test_sidecar_requests_equal_to_limits_pass() -> None:
+    resources = {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "0.5", "memory": "268435456"},
+    }
+    assert problems(samples.spec(samples.MEMORY_SPEC, sidecar={"resources": resources})) == []
+
+
+def test_operator_defaults_over_limits_are_reported() -> None:
+    found = validation.check_spec(
+        samples.MEMORY_SPEC,
+        namespace="shop",
+        name="shop",
+        sidecar=settings.SidecarSettings(memory_request="1Gi", memory_limit="512Mi"),
+    )
+    assert any("the operator's default sidecar resources" in str(p) for p in found), found

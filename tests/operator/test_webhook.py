@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import uuid
@@ -186,16 +187,18 @@ class TestInjection:
         assert response["status"]["code"] == 400
         assert "CacheConfig shop/nope" in response["status"]["message"]
 
-    async def test_pod_we_cannot_inject_into_is_denied(
+    async def test_pod_we_cannot_inject_into_is_admitted_unmodified_with_a_warning(
         self, cluster: ClusterEmulator, client: aiohttp.ClientSession, url: str
     ) -> None:
+        """failurePolicy Ignore (the default): as the apiserver would if we did not answer."""
         await create(cluster, "shop", samples.MEMORY_SPEC)
         pod = samples.pod()
         pod["spec"]["volumes"] = [{"name": "podcache-socket", "emptyDir": {}}]
         response = await post(client, url, review(pod))
-        assert response["allowed"] is False
-        assert response["status"]["code"] == 422
-        assert "podcache-socket" in response["status"]["message"]
+        assert response["allowed"] is True
+        assert "patch" not in response
+        assert "podcache-socket" in response["warnings"][0]
+        assert "admitted without the podcache sidecar" in response["warnings"][0]
 
     async def test_warns_when_the_cacheconfig_is_not_ready(
         self, cluster: ClusterEmulator, client: aiohttp.ClientSession, url: str
@@ -272,8 +275,9 @@ class TestMalformed:
         pod = samples.pod()
         pod["spec"] = {}
         response = await post(client, url, review(pod))
-        assert response["allowed"] is False
-        assert "spec.containers" in response["status"]["message"]
+        assert response["allowed"] is True
+        assert "patch" not in response
+        assert "spec.containers" in response["warnings"][0]
 
     async def test_server_keeps_serving_after_garbage(
         self, cluster: ClusterEmulator, client: aiohttp.ClientSession, url: str
@@ -328,3 +332,55 @@ async def test_handler_outside_our_server_patches_through_kopf(
     )
     assert injection.apply_patch(pod, patch.as_json_patch()) == expected
     assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (
+            samples.spec(
+                samples.MEMORY_SPEC,
+                sidecar={"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "500m"}}},
+            ),
+            "cpu: request 1 must be less than or equal to limit 500m",
+        ),
+        (samples.MEMORY_SPEC, "podcache-socket"),
+    ],
+)
+@pytest.mark.parametrize("policy", ["Ignore", "Fail"])
+async def test_what_cannot_be_injected_follows_the_failure_policy(
+    certificates: dict[str, Path], spec: dict[str, Any], words: str, policy: str
+) -> None:
+    """Never a patch the apiserver would refuse: under Ignore the pod is admitted as it
+    is with a warning; under Fail it is denied with the reason."""
+    base = emulator.test_settings(certificates)
+    config = dataclasses.replace(
+        base, webhook=dataclasses.replace(base.webhook, failure_policy=policy)
+    )
+    pod = samples.pod()
+    pod["metadata"]["namespace"] = "shop"
+    if words == "podcache-socket":
+        pod["spec"]["volumes"] = [{"name": "podcache-socket", "emptyDir": {}}]
+    body = kopf.Body(pod)
+    patch = kopf.Patch(body=body)
+    mirror = cacheconfig_mirror.CacheConfigMirror()
+    mirror.apply(
+        {"type": None, "object": {"metadata": {"name": "shop", "namespace": "shop"}, "spec": spec}}
+    )
+    mirror.apply(watching.Bookmark.LISTED)
+    memo = kopf.Memo(
+        config=config,
+        kopf_settings=kopf.OperatorSettings(),
+        state=handlers.RuntimeState(cacheconfig_mirror=mirror),
+    )
+    warnings: list[str] = []
+    call = webhook.inject(
+        body=body, patch=patch, warnings=warnings, memo=memo, logger=logging.getLogger(__name__)
+    )
+    if policy == "Fail":
+        with pytest.raises(kopf.AdmissionError, match=words):
+            await call
+    else:
+        await call
+        assert any(words in warning for warning in warnings), warnings
+    assert not patch
