@@ -36,6 +36,9 @@ Forbidden = errors.APIForbiddenError
 Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
 
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+APPLY_PATCH = {"Content-Type": "application/apply-patch+yaml"}  # a JSON body is YAML too
+FIELD_MANAGER = "podcache-operator"
+"""Who owns the fields of the objects we apply (``metadata.managedFields``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +103,8 @@ API_CALLS: tuple[ApiCall, ...] = (
     ApiCall("podcache.io", "v1alpha1", "cacheconfigs/finalizers", ("update",)),
     # kopf: index labelled pods for status.pods (a watch: no single-pod GET).
     ApiCall("", "v1", "pods", ("list", "watch")),
-    # The objects each CacheConfig owns (applied, never read one by one), watched
+    # The objects each CacheConfig owns (server-side applied: patch, and create when the
+    # apply makes one; never read one by one), watched
     # (label-selected server-side) to put them back when deleted or edited.
     ApiCall("", "v1", "configmaps", ("list", "watch", "create", "patch")),
     ApiCall("", "v1", "services", ("list", "watch", "create", "patch")),
@@ -151,10 +155,6 @@ async def get(
     return result
 
 
-async def apply(
-    resource: Resource, obj: Mapping[str, Any], *, settings: kopf.OperatorSettings, logger: Logger
-) -> dict[str, Any]:
-    """Make the object look like ``obj``: merge-patch it, or create it when absent.
 EVENTS = Resource("", "v1", "events")
 
 
@@ -197,30 +197,40 @@ async def warn(
     )
 
 
+async def apply(
+    resource: Resource, obj: Mapping[str, Any], *, settings: kopf.OperatorSettings, logger: Logger
+) -> dict[str, Any]:
+    """Make the object look like ``obj``: server-side apply as ``FIELD_MANAGER``.
 
-    A merge patch replaces lists whole and keeps keys we never set, which is what
-    an owner of labels/data/spec wants; stale keys we set earlier and dropped since
-    are cleared by the caller setting them to None.
+    The apiserver creates the object when absent, and removes what we applied before
+    and left out this time (a label dropped from ``serviceMonitor.labels``) while keeping
+    what others set; a merge patch never removed anything. ``force`` takes over fields
+    someone else changed since: these objects are ours. A POST follows a 404 only for
+    API emulators that cannot create on apply.
+
+    Beware: fields written before the operator used server-side apply belong to the
+    manager of that write, so a key dropped since is not removed by this apply.
     """
     metadata = obj["metadata"]
     url = resource.url(namespace=metadata.get("namespace"), name=metadata["name"])
+    apply_url = f"{url}?fieldManager={FIELD_MANAGER}&force=true"
     try:
         result: dict[str, Any] = await api.patch(
-            url, payload=dict(obj), headers=MERGE_PATCH, settings=settings, logger=logger
+            apply_url, payload=dict(obj), headers=APPLY_PATCH, settings=settings, logger=logger
         )
         return result
     except errors.APINotFoundError:
         pass
     try:
         result = await api.post(
-            resource.url(namespace=metadata.get("namespace")),
+            f"{resource.url(namespace=metadata.get('namespace'))}?fieldManager={FIELD_MANAGER}",
             payload=dict(obj),
             settings=settings,
             logger=logger,
         )
-    except errors.APIConflictError:  # created by someone in between: patch it after all
+    except errors.APIConflictError:  # created by someone in between: apply after all
         result = await api.patch(
-            url, payload=dict(obj), headers=MERGE_PATCH, settings=settings, logger=logger
+            apply_url, payload=dict(obj), headers=APPLY_PATCH, settings=settings, logger=logger
         )
     return result
 

@@ -71,6 +71,11 @@ def configure(
     owned = ",".join(f"{key}={value}" for key, value in handlers.OWNED.items())
     settings.watching.label_selectors[handlers.CONFIGMAPS] = owned
     settings.watching.label_selectors[handlers.SERVICES] = owned
+    # One CRD matters to our handlers (ServiceMonitor's); CRDs are big (schemas of every
+    # operator in the cluster), so the watch names it. Kopf's own observer shares that
+    # watch: CRDs installed after the start are not rediscovered (``prerequisites``
+    # waits for ours before kopf scans).
+    settings.watching.field_selectors[handlers.CRDS] = f"metadata.name={kubeapi.SERVICEMONITOR_CRD}"
 
     settings.peering.name = config.peering.name
     settings.peering.priority = config.peering.effective_priority()

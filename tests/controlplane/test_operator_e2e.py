@@ -187,3 +187,59 @@ def test_no_secret_is_read_by_default(installation: Installation, namespace: str
     answer = client.AuthorizationV1Api(cluster.api).create_subject_access_review(review)
     assert answer.status.allowed is False
     assert "forbidden: User" not in installation.operator.log()
+
+
+def install_servicemonitor_crd(cluster: Any) -> None:
+    crd = yaml.safe_load(SERVICEMONITOR_CRD.read_text())
+    if not objects.is_served(
+        cluster.api, {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor"}
+    ):
+        try:
+            objects.create(cluster.api, crd)
+        except Exception as exc:  # created by another test a moment ago
+            if "AlreadyExists" not in str(exc) and "409" not in str(exc):
+                raise
+    wait_crds_established(cluster, crd["metadata"]["name"])
+
+
+def test_a_label_dropped_from_the_spec_leaves_the_servicemonitor(
+    installation: Installation, namespace: str
+) -> None:
+    """Regression (issue 9, defect 11): owned objects were merge-patched, which never
+    removes a key, so a label dropped from serviceMonitor.labels stayed forever. Server-side
+    apply removes what we applied before and no longer apply, and keeps others' labels."""
+    cluster = installation.cluster
+    install_servicemonitor_crd(cluster)
+    labels = {"release": "prom", "team": "shop"}
+    create(
+        cluster,
+        namespace,
+        cache_config("labelled", {"metrics": {"serviceMonitor": {"labels": labels}}}),
+    )
+
+    def monitor_labels() -> dict[str, str]:
+        found = cluster.custom.get_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", namespace, "servicemonitors", "podcache-labelled"
+        )
+        return dict(found["metadata"].get("labels") or {})
+
+    eventually(lambda: monitor_labels().get("team") == "shop", timeout=30, what="labels")
+    cluster.custom.patch_namespaced_custom_object(
+        "monitoring.coreos.com",
+        "v1",
+        namespace,
+        "servicemonitors",
+        "podcache-labelled",
+        {"metadata": {"labels": {"someone-else": "keeps-this"}}},
+    )
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "labelled",
+        {"spec": {"metrics": {"serviceMonitor": {"labels": {"team": None}}}}},
+    )
+    eventually(lambda: "team" not in monitor_labels(), timeout=30, what="the label removed")
+    assert monitor_labels()["release"] == "prom"
+    assert monitor_labels()["someone-else"] == "keeps-this"

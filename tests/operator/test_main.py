@@ -190,6 +190,14 @@ class TestConfigure:
         assert "admission webhook is OFF" in warning
         assert "PODCACHE_WEBHOOK_CERT_FILE" in warning
 
+    def test_crd_watch_names_the_servicemonitor_crd(self) -> None:
+        """Regression (issue 9, defect 11): every CRD in the cluster was watched."""
+        kopf_settings, _ = self.configure(settings.Settings())
+        crds = kopf.Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        assert list(kopf_settings.watching.field_selectors.collect(crds)) == [
+            "metadata.name=servicemonitors.monitoring.coreos.com"
+        ]
+
     def test_reads_the_environment_when_not_given_settings(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
