@@ -192,31 +192,82 @@ def connect_cluster(settings: RedisSettings) -> RedisCluster:
 # failure-detection delay, so its clock is past every number the lost primary issued,
 # PROVIDED the servers' clocks agree to within that delay (NTP does far better). Numbers
 # stay below 2**53 (until the year 2255), so JSON clients read them exactly.
+#
+# A counter key that holds something else (a string, a list, a hash whose n is not a
+# number: written by a tenant whose keyPrefix overlaps, or by hand) is not ours and must
+# not wedge its lock or election with WRONGTYPE forever. It is replaced by a counter
+# seeded like a new epoch: at the server clock in microseconds, or at the number it held
+# when that is larger (a counter once kept by INCR). That is safe for the same reason as
+# the epoch jump: every number this server handed out is at most its clock, so the next
+# one is still greater than all of them. What was replaced is returned in `damage` for
+# the caller to log; the scripts report it as an extra reply element.
 MONOTONIC_COUNTER_LUA = """
+local damage = ''
 local function server_epoch()
   local server = redis.call('INFO', 'server')
   local replication = redis.call('INFO', 'replication')
   return (string.match(server, 'run_id:(%x+)') or '?') .. '/' ..
          (string.match(replication, 'master_replid:(%x+)') or '?')
 end
-local function next_counter(key)
+local function clock_micros()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000000 + tonumber(now[2])
+end
+local function usable(n)
+  return n ~= nil and n == n and n >= 0 and n < 2^53
+end
+local function counter_value(key)
+  -- the counter's n (0 when absent), or nil and what the key holds when it is not a counter
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return 0 end
+  if kind ~= 'hash' then return nil, kind end
   local n = tonumber(redis.call('HGET', key, 'n') or '0')
-  local epoch = server_epoch()
-  if redis.call('HGET', key, 'epoch') ~= epoch then
-    local now = redis.call('TIME')
-    local micros = tonumber(now[1]) * 1000000 + tonumber(now[2])
-    if micros > n then n = micros end
-    redis.call('HSET', key, 'epoch', epoch)
+  if not usable(n) then return nil, 'hash without a numeric n' end
+  return n
+end
+local function reseed_counter(key, kind)
+  local n = 0
+  if kind == 'string' then
+    local held = tonumber(redis.call('GET', key))
+    if usable(held) then n = math.floor(held) end
+  end
+  damage = damage .. (damage == '' and '' or '; ') .. key .. ' held a ' .. kind
+  redis.call('DEL', key)
+  n = math.max(n, clock_micros())
+  redis.call('HSET', key, 'n', string.format('%.0f', n), 'epoch', server_epoch())
+  return n
+end
+local function next_counter(key)
+  local n, kind = counter_value(key)
+  if n == nil then
+    n = reseed_counter(key, kind)
+  else
+    local epoch = server_epoch()
+    if redis.call('HGET', key, 'epoch') ~= epoch then
+      n = math.max(n, clock_micros())
+      redis.call('HSET', key, 'epoch', epoch)
+    end
   end
   n = n + 1
   redis.call('HSET', key, 'n', string.format('%.0f', n))
   return n
 end
 local function current_counter(key)
-  return tonumber(redis.call('HGET', key, 'n') or '0')
+  local n, kind = counter_value(key)
+  if n == nil then n = reseed_counter(key, kind) end
+  return n
+end
+local function foreign_key(key, expected)
+  -- delete `key` and note it in `damage` when it holds another type than `expected`
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' or kind == expected then return false end
+  redis.call('DEL', key)
+  damage = damage .. (damage == '' and '' or '; ') .. key .. ' held a ' .. kind
+  return true
 end
 """
-"""Lua functions ``next_counter(key)`` and ``current_counter(key)`` over a hash {n, epoch}."""
+"""Lua: ``next_counter(key)`` and ``current_counter(key)`` over a hash {n, epoch}, and
+``foreign_key(key, type)``; both note a replaced key in the string ``damage``."""
 
 
 async def eval_and_wait(

@@ -6,6 +6,10 @@ Keys of one election share a Cluster hash tag, so every script touches one slot:
 - ``<prefix>podcache:leader:{<name>}:term``   term counter {n, epoch}; never expires, only grows
 - channel ``<prefix>podcache:leader:{<name>}:events``  "elected" / "resigned" notices
 
+A lease or term key of another type (written outside podcache) is replaced, never left
+to fail every campaign with WRONGTYPE, and logged at ERROR (see
+``redis_topologies.MONOTONIC_COUNTER_LUA`` for why the terms still only grow).
+
 The notices only make followers react sooner; correctness never depends on them.
 A follower also re-checks after ``retry_period`` and when the holder's lease is due
 to expire. Every election of a backend listens on ONE shared pub/sub connection
@@ -15,12 +19,15 @@ joining elections never takes connections from the cache.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from podcache.backends import redis_notices, redis_topologies
 from podcache.election.store import LeaseRecord, LeaseStore
 from podcache.locks.redis import bounded, hash_tag
+
+logger = logging.getLogger(__name__)
 
 
 def election_keys(prefix: str, name: str) -> tuple[str, str, str]:
@@ -56,22 +63,24 @@ class RedisLeaseStore(LeaseStore):
 -- ARGV[2] - candidate nonce (fresh for every campaign)
 -- ARGV[3] - lease duration in milliseconds
 -- ARGV[4] - notice channel
--- return {1, holder, term, pttl} when the candidate became leader (term + 1) or already
---        holds the lease under this nonce (an earlier reply was lost; the lease is extended),
---        {0, holder, term, pttl} when someone else holds the lease
+-- return {1, holder, term, pttl, damage} when the candidate became leader (term + 1) or
+--        already holds the lease under this nonce (an earlier reply was lost; the lease is
+--        extended), {0, holder, term, pttl, damage} when someone else holds the lease;
+--        damage names keys of another type replaced ('' if none)
+foreign_key(KEYS[1], 'hash')  -- only a hash can be a lease: anything else is not one
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local term = next_counter(KEYS[2])
   redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'nonce', ARGV[2], 'term', term)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PUBLISH', ARGV[4], 'elected')
-  return {1, ARGV[1], term, tonumber(ARGV[3])}
+  return {1, ARGV[1], term, tonumber(ARGV[3]), damage}
 end
 if redis.call('HGET', KEYS[1], 'nonce') == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3])}
+  return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3]), damage}
 end
-return {0, redis.call('HGET', KEYS[1], 'holder'),
-        current_counter(KEYS[2]), redis.call('PTTL', KEYS[1])}
+local term = current_counter(KEYS[2])
+return {0, redis.call('HGET', KEYS[1], 'holder'), term, redis.call('PTTL', KEYS[1]), damage}
 """
 
     RENEW_LUA = """
@@ -79,7 +88,8 @@ return {0, redis.call('HGET', KEYS[1], 'holder'),
 -- ARGV[1] - the leader's nonce
 -- ARGV[2] - lease duration in milliseconds
 -- return the term when extended; nil when the nonce no longer holds the lease
-if redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
+local lease = redis.call('TYPE', KEYS[1])['ok'] == 'hash'
+if lease and redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return tonumber(redis.call('HGET', KEYS[1], 'term'))
 end
@@ -91,7 +101,8 @@ return false
 -- ARGV[1] - the leader's nonce
 -- ARGV[2] - notice channel
 -- return 1 when resigned (watchers notified); 0 when the nonce does not hold the lease
-if redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
+local lease = redis.call('TYPE', KEYS[1])['ok'] == 'hash'
+if lease and redis.call('HGET', KEYS[1], 'nonce') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], 'resigned')
   return 1
@@ -102,9 +113,13 @@ return 0
     READ_LUA = redis_topologies.MONOTONIC_COUNTER_LUA + """
 -- KEYS[1] - lease hash
 -- KEYS[2] - term counter
--- return {holder or nil, term, pttl of the lease (-2 when vacant)}
-return {redis.call('HGET', KEYS[1], 'holder'),
-        current_counter(KEYS[2]), redis.call('PTTL', KEYS[1])}
+-- return {holder or nil, term, pttl of the lease (-2 when vacant), damage}
+local holder = false
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  holder = redis.call('HGET', KEYS[1], 'holder')
+end
+local term = current_counter(KEYS[2])
+return {holder, term, redis.call('PTTL', KEYS[1]), damage}
 """
 
     def __init__(
@@ -138,7 +153,9 @@ return {redis.call('HGET', KEYS[1], 'holder'),
     ) -> tuple[bool, LeaseRecord]:
         call = self._campaign(keys=(self._lease_key, self._term_key),
                               args=(identity, nonce, _ms(duration), self._channel))
-        won, holder, term, pttl = await bounded(call, seconds=self._timeout, what="campaign")
+        won, holder, term, pttl, damage = await bounded(call, seconds=self._timeout,
+                                                        what="campaign")
+        self._report_damage(damage)
         return bool(int(won)), _record(holder, term, pttl)
 
     async def renew(self, *, nonce: str, duration: float) -> int | None:
@@ -152,8 +169,18 @@ return {redis.call('HGET', KEYS[1], 'holder'),
 
     async def read(self) -> LeaseRecord:
         call = self._read(keys=(self._lease_key, self._term_key))
-        holder, term, pttl = await bounded(call, seconds=self._timeout, what="read")
+        holder, term, pttl, damage = await bounded(call, seconds=self._timeout, what="read")
+        self._report_damage(damage)
         return _record(holder, term, pttl)
+
+    def _report_damage(self, damage: bytes | str) -> None:
+        if damage:
+            text = damage.decode("utf-8", "replace") if isinstance(damage, bytes) else damage
+            logger.error(
+                "election %r: %s, which podcache never writes (another tenant with an"
+                " overlapping keyPrefix, or a hand-made key?); replaced: terms keep increasing",
+                self.name, text,
+            )
 
     async def open(self) -> None:
         if self._subscription is None:

@@ -7,6 +7,12 @@ Keys of one lock share a Cluster hash tag, so every script touches one slot:
 - ``<prefix>podcache:lock:{<name>}:fence``   fence counter, never expires
 - ``<prefix>podcache:lock:{<name>}:signal``  release signal: at most one element, short-lived
 
+A key of another type under these names (podcache never writes one: a tenant with an
+overlapping ``keyPrefix``, or a hand-made key) does not wedge the lock: the scripts
+replace it (an owner key that is not a string cannot be a lease; a fence counter is
+re-seeded so that fences keep increasing, see ``redis_topologies.MONOTONIC_COUNTER_LUA``)
+and the replacement is logged at ERROR.
+
 Why a signal list rather than pub/sub: a list keeps the signal until someone pops it,
 so a release that lands between a waiter's failed attempt and its ``BLPOP`` is not
 lost; Redis serves blocked clients first-come first-served; and it needs no
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Awaitable, Sequence
@@ -44,6 +51,7 @@ from podcache.errors import BackendUnavailable
 from podcache.locks.base import Busy, Lease, LockService
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 SIGNAL_TTL_MS = 5000
 """A release signal nobody pops is dropped after this: waiters re-check the lock far
@@ -120,12 +128,15 @@ class RedisLocks(LockService):
 -- KEYS[3] - release-signal list
 -- ARGV[1] - the new owner's token
 -- ARGV[2] - lease ttl in milliseconds
--- return {1, fence} when acquired; {0, pttl} when held (pttl -1: the holder never expires)
+-- return {1, fence, damage} when acquired; {0, pttl, damage} when held (pttl -1: the
+--        holder never expires); damage names keys of another type replaced ('' if none)
+foreign_key(KEYS[1], 'string')  -- only a string can be a lease: anything else is not one
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('DEL', KEYS[3])
-  return {1, next_fence(KEYS[2])}
+  local fence = next_fence(KEYS[2])
+  return {1, fence, damage}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('PTTL', KEYS[1]), damage}
 """
 
     REFRESH_LUA = FENCE_LUA + """
@@ -133,10 +144,11 @@ return {0, redis.call('PTTL', KEYS[1])}
 -- KEYS[2] - fence counter
 -- ARGV[1] - the caller's token
 -- ARGV[2] - new lease ttl in milliseconds
--- return the holder's fence when extended; nil when the token does not own the lock
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+-- return {fence, damage} when extended; nil when the token does not own the lock
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return current_fence(KEYS[2])
+  local fence = current_fence(KEYS[2])
+  return {fence, damage}
 end
 return false
 """
@@ -147,7 +159,7 @@ return false
 -- ARGV[1] - the caller's token
 -- ARGV[2] - lifetime of the release signal in milliseconds
 -- return 1 when released (one waiter is woken); 0 when the token does not own the lock
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('DEL', KEYS[2])
   redis.call('RPUSH', KEYS[2], '1')
@@ -197,6 +209,7 @@ return 0
             what="acquire",
         )
         acquired, number = int(reply[0]), int(reply[1])
+        _report_damage(reply[2], lock=name)
         if not acquired:
             return Busy(expires_in=math.inf if number < 0 else number / 1000)
         return Lease(token=token, fence=number, ttl=ttl, replicated=replicated,
@@ -230,7 +243,8 @@ return 0
         )
         if reply is None:
             return None
-        return Lease(token=token, fence=int(reply), ttl=ttl, replicated=replicated,
+        _report_damage(reply[1], lock=name)
+        return Lease(token=token, fence=int(reply[0]), ttl=ttl, replicated=replicated,
                      acquired_at=sent_at)
 
     async def _release(self, name: str, *, token: str) -> bool:
@@ -253,6 +267,15 @@ return 0
         )
         reply, acks = await bounded(call, seconds=self._timeout + self._ack_timeout, what=what)
         return reply, acks >= 1
+
+
+def _report_damage(damage: bytes | str, *, lock: str) -> None:
+    if damage:
+        text = damage.decode("utf-8", "replace") if isinstance(damage, bytes) else damage
+        logger.error(
+            "lock %r: %s, which podcache never writes (another tenant with an overlapping"
+            " keyPrefix, or a hand-made key?); replaced: fences keep increasing", lock, text,
+        )
 
 
 def _ms(seconds: float) -> int:
