@@ -5,21 +5,25 @@ Isolation: every key is stored as ``key_prefix + key``; the item count SCANs onl
 count each other's keys (a prefix that is itself a prefix of another tenant's, e.g.
 ``a`` and ``ab``, is the operator's business: use a separator such as ``shop:``).
 
-Failure policy: every call runs under ``asyncio.timeout(operation_timeout)`` on top
-of redis-py's socket timeouts, so a dead or paused Redis gives ``BackendUnavailable``
-within that bound instead of a hang; every redis-py error, OSError and timeout is
-mapped to ``BackendUnavailable`` (chained with ``from``). The client reconnects by
-itself when Redis comes back: nothing needs to be recreated.
+Failure policy: a dead or paused Redis gives ``BackendUnavailable`` within
+``operation_timeout`` instead of a hang, and every error is mapped to it (chained with
+``from``). Calls through redis-py run under ``asyncio.timeout(operation_timeout)`` on top
+of its socket timeouts; calls through ``pipeline`` carry one deadline each that the
+pipelined connection enforces itself. Both reconnect by themselves when Redis comes
+back: nothing needs to be recreated.
 
 Reads: ``get`` goes to Sentinel replicas only when ``readFromReplicas`` is set (they
 lag); conditional writes, locks and elections always use the primary.
 
 Connections, by kind of traffic, so that no kind can starve another:
 
-- ``client`` (and ``_reader``): a pool of ``poolSize`` for short commands: cache reads
-  and writes, lock and election scripts, ``/readyz``'s PING. Nothing holds one of its
-  connections longer than one command. (This is the place for an auto-pipelined
-  connection, issue 11: only the hot path's commands go through it.)
+- ``pipeline``: one auto-pipelined connection (``redis_pipeline``, issue 11) for the
+  hot path: GET, SET (plain, NX, compare-and-set), DEL and ``/readyz``'s PING.
+  Standalone and Sentinel only; on Cluster it is None and these go through ``client``
+  (redis-py's slot routing), and with ``readFromReplicas`` GETs stay on ``_reader``.
+- ``client`` (and ``_reader``): a pool of ``poolSize`` for short commands: lock and
+  election scripts, the item count's SCAN, and the hot path on Cluster. Nothing holds
+  one of its connections longer than one command.
 - ``waits``: ``waitPoolSize`` connections for lock waiters blocked in ``BLPOP``
   (``redis_waits``); a waiter beyond them is refused, not queued on ``client``.
 - ``notices``: one pub/sub connection shared by every election's change notices
@@ -42,7 +46,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from podcache import validation
-from podcache.backends import redis_connection, redis_notices, redis_waits
+from podcache.backends import redis_connection, redis_notices, redis_pipeline, redis_waits
 from podcache.backends.base import Backend
 from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, CacheMiss
@@ -96,6 +100,12 @@ return 0
         self.notices = redis_notices.NoticeHub(self.client, timeout=settings.operation_timeout)
         # register_script computes the SHA once; calls run EVALSHA and load on NOSCRIPT.
         self._set_if_match = self.client.register_script(self.SET_IF_MATCH_SCRIPT)
+        self.pipeline: redis_pipeline.PipelinedConnection | None = None
+        if settings.cluster is None:
+            self.pipeline = redis_pipeline.PipelinedConnection(settings)
+        # Replicas lag: reads go to them only through redis-py's replica pool.
+        self._piped_reads = self.pipeline if self._reader is self.client else None
+        self._set_if_match_piped = redis_pipeline.Script(self.SET_IF_MATCH_SCRIPT)
         self._internal = tuple((self.key_prefix + space).encode() for space in INTERNAL_KEY_SPACES)
         self._stopped = False
 
@@ -119,21 +129,53 @@ return 0
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis {what} failed: {exc}") from exc
 
+    async def piped(self, what: str, reply: Awaitable[T]) -> T:
+        """Await a reply of ``pipeline``, naming ``what`` in its errors like ``call`` does."""
+        try:
+            return await reply
+        except redis_pipeline.ReplyError as exc:
+            raise BackendUnavailable(f"redis {what} failed: {exc.reply}") from exc
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"redis {what}: {exc}") from exc
+
+    def _pipe(self) -> redis_pipeline.PipelinedConnection | None:
+        if self._stopped:
+            raise BackendUnavailable("the redis backend has been stopped")
+        return self.pipeline
+
     # -- operations --------------------------------------------------------------
 
     async def get(self, key: str) -> bytes:
         validation.check_key(key)
-        value = await self.call("GET", self._reader.get(self.key(key)))
+        if self._stopped:
+            raise BackendUnavailable("the redis backend has been stopped")
+        pipe = self._piped_reads
+        if pipe is not None:
+            value = await self.piped("GET", pipe.execute(b"GET", self.key_prefix + key))
+        else:
+            value = await self.call("GET", self._reader.get(self.key(key)))
         if value is None:
             raise CacheMiss(key)
         return value if isinstance(value, bytes) else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         key, value, seconds = self._checked(key, value, ttl)
+        pipe = self._pipe()
+        if pipe is not None:
+            await self.piped("SET", pipe.execute(b"SET", self.key(key), value, b"PX",
+                                                 ttl_ms(seconds)))
+            return
         await self.call("SET", self.client.set(self.key(key), value, px=ttl_ms(seconds)))
 
     async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
         key, value, seconds = self._checked(key, value, ttl)
+        pipe = self._pipe()
+        if pipe is not None:
+            stored = await self.piped(
+                "SET NX",
+                pipe.execute(b"SET", self.key(key), value, b"PX", ttl_ms(seconds), b"NX"),
+            )
+            return stored is not None
         stored = await self.call(
             "SET NX", self.client.set(self.key(key), value, px=ttl_ms(seconds), nx=True)
         )
@@ -142,6 +184,14 @@ return 0
     async def set_if_match(self, key: str, value: bytes, expected: bytes, ttl: float = 0) -> bool:
         key, value, seconds = self._checked(key, value, ttl)
         expected = validation.check_value(expected)
+        pipe = self._pipe()
+        if pipe is not None:
+            replaced = await self.piped(
+                "set_if_match",
+                pipe.run_script(self._set_if_match_piped, [self.key(key)],
+                                [expected, value, ttl_ms(seconds)]),
+            )
+            return bool(replaced)
         replaced = await self.call(
             "set_if_match",
             self._set_if_match(keys=[self.key(key)], args=[expected, value, ttl_ms(seconds)]),
@@ -150,10 +200,18 @@ return 0
 
     async def delete(self, key: str) -> bool:
         validation.check_key(key)
+        pipe = self._pipe()
+        if pipe is not None:
+            return bool(await self.piped("DEL", pipe.execute(b"DEL", self.key(key))))
         removed = await self.call("DEL", self.client.delete(self.key(key)))
         return bool(removed)
 
     async def ping(self) -> None:
+        pipe = self._pipe()
+        if pipe is not None:
+            # The hot path's own connection: /readyz says whether *it* can reach Redis.
+            await self.piped("PING", pipe.execute(b"PING"))
+            return
         await self.call("PING", self.client.ping())
 
     async def count_items(self) -> int:
@@ -197,6 +255,8 @@ return 0
         self._stopped = True
         await self.notices.stop()
         await self.waits.stop()
+        if self.pipeline is not None:
+            await self.pipeline.aclose()
         # Closing connections to a dead Redis has nothing left to release.
         with contextlib.suppress(RedisError, OSError):
             if self._reader is not self.client:
