@@ -13,6 +13,7 @@ Aspects:
 - maxBytes bounds memory: each entry is charged at least what Python allocates for it
   (tracemalloc), also under a flood of tiny entries and with stale wheel references;
 - resize applies new bounds in place, evicting the eldest when they shrank;
+- ETags: a large value is hashed once per write, not per read;
 - stop() is idempotent and later calls fail clearly.
 """
 
@@ -445,3 +446,33 @@ async def test_reserved_key_space_refused(key: str) -> None:
         assert await backend.get("podcache-not-reserved") == b"v"
     finally:
         await backend.stop()
+
+
+# -- ETags --
+
+
+async def test_large_value_is_hashed_once_per_write(
+    backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MiB value's ETag is computed on its first read and kept (issue 11: it was
+    recomputed by every GET); a new write gets a new tag."""
+    from podcache import etags
+
+    calls: list[int] = []
+    real = etags.etag_of
+
+    def counting(value: bytes) -> str:
+        calls.append(len(value))
+        return real(value)
+
+    monkeypatch.setattr(etags, "etag_of", counting)
+    big = b"x" * (1 << 20)
+    await backend.set("big", big)
+    first = await backend.get_with_etag("big")
+    second = await backend.get_with_etag("big")
+    assert first == second == (big, real(big))
+    assert calls == [1 << 20]
+    await backend.set("big", big + b"y")
+    assert (await backend.get_with_etag("big"))[1] == real(big + b"y")
+    await backend.set("small", b"hello")
+    assert await backend.get_with_etag("small") == (b"hello", real(b"hello"))

@@ -91,6 +91,22 @@ class Cache:
         self.metrics.observe("get", "hit", time.perf_counter() - started)
         return value
 
+    async def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The value of ``key`` and its ETag, counted as a get; ``CacheMiss`` when absent."""
+        if self._refresh_interval is not None:
+            self._ensure_items_refresh()
+        started = time.perf_counter()
+        try:
+            found = await self.backend.get_with_etag(key)
+        except CacheMiss:
+            self.metrics.observe("get", "miss", time.perf_counter() - started)
+            raise
+        except Exception:
+            self.metrics.observe("get", "error", time.perf_counter() - started)
+            raise
+        self.metrics.observe("get", "hit", time.perf_counter() - started)
+        return found
+
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         """Store ``value``; ``ttl`` in seconds, 0 means the default TTL."""
         await self._counted("set", lambda: self.backend.set(key, value, ttl))

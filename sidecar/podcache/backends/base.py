@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 
+from podcache import etags
+
 
 class Backend(abc.ABC):
     """Async key/value storage with TTLs. Keys are str, values are bytes."""
@@ -19,6 +21,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def get(self, key: str) -> bytes:
         """Return the value; raise ``CacheMiss`` when absent or expired."""
+
+    async def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The value and its ETag (``podcache.etags``); a backend that keeps the tag overrides."""
+        value = await self.get(key)
+        return value, etags.etag_of(value)
 
     @abc.abstractmethod
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:

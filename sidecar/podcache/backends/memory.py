@@ -41,7 +41,7 @@ import math
 import struct
 import time
 
-from podcache import validation
+from podcache import etags, validation
 from podcache.backends.base import Backend
 from podcache.config import MemorySettings
 from podcache.errors import BackendUnavailable, CacheMiss, ValueTooLarge
@@ -63,8 +63,9 @@ PACK_LIMIT = 4096
 """Values up to this many bytes are stored with the expiry packed in (a GET copies
 them, < 1 µs); larger ones are stored uncopied in a ``_Large``."""
 
-_LARGE_OVERHEAD = 80
-"""Extra bytes charged for a ``_Large`` holder (object 48 + float 24, rounded)."""
+_LARGE_OVERHEAD = 176
+"""Extra bytes charged for a ``_Large`` holder: object 56 + float 24, and the ETag string
+it keeps once read (83), rounded."""
 
 _EXPIRY = struct.Struct("<d")
 _EXPIRY_SIZE = _EXPIRY.size
@@ -78,14 +79,16 @@ header of the key string it keeps alive (40-76 B, rounded)."""
 
 
 class _Large:
-    """A value above ``PACK_LIMIT`` and its expiry: 80 bytes that spare a copy per GET."""
+    """A value above ``PACK_LIMIT``, its expiry and its ETag: spares a copy and a hash per GET."""
 
-    __slots__ = ("expires_at", "value")
+    __slots__ = ("etag", "expires_at", "value")
 
     def __init__(self, value: bytes, expires_at: float) -> None:
         self.value = value
         self.expires_at = expires_at
         """time.monotonic() deadline: wall-clock jumps must not expire or revive entries."""
+        self.etag: str | None = None
+        """Computed on the first read, then kept: a 1 MiB value is hashed once per write."""
 
 
 _Stored = bytes | _Large
@@ -223,6 +226,21 @@ class MemoryBackend(Backend):
             raise CacheMiss(key)
         self._entries.move_to_end(key)
         return _value(stored)
+
+    async def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        validation.check_key(key)
+        self._ensure_running()
+        stored = self._live(key, time.monotonic())
+        if stored is None:
+            raise CacheMiss(key)
+        self._entries.move_to_end(key)
+        if type(stored) is bytes:
+            value = stored[:-_EXPIRY_SIZE]
+            return value, etags.etag_of(value)  # <= PACK_LIMIT bytes: under a microsecond
+        assert isinstance(stored, _Large)
+        if stored.etag is None:
+            stored.etag = etags.etag_of(stored.value)
+        return stored.value, stored.etag
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         key, value, seconds = self._checked(key, value, ttl)

@@ -1,6 +1,7 @@
 """``/v1/cache/{key}``: GET, PUT (plain, ``ifAbsent``, ``If-Match``) and DELETE of raw values.
 
-The ETag is a strong hash of the value, so a client can compare-and-set with
+The ETag is a strong hash of the value (``podcache.etags``: xxh3-128, kept by the
+memory backend with large values), so a client can compare-and-set with
 ``If-Match`` without the sidecar keeping versions: the sidecar reads the current
 value, checks its hash, and writes with the backend's atomic ``set_if_match``
 against exactly that value, so a concurrent writer in between makes it a 412.
@@ -11,10 +12,9 @@ checked first: a bad request is refused without reading its body.
 
 from __future__ import annotations
 
-import hashlib
-
 from aiohttp import web
 
+from podcache import etags
 from podcache.cache import Cache
 from podcache.errors import CacheMiss
 from podcache.sidecar import inputs
@@ -25,9 +25,7 @@ PREFIX = "/v1/cache/"
 ROUTE = PREFIX + r"{key:[\s\S]*}"  # any text, newlines and raw '/' too: segment() judges it
 
 
-def etag_of(value: bytes) -> str:
-    """A quoted strong ETag: 128 bits of BLAKE2b, fast and collision-safe for CAS."""
-    return f'"{hashlib.blake2b(value, digest_size=16).hexdigest()}"'
+etag_of = etags.etag_of  # the name other modules and tests import from here
 
 
 def _key(request: web.Request, state: SidecarState) -> str:
@@ -37,9 +35,9 @@ def _key(request: web.Request, state: SidecarState) -> str:
 
 async def get_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    value = await state.slot.cache.get(_key(request, state))
+    value, etag = await state.slot.cache.get_with_etag(_key(request, state))
     return web.Response(
-        body=value, content_type="application/octet-stream", headers={"ETag": etag_of(value)}
+        body=value, content_type="application/octet-stream", headers={"ETag": etag}
     )
 
 
@@ -119,14 +117,14 @@ async def _compare_and_set(
 ) -> None:
     tags = _parse_if_match(if_match)
     try:
-        current = await cache.get(key)
+        current, current_tag = await cache.get_with_etag(key)
     except CacheMiss:
         raise ApiError(412, "precondition_failed", f"key {key!r} does not exist") from None
-    if tags is not None and etag_of(current) not in tags:
+    if tags is not None and current_tag not in tags:
         raise ApiError(
             412,
             "precondition_failed",
-            f"key {key!r} has ETag {etag_of(current)}, not {if_match.strip()}",
+            f"key {key!r} has ETag {current_tag}, not {if_match.strip()}",
         )
     if not await cache.set_if_match(key, value, current, ttl):
         raise ApiError(412, "precondition_failed", f"key {key!r} changed concurrently")
