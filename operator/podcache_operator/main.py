@@ -33,6 +33,7 @@ from podcache_operator import (
     prerequisites,
     rendering,
     webhook,
+    webhook_serving,
 )
 from podcache_operator import settings as podcache_settings
 
@@ -90,8 +91,13 @@ def configure(
     off_reason = prerequisites.webhook_off_reason(config.webhook)
     if off_reason is not None:
         logger.warning("Admission webhook: %s", off_reason)
-    if config.webhook.enabled and off_reason is None:
-        settings.admission.server = webhook.build_server(config.webhook, metrics=state.metrics)
+    serving = config.webhook.enabled and off_reason is None
+    readiness = memo["readiness"] = webhook_serving.Readiness(webhook=serving)
+    if serving:
+        server = webhook.build_server(config.webhook, metrics=state.metrics)
+        server.on_listening = readiness.set_listening
+        server.file_check_interval = config.webhook.cert_check_interval
+        settings.admission.server = server
         settings.admission.managed = config.webhook.managed
     else:
         settings.admission.server = _no_webhooks
@@ -159,6 +165,7 @@ async def serve_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
         cacheconfigs=kwargs["cacheconfigs"], sidecar_pods=kwargs["sidecar_pods"]
     )
     endpoint = metrics.endpoint(state.metrics, addr=config.metrics.addr)
+    endpoint.readiness = memo["readiness"].problem  # /readyz: answers admissions
     try:
         await endpoint.start(config.metrics.port)
     except OSError as exc:  # a port taken is a deployment error: retrying will not free it

@@ -71,6 +71,9 @@ class WebhookSettings:
     key_file: str | None = None
     ca_file: str | None = None
     """CA bundle put into the webhook configuration's ``caBundle``."""
+    cert_check_interval: float = 2.0
+    """Seconds between looks at the certificate files; a renewed pair is loaded in place,
+    without closing the listener (``webhook_serving``)."""
     managed: str | None = None
     """A MutatingWebhookConfiguration for kopf to keep up to date (needs ``host``);
     None leaves it to the Helm chart, which ships one."""
@@ -197,6 +200,9 @@ class Settings:
             cert_file=env.optional("PODCACHE_WEBHOOK_CERT_FILE"),
             key_file=env.optional("PODCACHE_WEBHOOK_KEY_FILE"),
             ca_file=env.optional("PODCACHE_WEBHOOK_CA_FILE"),
+            cert_check_interval=env.number(
+                "PODCACHE_WEBHOOK_CERT_CHECK_INTERVAL", WebhookSettings.cert_check_interval
+            ),
             managed=env.optional("PODCACHE_WEBHOOK_MANAGED", WebhookSettings.managed),
             reject_missing_config=env.flag(
                 "PODCACHE_REJECT_MISSING_CONFIG", WebhookSettings.reject_missing_config

@@ -44,6 +44,7 @@ from podcache_operator import (
     kubeapi,
     quantities,
     rendering,
+    webhook_serving,
 )
 from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
@@ -65,7 +66,7 @@ _direct_ops: contextvars.ContextVar[injection.JSONPatch | None] = contextvars.Co
 """Set by ``AdmissionServer`` for one request: the handler's ops, sent without kopf's diff."""
 
 
-class AdmissionServer(kopf.WebhookServer):
+class AdmissionServer(webhook_serving.ReloadingWebhookServer):
     """kopf's HTTPS webhook server, with each request checked before kopf's handling.
 
     Overrides kopf's per-request ``_serve`` (its aiohttp handler): kopf answers a

@@ -206,13 +206,17 @@ class TestOperatorDeployment:
         ]
         assert resources["requests"] == {"cpu": "50m", "memory": "96Mi"}
 
-    def test_probes_hit_kopf_liveness_endpoint(self, default_release: chart.Release) -> None:
+    def test_liveness_hits_kopf_and_readiness_the_webhook(
+        self, default_release: chart.Release
+    ) -> None:
+        """Regression (issue 9, defect 10): readiness was kopf's /healthz, up before the
+        webhook listened; /readyz on the metrics port answers 200 only once it does."""
         operator = chart.container(default_release.one("Deployment"), "operator")
         env = chart.env_of(operator)
         ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
         assert env["PODCACHE_LIVENESS_ENDPOINT"] == f"http://0.0.0.0:{ports['health']}/healthz"
-        for probe in ("livenessProbe", "readinessProbe"):
-            assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+        assert operator["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
     def test_env_is_read_by_operator_settings(self, default_release: chart.Release) -> None:
         """Every PODCACHE_* variable the chart sets parses in Settings.from_env, with effect."""

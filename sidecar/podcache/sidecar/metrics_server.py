@@ -3,8 +3,10 @@
 The cache itself is never reachable over TCP. The listener is its own aiohttp runner
 so a reload that changes ``metrics.port`` can move it without touching the socket
 server; port 0 turns it off (configfile's contract). ``/healthz`` is served here too,
-for an httpGet liveness probe. A port that cannot be listened on (in use, or below
-1024 without the privilege) is ``MetricsPortUnusable``, naming the port.
+for an httpGet liveness probe, and ``/readyz`` when the owner sets ``readiness`` (the
+operator: 503 with the reason until its webhook listens). A port that cannot be
+listened on (in use, or below 1024 without the privilege) is ``MetricsPortUnusable``,
+naming the port.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -41,6 +44,8 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
+        self.readiness: Callable[[], str | None] | None = None
+        """Why the process is not ready, or None when it is; set it to serve ``/readyz``."""
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
@@ -49,6 +54,12 @@ class MetricsServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problem = self.readiness() if self.readiness is not None else None
+        if problem is not None:
+            return web.json_response({"status": "not ready", "reason": problem}, status=503)
+        return web.json_response({"status": "ready"})
+
     async def start(self, port: int) -> None:
         """Listen on ``port`` (all interfaces); 0 = no listener."""
         if port == 0:
@@ -56,6 +67,8 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        if self.readiness is not None:
+            app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, port, reuse_address=True)
