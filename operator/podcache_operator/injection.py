@@ -71,8 +71,14 @@ def build_patch(
     cacheconfig: str,
     spec: Mapping[str, Any],
     sidecar: settings.SidecarSettings,
+    port_clash: str = "move",
+    notes: list[str] | None = None,
 ) -> JSONPatch:
-    """The ops that inject the sidecar into ``pod``; ``[]`` if it already has one."""
+    """The ops that inject the sidecar into ``pod``; ``[]`` if it already has one.
+
+    When a container of the pod already declares the metrics port, ``port_clash="move"``
+    gives this pod's sidecar the next free port (and says so in ``notes``: the Service
+    targets the CacheConfig's port, so this pod is not scraped); ``"refuse"`` raises."""
     if is_injected(pod):
         return _reinvocation_ops(pod)
     pod_spec = pod.get("spec")
@@ -86,6 +92,7 @@ def build_patch(
         for index, container in enumerate(pod_spec.get(kind) or []):
             ops += _app_container_ops(container, path=f"/spec/{kind}/{index}")
     container = sidecar_container(pod_spec, spec=spec, sidecar=sidecar, native=native)
+    _avoid_port_clash(pod_spec, container, port_clash=port_clash, notes=notes)
     if native:
         if pod_spec.get("initContainers"):
             ops.append({"op": "add", "path": "/spec/initContainers/0", "value": container})
@@ -94,6 +101,43 @@ def build_patch(
     else:
         ops.append({"op": "add", "path": "/spec/containers/-", "value": container})
     return ops
+
+
+def _declared_ports(pod_spec: Mapping[str, Any]) -> set[int]:
+    ports: set[int] = set()
+    for kind in ("containers", "initContainers"):
+        for container in pod_spec.get(kind) or []:
+            for port in container.get("ports") or []:
+                if isinstance(port.get("containerPort"), int):
+                    ports.add(port["containerPort"])
+    return ports
+
+
+def _avoid_port_clash(
+    pod_spec: Mapping[str, Any],
+    container: dict[str, Any],
+    *,
+    port_clash: str,
+    notes: list[str] | None,
+) -> None:
+    """Two containers of a pod share one network namespace: the second to bind fails."""
+    declared = _declared_ports(pod_spec)
+    port = container["ports"][0]["containerPort"]
+    if port not in declared:
+        return
+    if port_clash == "refuse":
+        raise InjectionError(
+            f"a container of the pod already uses port {port}, the sidecar's metrics port;"
+            " set spec.metrics.port of the CacheConfig to a free one"
+        )
+    moved = next(p for p in range(port + 1, 65536) if p not in declared)
+    container["ports"][0]["containerPort"] = moved
+    container["env"].append({"name": "PODCACHE_METRICS_PORT", "value": str(moved)})
+    if notes is not None:
+        notes.append(
+            f"a container of the pod already uses port {port}; the sidecar's metrics moved to"
+            f" {moved}, which the CacheConfig's Service does not scrape (set spec.metrics.port)"
+        )
 
 
 def _reinvocation_ops(pod: Mapping[str, Any]) -> JSONPatch:
@@ -243,8 +287,8 @@ def sidecar_container(
         "env": env,
         "ports": [
             {
-                "name": rendering.METRICS_PORT_NAME,
-                "containerPort": sidecar.metrics_port,
+                "name": rendering.SIDECAR_PORT_NAME,
+                "containerPort": rendering.metrics_port_of(spec, sidecar.metrics_port),
                 "protocol": "TCP",
             }
         ],

@@ -40,6 +40,11 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 REDIS_CA_DIR = "/var/run/secrets/podcache/redis-ca"
 REDIS_CA_PATH = f"{REDIS_CA_DIR}/ca.crt"
 METRICS_PORT_NAME = "metrics"
+"""The metrics port's name on our own Service (what the ServiceMonitor scrapes)."""
+SIDECAR_PORT_NAME = "podcache-prom"
+"""The container port's name in the pod: unique there (apps often have a ``metrics``
+port of their own), and never what the Service targets: it targets the number, which
+also works where endpoints controllers do not resolve native sidecars' named ports."""
 MANAGED_BY = "podcache-operator"
 
 DEFAULT_TTL = "5m"
@@ -134,10 +139,18 @@ def default_key_prefix(*, namespace: str, name: str) -> str:
     return f"{namespace}/{name}:"
 
 
+def metrics_port_of(spec: Mapping[str, Any], default: int) -> int:
+    """The sidecars' metrics port: ``spec.metrics.port``, else the operator's default."""
+    port = (spec.get("metrics") or {}).get("port")
+    return port if isinstance(port, int) and not isinstance(port, bool) else default
+
+
 def sidecar_config(
     spec: Mapping[str, Any], *, namespace: str, name: str, metrics_port: int
 ) -> dict[str, Any]:
-    """The sidecar's config file as a mapping; ``ConfigError`` if the sidecar would refuse it."""
+    """The sidecar's config file as a mapping; ``ConfigError`` if the sidecar would refuse it.
+    ``metrics_port`` is the operator's default, which ``spec.metrics.port`` overrides."""
+    metrics_port = metrics_port_of(spec, metrics_port)
     backend = spec.get("backend") or "memory"
     config: dict[str, Any] = {"defaultTTL": spec.get("defaultTTL") or DEFAULT_TTL}
     if backend == "memory":
@@ -271,7 +284,7 @@ def service(*, namespace: str, name: str, metrics_port: int) -> dict[str, Any]:
                 {
                     "name": METRICS_PORT_NAME,
                     "port": metrics_port,
-                    "targetPort": METRICS_PORT_NAME,
+                    "targetPort": metrics_port,
                     "protocol": "TCP",
                 }
             ],
@@ -316,6 +329,7 @@ def service_monitor(spec: Mapping[str, Any], *, namespace: str, name: str) -> di
 
 def render(spec: Mapping[str, Any], *, namespace: str, name: str, metrics_port: int) -> Rendered:
     """All objects of one CacheConfig; ``ConfigError``/``ValueError`` if the sidecar refuses it."""
+    metrics_port = metrics_port_of(spec, metrics_port)
     config = sidecar_config(spec, namespace=namespace, name=name, metrics_port=metrics_port)
     text = dump_config(config)
     digest = config_hash(text)

@@ -344,7 +344,14 @@ async def inject(
     try:
         if refusals:
             raise injection.InjectionError(f"sidecar resources: {'; '.join(refusals)}")
-        ops = injection.build_patch(pod, cacheconfig=name, spec=spec, sidecar=config.sidecar)
+        ops = injection.build_patch(
+            pod,
+            cacheconfig=name,
+            spec=spec,
+            sidecar=config.sidecar,
+            port_clash="refuse" if policy == "Fail" else "move",
+            notes=warnings,
+        )
     except injection.InjectionError as exc:
         not_injected(
             f"cannot inject the podcache sidecar of CacheConfig {namespace}/{name}: {exc}",

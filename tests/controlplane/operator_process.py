@@ -103,6 +103,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             **self.env,
         }
+        if "PYTHONPATH" in os.environ:  # e.g. to run another checkout's operator
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(OPERATOR)],

@@ -263,8 +263,7 @@ def test_a_sidecar_the_apiserver_would_refuse_is_not_injected(
     def warned() -> bool:
         events = cluster.core.list_namespaced_event(namespace).items
         return any(
-            e.reason == "SidecarNotInjected" and e.involved_object.name == "greedy"
-            for e in events
+            e.reason == "SidecarNotInjected" and e.involved_object.name == "greedy" for e in events
         )
 
     eventually(warned, what="a SidecarNotInjected Event on the CacheConfig")
@@ -290,3 +289,25 @@ def test_under_fail_a_sidecar_the_apiserver_would_refuse_denies_with_the_reason(
         installation.operator.env["PODCACHE_WEBHOOK_FAILURE_POLICY"] = "Ignore"
         installation.point_webhook(failure_policy="Ignore")
         installation.operator.start()
+
+
+def test_an_app_with_its_own_metrics_port_keeps_it(
+    installation: Installation, namespace: str, config_ready: str
+) -> None:
+    """Issue 9 defect 2: kube-state-metrics-like apps have a port named `metrics`, some on
+    9090. The sidecar's port must neither share the name nor the number, and the
+    CacheConfig's Service must target the sidecar's port by number."""
+    cluster = installation.cluster
+    ports = {"ports": [{"name": "metrics", "containerPort": 9090}]}
+    stored = cluster.core.create_namespaced_pod(
+        namespace, pod("ksm", config_ready, container=ports)
+    )
+    declared = [
+        (port.name, port.container_port)
+        for container in (stored.spec.init_containers or []) + stored.spec.containers
+        for port in container.ports or []
+    ]
+    assert len({name for name, _ in declared}) == len(declared), declared
+    assert len({number for _, number in declared}) == len(declared), declared
+    service = cluster.core.read_namespaced_service(f"podcache-{config_ready}", namespace)
+    assert service.spec.ports[0].target_port == 9090

@@ -38,6 +38,11 @@ def inject(
     return injection.apply_patch(pod, ops)
 
 
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod["spec"]
+    return list(spec.get("initContainers") or []) + list(spec["containers"])
+
+
 def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
     every = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
     (found,) = [c for c in every if c["name"] == "podcache"]
@@ -201,7 +206,45 @@ class TestSidecar:
 
     def test_metrics_port(self) -> None:
         ports = sidecar_of(inject(samples.pod()))["ports"]
-        assert ports == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+        assert ports == [{"name": "podcache-prom", "containerPort": 9090, "protocol": "TCP"}]
+
+    def test_metrics_port_of_the_cacheconfig(self) -> None:
+        spec = samples.spec(samples.MEMORY_SPEC, metrics={"port": 9464})
+        (port,) = sidecar_of(inject(samples.pod(), spec))["ports"]
+        assert port["containerPort"] == 9464
+
+    def test_an_app_port_named_metrics_does_not_clash(self) -> None:
+        """Regression (issue 9 defect 2): both ports were named `metrics`."""
+        pod = samples.pod()
+        pod["spec"]["containers"][0]["ports"] = [{"name": "metrics", "containerPort": 8080}]
+        injected = inject(pod)
+        names = [p["name"] for c in all_containers(injected) for p in c.get("ports", [])]
+        assert len(names) == len(set(names)), names
+
+    def test_an_app_on_the_metrics_port_moves_the_sidecar_with_a_note(self) -> None:
+        """Regression (issue 9 defect 2): a duplicate port 9090 that nothing detected."""
+        pod = samples.pod()
+        pod["spec"]["containers"][0]["ports"] = [{"containerPort": 9090}, {"containerPort": 9091}]
+        notes: list[str] = []
+        ops = injection.build_patch(
+            pod, cacheconfig="shop", spec=samples.MEMORY_SPEC, sidecar=SIDECAR, notes=notes
+        )
+        sidecar = sidecar_of(injection.apply_patch(pod, ops))
+        assert sidecar["ports"][0]["containerPort"] == 9092
+        assert {"name": "PODCACHE_METRICS_PORT", "value": "9092"} in sidecar["env"]
+        assert "already uses port 9090" in notes[0]
+
+    def test_an_app_on_the_metrics_port_is_refused_when_asked(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["containers"][0]["ports"] = [{"containerPort": 9090}]
+        with pytest.raises(injection.InjectionError, match="already uses port 9090"):
+            injection.build_patch(
+                pod,
+                cacheconfig="shop",
+                spec=samples.MEMORY_SPEC,
+                sidecar=SIDECAR,
+                port_clash="refuse",
+            )
 
     def test_restricted_security_context(self) -> None:
         context = sidecar_of(inject(samples.pod()))["securityContext"]

@@ -202,7 +202,7 @@ class TestObjects:
         assert svc["spec"]["clusterIP"] == "None"
         assert svc["spec"]["selector"] == {"podcache.io/config": "shop"}
         assert svc["spec"]["ports"] == [
-            {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+            {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
         ]
 
     def test_service_monitor_selects_the_service(self) -> None:
