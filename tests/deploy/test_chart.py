@@ -351,9 +351,7 @@ class TestWebhook:
     def test_cert_manager(self, releases: dict[str, chart.Release]) -> None:
         release = releases["cert-manager"]
         assert release.of_kind("Secret") == []
-        certificate = release.one("Certificate")
-        issuer = release.one("Issuer")
-        assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+        certificate = next(c for c in release.of_kind("Certificate") if not c["spec"].get("isCA"))
         webhook = release.one("MutatingWebhookConfiguration")
         namespace, name = webhook["metadata"]["annotations"][
             "cert-manager.io/inject-ca-from"
@@ -368,6 +366,30 @@ class TestWebhook:
         )
         assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
         assert "podcache-webhook.podcache-system.svc" in certificate["spec"]["dnsNames"]
+
+    def test_cert_manager_ca_stays_across_renewals(
+        self, releases: dict[str, chart.Release]
+    ) -> None:
+        """Regression (issue 9, defect 7): the serving certificate was self-signed with
+        rotationPolicy Always, so the CA (the caBundle) changed at every renewal and
+        admissions failed until the kubelet synced the Secret. Now a CA chain: the CA's
+        key never rotates and it signs the serving certificate."""
+        release = releases["cert-manager"]
+        issuers = {i["metadata"]["name"]: i["spec"] for i in release.of_kind("Issuer")}
+        certificates = {c["metadata"]["name"]: c["spec"] for c in release.of_kind("Certificate")}
+        (ca_name,) = [name for name, spec in certificates.items() if spec.get("isCA")]
+        ca = certificates.pop(ca_name)
+        ((_, serving),) = certificates.items()
+        assert ca["privateKey"]["rotationPolicy"] == "Never"
+        assert "selfSigned" in issuers[ca["issuerRef"]["name"]]
+        assert issuers[serving["issuerRef"]["name"]] == {"ca": {"secretName": ca["secretName"]}}
+
+    def test_cert_manager_mode_renders_the_same_every_time(self) -> None:
+        """The documented GitOps mode: nothing random in what `helm template` renders."""
+        values = {"webhook": {"selfSigned": {"enabled": False}, "certManager": {"enabled": True}}}
+        assert [o.obj for o in chart.render(values).objects] == [
+            o.obj for o in chart.render(values).objects
+        ]
 
     def test_cert_manager_with_existing_issuer(self, releases: dict[str, chart.Release]) -> None:
         release = releases["cert-manager-issuer"]

@@ -129,6 +129,14 @@ is empty.
 {{- end }}
 
 {{/*
+podcache.certManagerCAName: the CA Certificate, its Secret and the CA Issuer the chart
+creates when certManager.issuerRef is empty.
+*/}}
+{{- define "podcache.certManagerCAName" -}}
+{{- printf "%s-webhook-ca" (include "podcache.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
 podcache.validateValues: fails the render with a clear message for value combinations
 that cannot work; included once from the Deployment template.
 */}}
