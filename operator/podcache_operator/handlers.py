@@ -117,9 +117,10 @@ async def reconcile_cacheconfig(
     key: Key = (body.metadata.namespace or "", body.metadata.name or "")
     context = _context(memo, logger)
     pods = pod_count(sidecar_pods, key)
+    others = _all(kwargs["cacheconfigs"])
     try:
         with memo.state.metrics.reconciliation():
-            status = await reconciling.reconcile(body, pods=pods, context=context)
+            status = await reconciling.reconcile(body, pods=pods, context=context, others=others)
     except reconciling.InvalidSpec as exc:
         patch.status.update(exc.status)
         kopf.warn(body, reason=exc.reason, message=str(exc))
@@ -194,16 +195,15 @@ async def servicemonitor_crd_changed(
         "established" if present else "gone",
     )
     context = _context(memo, logger)
-    wanted = reconciling.needs_service_monitor(
-        [item for store in cacheconfigs.values() for item in store]
-    )
+    everyone = _all(cacheconfigs)
+    wanted = reconciling.needs_service_monitor(everyone)
     for snapshot in wanted:
         metadata = snapshot["metadata"]
         key: Key = (metadata["namespace"], metadata["name"])
         try:
             with state.metrics.reconciliation():
                 status = await reconciling.reconcile(
-                    snapshot, pods=pod_count(sidecar_pods, key), context=context
+                    snapshot, pods=pod_count(sidecar_pods, key), context=context, others=everyone
                 )
         except reconciling.ReconcileFailure:
             continue  # its own handler reports and retries it
@@ -273,7 +273,10 @@ async def owned_object_changed(
     try:
         with memo.state.metrics.reconciliation():
             status = await reconciling.reconcile(
-                fresh, pods=pod_count(sidecar_pods, (namespace, owner.name)), context=context
+                fresh,
+                pods=pod_count(sidecar_pods, (namespace, owner.name)),
+                context=context,
+                others=_all(cacheconfigs),
             )
     except reconciling.ReconcileFailure:
         return  # the CacheConfig's own handler reports and retries
@@ -285,6 +288,11 @@ async def owned_object_changed(
         settings=context.kopf_settings,
         logger=logger,
     )
+
+
+def _all(cacheconfigs: kopf.Index[Key, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every CacheConfig in the index (for the key-prefix overlap check)."""
+    return [item for store in cacheconfigs.values() for item in store]
 
 
 def _context(memo: Any, logger: kopf.Logger) -> reconciling.Context:

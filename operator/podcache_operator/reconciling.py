@@ -8,8 +8,9 @@ its CRD is served. The result is the full ``status`` to write.
 
 Failures are classified here for kopf: ``InvalidSpec`` (the user must edit the
 spec — do not retry) and ``Blocked`` (a referenced Secret is missing — checked only
-with ``Settings.check_secrets`` — or the API is failing: retry later). Both carry the
-status to write before giving up.
+with ``Settings.check_secrets`` —, the key prefix overlaps another CacheConfig's on the
+same Redis (``tenancy``; retried, so it clears when the other one changes or goes), or
+the API is failing: retry later). Both carry the status to write before giving up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, cast
 
 import kopf
 
-from podcache_operator import conditions, kubeapi, rendering, settings, validation
+from podcache_operator import conditions, kubeapi, rendering, settings, tenancy, validation
 
 
 class ReconcileFailure(Exception):
@@ -53,8 +54,18 @@ class Context:
     logger: kubeapi.Logger
 
 
-async def reconcile(body: Mapping[str, Any], *, pods: int, context: Context) -> dict[str, Any]:
-    """Apply the owned objects of ``body`` and return its new ``status``."""
+async def reconcile(
+    body: Mapping[str, Any],
+    *,
+    pods: int,
+    context: Context,
+    others: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Apply the owned objects of ``body`` and return its new ``status``.
+
+    ``others`` are the CacheConfigs known to the operator (its index), against whose key
+    prefixes ``body``'s is checked.
+    """
     metadata = body.get("metadata") or {}
     namespace, name = metadata["namespace"], metadata["name"]
     spec = body.get("spec") or {}
@@ -85,6 +96,23 @@ async def reconcile(body: Mapping[str, Any], *, pods: int, context: Context) -> 
                     conditions.CONFIG_RENDERED, reason="InvalidSpec", message=message
                 ),
                 conditions.Condition.false(conditions.READY, reason="InvalidSpec", message=message),
+            ),
+        )
+
+    overlaps = tenancy.conflicts(body, others)
+    if overlaps:
+        message = "; ".join(f"spec.redis.keyPrefix: {overlap}" for overlap in overlaps)
+        raise Blocked(
+            message,
+            reason="KeyPrefixConflict",
+            delay=context.config.prefix_conflict_retry_delay,
+            status=status(
+                conditions.Condition.false(
+                    conditions.CONFIG_RENDERED, reason="KeyPrefixConflict", message=message
+                ),
+                conditions.Condition.false(
+                    conditions.READY, reason="KeyPrefixConflict", message=message
+                ),
             ),
         )
 

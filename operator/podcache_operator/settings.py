@@ -160,6 +160,10 @@ class Settings:
     missing Secret shows where the kubelet reports it (the pod's CreateContainerConfigError)."""
     secret_retry_delay: float = 30.0
     """How soon a CacheConfig waiting for a missing Secret looks again (``check_secrets``)."""
+    prefix_conflict_retry_delay: float = 15.0
+    """How soon a CacheConfig refused for a key prefix overlapping another's looks again
+    (``tenancy``): it turns Ready by itself once the other changes or goes; an edit of its
+    own spec takes effect at that retry too."""
     log_level: str = "info"
     """debug, info, warning or error (``--verbose``/``--quiet`` override it)."""
 
