@@ -22,6 +22,7 @@ from podcache.config import Config
 from podcache.errors import ConfigError
 
 DEFAULT_SOCKET = "/var/run/podcache/cache.sock"
+DEFAULT_RESP_SOCKET = "/var/run/podcache/redis.sock"
 DEFAULT_METRICS_PORT = 9090
 DEFAULT_METRICS_NAMESPACE = "lab"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -54,6 +55,15 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class RespSettings:
+    """The cache in the Redis protocol on a second socket (``podcache.sidecar.resp_server``)."""
+
+    enabled: bool = True
+    socket: str = DEFAULT_RESP_SOCKET
+    """Off-pod (no ``/var/run/podcache``) the default goes beside the HTTP socket."""
+
+
+@dataclasses.dataclass(frozen=True)
 class LockSettings:
     default_ttl: float = 30.0
     max_ttl: float = 300.0
@@ -75,6 +85,7 @@ class SidecarConfig:
     socket: str = DEFAULT_SOCKET
     metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
     limits: Limits = dataclasses.field(default_factory=Limits)
+    resp: RespSettings = dataclasses.field(default_factory=RespSettings)
     locks: LockSettings = dataclasses.field(default_factory=LockSettings)
     elections: tuple[ElectionSettings, ...] = ()
     log_level: str = "info"
@@ -118,6 +129,7 @@ def parse(raw: Mapping[str, Any]) -> SidecarConfig:
         "socket",
         "metrics",
         "limits",
+        "resp",
         "locks",
         "elections",
         "logLevel",
@@ -144,6 +156,7 @@ def parse(raw: Mapping[str, Any]) -> SidecarConfig:
         socket=socket,
         metrics=_parse_metrics(_mapping(raw, "metrics")),
         limits=_parse_limits(_mapping(raw, "limits")),
+        resp=_parse_resp(_mapping(raw, "resp")),
         locks=locks,
         elections=_parse_elections(raw.get("elections")),
         log_level=log_level,
@@ -168,6 +181,7 @@ def render(config: SidecarConfig) -> dict[str, Any]:
             "maxInflightBytes": config.limits.max_inflight_bytes,
             "requestTimeout": durations.format_duration(config.limits.request_timeout),
         },
+        "resp": {"enabled": config.resp.enabled, "socket": config.resp.socket},
         "locks": {
             "defaultTTL": durations.format_duration(config.locks.default_ttl),
             "maxTTL": durations.format_duration(config.locks.max_ttl),
@@ -288,6 +302,17 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
             f" got {limits.max_inflight_bytes}",
         )
     return limits
+
+
+def _parse_resp(raw: Mapping[str, Any]) -> RespSettings:
+    _check_keys(raw, "resp", {"enabled", "socket"})
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("resp.enabled", f"expected true or false, got {enabled!r}")
+    socket = raw.get("socket", DEFAULT_RESP_SOCKET)
+    if not isinstance(socket, str) or not socket:
+        raise ConfigError("resp.socket", f"expected a path, got {socket!r}")
+    return RespSettings(enabled=enabled, socket=socket)
 
 
 def _parse_locks(raw: Mapping[str, Any]) -> LockSettings:

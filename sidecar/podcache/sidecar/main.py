@@ -79,6 +79,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f"else ./podcache.sock)",
     )
     parser.add_argument(
+        "--redis-socket",
+        default=environ.get("PODCACHE_REDIS_SOCKET") or None,
+        metavar="PATH",
+        help="Unix socket of the cache in the Redis protocol (env PODCACHE_REDIS_SOCKET; "
+        f"default: the config's resp.socket, else {configfile.DEFAULT_RESP_SOCKET} if its "
+        "directory exists, else redis.sock beside the HTTP socket)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=_port,
         metavar="N",
@@ -116,7 +124,10 @@ def parse_options(
     except argparse.ArgumentTypeError as exc:  # a bad environment variable
         raise SystemExit(f"podcache-sidecar: {exc}") from None
     overrides = Overrides(
-        socket=args.socket, metrics_port=args.metrics_port, log_level=args.log_level
+        socket=args.socket,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+        resp_socket=args.redis_socket,
     )
     return Options(config_path=args.config, overrides=overrides), args.log_format
 

@@ -31,6 +31,7 @@ class Overrides:
     socket: str | None = None
     metrics_port: int | None = None
     log_level: str | None = None
+    resp_socket: str | None = None
 
     def apply(
         self, config: configfile.SidecarConfig, *, environ: Mapping[str, str] | None = None
@@ -41,10 +42,15 @@ class Overrides:
         metrics = config.metrics
         if self.metrics_port is not None:
             metrics = dataclasses.replace(metrics, port=self.metrics_port)
+        resp = dataclasses.replace(
+            config.resp,
+            socket=self.resp_socket or default_resp_socket(config.resp.socket, socket),
+        )
         return dataclasses.replace(
             config,
             backend=with_password(config.backend, env),
             socket=socket,
+            resp=resp,
             metrics=metrics,
             log_level=(self.log_level or config.log_level).lower(),
         )
@@ -54,6 +60,16 @@ def default_socket(configured: str) -> str:
     """The configured path; the built-in default falls back to ``./podcache.sock`` off-pod."""
     if configured == configfile.DEFAULT_SOCKET and not os.path.isdir(os.path.dirname(configured)):
         return os.path.abspath(FALLBACK_SOCKET)  # absolute: clearer in logs
+    return configured
+
+
+def default_resp_socket(configured: str, http_socket: str) -> str:
+    """The configured path; the built-in default goes beside the HTTP socket off-pod, so
+    ``bash scripts/run`` serves ``./redis.sock`` next to ``./podcache.sock``."""
+    if configured == configfile.DEFAULT_RESP_SOCKET and not os.path.isdir(
+        os.path.dirname(configured)
+    ):
+        return os.path.join(os.path.dirname(os.path.abspath(http_socket)), "redis.sock")
     return configured
 
 

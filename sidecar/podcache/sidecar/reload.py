@@ -45,6 +45,7 @@ from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import logs
 from podcache.sidecar.metrics_server import MetricsServer
 from podcache.sidecar.overrides import Overrides
+from podcache.sidecar.resp_server import RespServer
 from podcache.sidecar.socket_site import UnixListenerSite
 from podcache.sidecar.state import CacheSlot, SidecarState, backend_identity
 
@@ -91,11 +92,13 @@ class Reloader:
         new_slot: SlotFactory,
         interval: float = POLL_INTERVAL,
         seen: Fingerprint = None,
+        resp: RespServer | None = None,
     ) -> None:
         self.path = path
         self._overrides = overrides
         self._state = state
         self._site = site
+        self._resp = resp
         self._metrics_server = metrics_server
         self._new_slot = new_slot
         self._interval = interval
@@ -183,6 +186,14 @@ class Reloader:
                 old.socket,
             )
             new = dataclasses.replace(new, socket=old.socket)
+        if new.resp != old.resp:
+            logger.warning(
+                "the Redis-protocol socket settings changed to %s; they apply at the next "
+                "restart (still %s)",
+                new.resp,
+                old.resp,
+            )
+            new = dataclasses.replace(new, resp=old.resp)
         if new.log_level != old.log_level:
             logs.set_level(new.log_level)
         if slot is not None:
@@ -196,6 +207,8 @@ class Reloader:
             self._retire(previous, grace=new.limits.request_timeout + 1.0)
         state.config = new
         self._site.max_connections = new.limits.max_connections
+        if self._resp is not None:
+            self._resp.max_connections = new.limits.max_connections
         await state.elections.apply(new.elections)
 
     async def check_backend(self, slot: CacheSlot) -> None:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 
 from aiohttp import web
@@ -30,11 +31,11 @@ from aiohttp import web
 from podcache import configfile
 from podcache.cache import new_cache
 from podcache.config import RedisSettings
-from podcache.errors import BackendUnavailable
+from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
 from podcache.sidecar import reload as reload_mod
-from podcache.sidecar import socket_site
+from podcache.sidecar import resp_server, socket_site
 from podcache.sidecar.http_metrics import Exposition, ServerMetrics
 from podcache.sidecar.metrics_server import MetricsServer
 from podcache.sidecar.overrides import Overrides
@@ -42,6 +43,10 @@ from podcache.sidecar.socket_site import UnixListenerSite
 from podcache.sidecar.state import CacheSlot, SidecarState, default_identity
 
 logger = logging.getLogger(__name__)
+
+RESP_PASSWORD_ENV = "PODCACHE_RESP_PASSWORD"
+"""A password Redis clients must AUTH with on the RESP socket; unset = none (the
+socket's file mode and the pod boundary are the protection, as for HTTP)."""
 
 KEEPALIVE_TIMEOUT = 75.0
 """Seconds an idle keep-alive connection stays open (aiohttp's runner default is an hour)."""
@@ -96,6 +101,8 @@ class Sidecar:
         self.started_in: float | None = None
         self._runner: web.AppRunner | None = None
         self._site: UnixListenerSite | None = None
+        self.resp: resp_server.RespServer | None = None
+        """The Redis-protocol socket's server (None when ``resp.enabled`` is false)."""
         self._watch_task: asyncio.Task[None] | None = None
         self._backend_check: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -124,6 +131,8 @@ class Sidecar:
         seen = reload_mod.fingerprint(path) if path else None
         config = self._initial if self._initial is not None else load_config(self.options)
         socket_site.prepare_path(config.socket)  # a live socket fails here, before any work
+        if config.resp.enabled:
+            _prepare_resp_path(config)
         logger.debug("effective config: %s", describe(config))
         metrics = ServerMetrics(config.metrics.namespace)
         cache = new_cache(config.backend, config.metrics.namespace)
@@ -167,6 +176,11 @@ class Sidecar:
             await site.start()
             self._site = site
             state.watches.detach = site.detach  # watch streams leave the connection limit
+            if config.resp.enabled:
+                self.resp = resp_server.RespServer(
+                    state, path=config.resp.socket, password=os.environ.get(RESP_PASSWORD_ENV)
+                )
+                await self.resp.start()
             self.started_in = time.monotonic() - began
             self.metrics_server = MetricsServer(
                 self.exposition.registry, host=self.options.metrics_host
@@ -184,15 +198,17 @@ class Sidecar:
                 metrics_server=self.metrics_server,
                 new_slot=self._new_slot,
                 interval=self.options.reload_interval,
+                resp=self.resp,
                 seen=seen,
             )
             self._watch_task = asyncio.create_task(
                 self.reloader.watch(), name="podcache-config-watch"
             )
         logger.info(
-            "serving %s backend on %s (identity %r, ready in %.0f ms)",
+            "serving %s backend on %s%s (identity %r, ready in %.0f ms)",
             config.backend.type,
             config.socket,
+            f" and in RESP on {config.resp.socket}" if self.resp is not None else "",
             identity,
             self.started_in * 1000,
         )
@@ -224,6 +240,10 @@ class Sidecar:
 
     async def _cleanup(self) -> None:
         try:
+            if self.resp is not None:
+                # Before the runner: its cleanup stops the backend these connections use.
+                grace = self.state.config.shutdown_grace_period if self.state else 10.0
+                await asyncio.shield(self.resp.stop(grace))
             if self._runner is not None:
                 if self.state is not None:
                     # A reload may have changed the grace period since the runner was built.
@@ -237,6 +257,12 @@ class Sidecar:
             if self._site is not None:
                 self._site.remove_socket_file()
             self._stopped.set()
+
+
+def _prepare_resp_path(config: configfile.SidecarConfig) -> None:
+    if os.path.abspath(config.resp.socket) == os.path.abspath(config.socket):
+        raise ConfigError("resp.socket", "must differ from the HTTP socket's path")
+    socket_site.prepare_path(config.resp.socket)
 
 
 async def _warn_unless_backend_answers(state: SidecarState) -> None:

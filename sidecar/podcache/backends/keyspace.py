@@ -1,0 +1,151 @@
+"""Key-level operations beyond ``Backend``: TTLs, counters, SCAN, conditional SETs.
+
+The HTTP API needs only get/set/delete and two conditional writes, which is what
+``Backend`` offers. The Redis-protocol socket (``podcache.sidecar.resp_server``) also
+serves ``TTL``, ``EXPIRE``, ``INCR``, ``GETDEL``, ``GETEX``, ``SET ... KEEPTTL/XX/GET``,
+``EXISTS`` and ``SCAN``; each backend implements them here, beside its own module,
+rather than growing the interface every library user and test double implements:
+
+- ``keyspace_memory.MemoryKeyspace`` works on the memory backend's map directly.
+  Every method runs without awaiting, so each is atomic on the event loop (an INCR
+  can never lose an update), exactly like the backend's own calls.
+- ``keyspace_redis.RedisKeyspace`` sends native commands or small Lua scripts through
+  the connection the backend uses for its own hot path (the auto-pipelined one when
+  there is one), so the tenant prefix and the operation timeout apply the same way.
+
+Semantics every implementation keeps: keys are the caller's (already validated, no
+prefix); every stored key has a TTL (a new key gets ``default_ms``), so ``pttl`` never
+answers -1; errors a Redis client must see verbatim are ``KeyspaceError`` carrying
+Redis's own text; an outage is ``BackendUnavailable``.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import re
+from typing import Literal
+
+from podcache.backends.base import Backend
+
+SetCondition = Literal["NX", "XX"] | None
+ExpireCondition = Literal["NX", "XX", "GT", "LT"] | None
+
+NOT_INTEGER = "ERR value is not an integer or out of range"
+OVERFLOW = "ERR increment or decrement would overflow"
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class KeyspaceError(Exception):
+    """An error reply as Redis words it (``ERR ...``, ``WRONGTYPE ...``)."""
+
+
+class Keyspace(abc.ABC):
+    """The extra operations of one backend, for one tenant."""
+
+    @abc.abstractmethod
+    async def pttl(self, key: str) -> int:
+        """Milliseconds left; -2 when the key does not exist."""
+
+    @abc.abstractmethod
+    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
+        """Give ``key`` ``ms`` to live (``ms <= 0`` deletes it); whether it was changed."""
+
+    @abc.abstractmethod
+    async def getdel(self, key: str) -> bytes | None:
+        """The value, removing the key; None when absent."""
+
+    @abc.abstractmethod
+    async def getex(self, key: str, ms: int | None) -> bytes | None:
+        """The value, setting a new TTL first when ``ms`` is given; None when absent."""
+
+    @abc.abstractmethod
+    async def set_with(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ms: int | None,
+        default_ms: int,
+        keep_ttl: bool = False,
+        condition: SetCondition = None,
+        get: bool = False,
+    ) -> tuple[bool, bytes | None]:
+        """SET with Redis's options: (stored, the old value when ``get``).
+
+        ``ms`` None means the default TTL, or the key's current TTL with ``keep_ttl``
+        (a key that did not exist gets the default)."""
+
+    @abc.abstractmethod
+    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+        """Add ``delta`` to the integer at ``key`` (0 when absent, then with the default
+        TTL; an existing key keeps its TTL); the new value."""
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def scan(self, cursor: int, match: str | None, count: int) -> tuple[int, list[str]]:
+        """One SCAN step over this tenant's cache keys (never lock or election keys)."""
+
+
+def for_backend(backend: Backend) -> Keyspace:
+    """The keyspace of ``backend`` (imported lazily: redis stays unloaded for memory)."""
+    from podcache.backends.memory import MemoryBackend
+
+    if isinstance(backend, MemoryBackend):
+        from podcache.backends.keyspace_memory import MemoryKeyspace
+
+        return MemoryKeyspace(backend)
+    from podcache.backends.redis import RedisBackend
+
+    if isinstance(backend, RedisBackend):
+        from podcache.backends.keyspace_redis import RedisKeyspace
+
+        return RedisKeyspace(backend)
+    raise TypeError(f"no keyspace operations for {type(backend).__name__}")
+
+
+def parse_int(value: bytes) -> int:
+    """``value`` as Redis's string2ll reads it (no spaces, no '+', no leading zeros)."""
+    if len(value) > 20 or not _INTEGER.fullmatch(value):
+        raise KeyspaceError(NOT_INTEGER)
+    number = int(value)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise KeyspaceError(NOT_INTEGER)
+    return number
+
+
+_INTEGER = re.compile(rb"-?(0|[1-9][0-9]*)")
+
+
+@functools.lru_cache(maxsize=256)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """Redis's glob (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\`` escapes) as a regex."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif char == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:  # Redis treats an unclosed class as running to the end
+                end = len(pattern)
+            body = pattern[i + 1 : end]
+            negate = body.startswith("^")
+            if negate:
+                body = body[1:]
+            escaped = "".join("\\" + c if c in "\\]^[" else c for c in body)
+            out.append(f"[{'^' if negate else ''}{escaped}]" if body else "(?!)")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)

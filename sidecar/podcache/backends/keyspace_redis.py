@@ -1,0 +1,185 @@
+"""``Keyspace`` of the Redis backend: native commands and Lua scripts under the prefix.
+
+Which connection: the backend's own hot-path connection, ``backend.pipeline`` (the
+auto-pipelined one, issue 11) when it has one, else redis-py's ``backend.client``
+(Cluster, where redis-py routes by slot), under the same operation timeout. Nothing
+here opens a connection of its own.
+
+Where Redis's native command would leave a key without a TTL (INCR on a new key,
+SET ... KEEPTTL on a new key) a short script does the command and the default TTL
+atomically. Error replies Redis gives for the client's own mistakes (not an
+integer, overflow) come back as ``KeyspaceError`` with Redis's text; anything else
+is ``BackendUnavailable``.
+
+SCAN passes the cursor through to Redis with ``MATCH <escaped prefix><pattern>`` and
+strips the prefix from what comes back; lock and election keys (``podcache:...``
+under the prefix) are dropped. On a Cluster a cursor would have to name a node too,
+so SCAN answers an error there (DBSIZE still counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from podcache import validation
+from podcache.backends.keyspace import ExpireCondition, Keyspace, KeyspaceError, SetCondition
+from podcache.backends.redis import RedisBackend, escape_glob
+from podcache.errors import BackendUnavailable
+
+Arg = bytes | str | int
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+SET_SCRIPT = _Script("""
+-- SET with Redis's options, keeping every key under a TTL.
+-- KEYS[1] - the prefixed key
+-- ARGV[1] - the value
+-- ARGV[2] - TTL in ms, or '' to keep the key's TTL (KEEPTTL)
+-- ARGV[3] - the default TTL in ms (KEEPTTL on a key that has none)
+-- ARGV[4] - 'NX', 'XX' or ''
+-- ARGV[5] - '1' to return the old value (GET)
+-- return {1 if stored else 0, the old value or nil}
+local old = false
+if ARGV[5] == '1' then old = redis.call('GET', KEYS[1]) end
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if (ARGV[4] == 'NX' and exists) or (ARGV[4] == 'XX' and not exists) then return {0, old} end
+local ttl = ARGV[2]
+if ttl == '' then
+    ttl = redis.call('PTTL', KEYS[1])
+    if ttl <= 0 then ttl = ARGV[3] end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+return {1, old}
+""")
+
+INCR_SCRIPT = _Script("""
+-- INCRBY that gives a new key the default TTL (an existing key keeps its own).
+-- KEYS[1] - the prefixed key
+-- ARGV[1] - the increment
+-- ARGV[2] - the default TTL in ms
+-- return the new value, or INCRBY's own error reply (not an integer, overflow)
+local value = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+if type(value) == 'table' and value.err then return value end
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return value
+""")
+
+
+def _error_text(exc: ResponseError) -> str:
+    # redis-py strips the code of the errors it maps to classes (``ERR``): put it back.
+    text = str(exc)
+    first = text.split(" ", 1)[0]
+    return text if first.isupper() and first.isalpha() else "ERR " + text
+
+
+class RedisKeyspace(Keyspace):
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._prefix = backend.key_prefix.encode()
+        self._reserved = self._prefix + validation.RESERVED_KEY_PREFIX.encode()
+
+    def _key(self, key: str) -> bytes:
+        return self._prefix + key.encode()
+
+    async def _command(self, *args: Arg) -> Any:
+        backend = self._backend
+        pipeline = getattr(backend, "pipeline", None)
+        try:
+            if pipeline is not None:
+                return await pipeline.execute(*args)  # its own deadline, no second timer
+            async with asyncio.timeout(backend.settings.operation_timeout):
+                return await backend.client.execute_command(*args)
+        except NoScriptError as exc:
+            raise KeyspaceError(f"NOSCRIPT {exc}") from exc
+        except ResponseError as exc:
+            raise KeyspaceError(_error_text(exc)) from exc
+        except BackendUnavailable as exc:
+            reply = getattr(exc, "reply", None)  # the pipelined connection's error replies
+            if isinstance(reply, str):
+                raise KeyspaceError(reply) from exc
+            raise
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"redis did not answer {args[0]!r} within {backend.settings.operation_timeout:g}s"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis {args[0]!r} failed: {exc}") from exc
+
+    async def _script(self, script: _Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        try:
+            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except KeyspaceError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self._command("EVAL", script.source, len(keys), *keys, *args)
+
+    async def pttl(self, key: str) -> int:
+        return int(await self._command("PTTL", self._key(key)))
+
+    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
+        args: list[Arg] = ["PEXPIRE", self._key(key), ms]
+        if condition is not None:
+            args.append(condition)
+        return bool(await self._command(*args))
+
+    async def getdel(self, key: str) -> bytes | None:
+        value: bytes | None = await self._command("GETDEL", self._key(key))
+        return value
+
+    async def getex(self, key: str, ms: int | None) -> bytes | None:
+        args: list[Arg] = ["GETEX", self._key(key)]
+        if ms is not None:
+            args += ["PX", ms]
+        value: bytes | None = await self._command(*args)
+        return value
+
+    async def set_with(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ms: int | None,
+        default_ms: int,
+        keep_ttl: bool = False,
+        condition: SetCondition = None,
+        get: bool = False,
+    ) -> tuple[bool, bytes | None]:
+        ttl: Arg = ms if ms is not None else ("" if keep_ttl else default_ms)
+        stored, old = await self._script(
+            SET_SCRIPT,
+            [self._key(key)],
+            [value, ttl, default_ms, condition or "", "1" if get else ""],
+        )
+        return bool(stored), old
+
+    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+        return int(await self._script(INCR_SCRIPT, [self._key(key)], [delta, default_ms]))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._command("EXISTS", self._key(key)))
+
+    async def scan(self, cursor: int, match: str | None, count: int) -> tuple[int, list[str]]:
+        if isinstance(self._backend.client, RedisCluster):
+            raise KeyspaceError("ERR SCAN is not supported on a Redis Cluster backend")
+        pattern = escape_glob(self._backend.key_prefix) + (match if match is not None else "*")
+        reply = await self._command("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+        # redis-py's client parses SCAN into (int, list); the pipelined one gives it raw.
+        next_cursor, raw_keys = reply
+        skip = len(self._prefix)
+        keys = [
+            key[skip:].decode("utf-8", "surrogateescape")
+            for key in raw_keys
+            if not key.startswith(self._reserved)
+        ]
+        return int(next_cursor), keys
