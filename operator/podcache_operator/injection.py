@@ -27,6 +27,8 @@ from podcache_operator import rendering, settings
 
 SIDECAR_NAME = "podcache"
 SOCKET_VOLUME = "podcache-socket"
+REDIS_SOCKET_PATH = f"{rendering.SOCKET_DIR}/redis.sock"
+"""The sidecar's Redis-protocol socket (its ``resp.socket`` default), in the same volume."""
 CONFIG_VOLUME = "podcache-config"
 REDIS_CA_VOLUME = "podcache-redis-ca"
 INJECTED_ANNOTATION = "podcache.io/injected"
@@ -239,9 +241,16 @@ def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
     elif not mounts:
         ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [mount]})
     env = container.get("env") or []
-    if not any(item.get("name") == "PODCACHE_SOCKET" for item in env):  # the app's own choice wins
-        variable = {"name": "PODCACHE_SOCKET", "value": rendering.SOCKET_PATH}
-        if env:
+    announced = (
+        ("PODCACHE_SOCKET", rendering.SOCKET_PATH),
+        # The same cache in the Redis protocol, for any Redis client (issue 12).
+        ("PODCACHE_REDIS_SOCKET", REDIS_SOCKET_PATH),
+    )
+    for name, value in announced:
+        if any(item.get("name") == name for item in env):  # the app's own choice wins
+            continue
+        variable = {"name": name, "value": value}
+        if env or any(op["path"] == f"{path}/env" for op in ops):
             ops.append({"op": "add", "path": f"{path}/env/-", "value": variable})
         else:
             ops.append({"op": "add", "path": f"{path}/env", "value": [variable]})

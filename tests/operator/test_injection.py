@@ -83,6 +83,10 @@ class TestValidPods:
                 "name": "PODCACHE_SOCKET",
                 "value": "/var/run/podcache/cache.sock",
             } in container["env"]
+            assert {
+                "name": "PODCACHE_REDIS_SOCKET",
+                "value": "/var/run/podcache/redis.sock",
+            } in container["env"]
 
     def test_existing_volumes_mounts_and_env_are_kept(self) -> None:
         patched = inject(samples.pod(volumes=True))
@@ -96,7 +100,10 @@ class TestValidPods:
         pod = samples.pod()
         pod["spec"]["containers"][0]["env"] = [{"name": "PODCACHE_SOCKET", "value": "/elsewhere"}]
         env = inject(pod)["spec"]["containers"][0]["env"]
-        assert env == [{"name": "PODCACHE_SOCKET", "value": "/elsewhere"}]
+        assert env == [
+            {"name": "PODCACHE_SOCKET", "value": "/elsewhere"},
+            {"name": "PODCACHE_REDIS_SOCKET", "value": "/var/run/podcache/redis.sock"},
+        ]
 
 
 class TestSidecar:
@@ -370,7 +377,8 @@ class TestReinvocation:
             {"name": "podcache-socket", "mountPath": "/var/run/podcache"}
         ]
         assert proxy["env"] == [
-            {"name": "PODCACHE_SOCKET", "value": "/var/run/podcache/cache.sock"}
+            {"name": "PODCACHE_SOCKET", "value": "/var/run/podcache/cache.sock"},
+            {"name": "PODCACHE_REDIS_SOCKET", "value": "/var/run/podcache/redis.sock"},
         ]
         assert sum(c["name"] == "podcache" for c in again["spec"]["initContainers"]) == 1
         assert inject(again) == again
