@@ -197,10 +197,12 @@ class TestOperatorDeployment:
         assert context["readOnlyRootFilesystem"] is True
         assert context["capabilities"]["drop"] == ["ALL"]
 
-    def test_resources_empty_by_default_and_settable(
-        self, releases: dict[str, chart.Release]
-    ) -> None:
-        assert chart.container(releases["default"].one("Deployment"), "operator")["resources"] == {}
+    def test_default_resources_and_settable(self, releases: dict[str, chart.Release]) -> None:
+        """Regression (issue 9, defect 11): the operator had no resources by default."""
+        assert chart.container(releases["default"].one("Deployment"), "operator")["resources"] == {
+            "requests": {"cpu": "50m", "memory": "96Mi"},
+            "limits": {"memory": "256Mi"},
+        }
         resources = chart.container(releases["legacy-sidecar"].one("Deployment"), "operator")[
             "resources"
         ]
@@ -510,3 +512,37 @@ class TestNotes:
 
     def test_no_warning_by_default(self, default_release: chart.Release) -> None:
         assert "WARNING" not in default_release.notes
+
+
+class TestNetworkPolicy:
+    """Issue 9, defect 11: the webhook answers any caller; the NetworkPolicy limits who."""
+
+    def test_off_by_default(self, default_release: chart.Release) -> None:
+        assert "NetworkPolicy" not in default_release.kinds()
+
+    def test_webhook_from_the_apiserver_metrics_from_monitoring(self) -> None:
+        release = chart.render(
+            {
+                "networkPolicy": {
+                    "enabled": True,
+                    "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.0/24"}}],
+                }
+            }
+        )
+        policy = release.one("NetworkPolicy")["spec"]
+        pod = release.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod.items()
+        assert policy["policyTypes"] == ["Ingress"]
+        webhook, metrics = policy["ingress"]
+        assert webhook == {
+            "from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}],
+            "ports": [{"port": 9443, "protocol": "TCP"}],
+        }
+        assert metrics["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+        assert metrics["ports"] == [{"port": 9091, "protocol": "TCP"}]
+
+    def test_needs_the_apiserver_addresses(self) -> None:
+        with pytest.raises(Exception, match=r"networkPolicy\.webhookFrom"):
+            chart.render({"networkPolicy": {"enabled": True}})
