@@ -269,6 +269,9 @@ def sidecar_container(
     env: list[dict[str, Any]] = [
         {"name": "PODCACHE_CONFIG", "value": rendering.CONFIG_PATH},
         {"name": "PODCACHE_SOCKET", "value": rendering.SOCKET_PATH},
+        # The socket volume is private to the pod; its containers may run as users that
+        # share no group (a container-level runAsUser, no fsGroup): all of them may connect.
+        {"name": "PODCACHE_SOCKET_MODE", "value": "0666"},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
@@ -351,7 +354,7 @@ def sidecar_resources(
 def _security_context(
     pod_spec: Mapping[str, Any], sidecar: settings.SidecarSettings
 ) -> dict[str, Any]:
-    """Restricted profile; shares the app's non-root UID/GID so the 0660 socket is reachable."""
+    """Restricted profile, with the pod's non-root UID/GID where it sets them."""
     pod_context = pod_spec.get("securityContext") or {}
     user = pod_context.get("runAsUser")
     context: dict[str, Any] = {

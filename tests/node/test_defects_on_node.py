@@ -82,11 +82,6 @@ def helm_upgrade(release: NodeCluster, *values: str) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 defect 6: the socket is 0660 for the sidecar's user; an app with a "
-    "container-level runAsUser and no fsGroup gets EACCES",
-)
 def test_app_with_its_own_user_uses_the_socket(
     release: NodeCluster, namespace: str, memory_cache: str
 ) -> None:

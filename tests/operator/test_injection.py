@@ -215,6 +215,11 @@ class TestSidecar:
         ports = sidecar_of(inject(samples.pod()))["ports"]
         assert ports == [{"name": "podcache-prom", "containerPort": 9090, "protocol": "TCP"}]
 
+    def test_every_container_of_the_pod_may_use_the_socket(self) -> None:
+        """Regression (issue 9 defect 6): a container-level runAsUser got EACCES on 0660."""
+        env = {e["name"]: e.get("value") for e in sidecar_of(inject(samples.pod()))["env"]}
+        assert env["PODCACHE_SOCKET_MODE"] == "0666"
+
     def test_metrics_port_of_the_cacheconfig(self) -> None:
         spec = samples.spec(samples.MEMORY_SPEC, metrics={"port": 9464})
         (port,) = sidecar_of(inject(samples.pod(), spec))["ports"]

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 from podcache import configfile
 from podcache.errors import ConfigError
-from podcache.sidecar import logs
+from podcache.sidecar import logs, socket_site
 from podcache.sidecar.metrics_server import MetricsPortUnusable
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
@@ -183,6 +183,10 @@ def _runner() -> asyncio.Runner:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options, log_format = parse_options(argv)
+    try:
+        socket_site.socket_mode()  # a bad mode is refused before anything starts
+    except ValueError as exc:
+        raise SystemExit(f"podcache-sidecar: {exc}") from None
     # The config file's logLevel applies once it is loaded; until then, the flag or info.
     logs.setup(options.overrides.log_level or "info", fmt=log_format)
     if options.overrides.log_level is None and options.config_path:

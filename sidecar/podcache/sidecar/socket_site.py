@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +35,27 @@ from podcache.sidecar import http_protocol
 logger = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
-"""Read/write for the owner and group: the app containers share the pod's fsGroup."""
+"""Off-pod default: read/write for the owner and group only."""
+MODE_ENV = "PODCACHE_SOCKET_MODE"
+"""In a pod the injector sets it to 0666: the socket's directory is an emptyDir only that
+pod's containers mount, and they may run as different users with no group in common
+(a container-level ``runAsUser`` and no ``fsGroup``), who would get EACCES on 0660."""
+MODES = (0o600, 0o660, 0o666)
+
+
+def socket_mode(environ: Mapping[str, str] | None = None) -> int:
+    """The sockets' mode: ``PODCACHE_SOCKET_MODE`` (octal), else ``SOCKET_MODE``."""
+    raw = (os.environ if environ is None else environ).get(MODE_ENV, "").strip()
+    if not raw:
+        return SOCKET_MODE
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        mode = -1
+    if mode not in MODES:
+        allowed = ", ".join(f"{m:04o}" for m in MODES)
+        raise ValueError(f"{MODE_ENV}={raw!r}: use one of {allowed}")
+    return mode
 BACKLOG = 1024
 EVICT_RETRY = 0.05
 """Seconds between looks for an idle connection to close while every one is busy."""
@@ -106,13 +126,14 @@ def _is_live(path: str) -> bool:
 
 
 def bind(path: str, *, backlog: int = BACKLOG) -> socket.socket:
-    """A listening, non-blocking Unix socket at ``path`` with mode 0660."""
+    """A listening, non-blocking Unix socket at ``path`` with ``socket_mode()``."""
+    mode = socket_mode()
     prepare_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
         # aiohttp and asyncio leave the mode to the umask; set it before anyone can connect.
-        os.chmod(path, SOCKET_MODE)
+        os.chmod(path, mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
