@@ -147,7 +147,7 @@ def api_handler(handler: Handler, *, route: str | None = None) -> Handler:
                     async with asyncio.timeout(timeout):
                         response = await handler(request)
             except TimeoutError:
-                response = _timed_out(request, timeout)
+                response = timed_out(request, timeout)
             except Exception as exc:
                 response = response_for(exc)
             finally:
@@ -178,7 +178,7 @@ def add_catch_all(app: web.Application) -> None:
     app.router.add_route("*", "/{path:.*}", api_handler(_no_route, route="unmatched"))
 
 
-def _timed_out(request: web.Request, timeout: float) -> web.Response:
+def timed_out(request: web.Request, timeout: float) -> web.Response:
     if not request.content.is_eof():
         # Still waiting for the body: the client is slow, not the backend.
         response = error_response(

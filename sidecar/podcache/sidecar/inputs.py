@@ -54,6 +54,11 @@ def segment(
         if not raw.endswith(suffix):
             raise InvalidKey(f"{what}: the path must end with {suffix!r}")
         raw = raw[: -len(suffix)]
+    return decode_segment(raw, what=what, max_bytes=max_bytes)
+
+
+def decode_segment(raw: str, *, what: str, max_bytes: int) -> str:
+    """``segment``'s checks and decoding of the raw text of one segment (the fast path's too)."""
     if "/" in raw:
         raise InvalidKey(f"{what} contains '/': percent-encode it as %2F")
     if "%" in raw:

@@ -8,11 +8,16 @@ against exactly that value, so a concurrent writer in between makes it a 412.
 
 Everything that can be checked before the body is read (key, ttl, flags) is
 checked first: a bad request is refused without reading its body.
+
+The ``serve_*`` functions do the work; the router's handlers here and the lean path
+(``fast_path``, which answers most of these requests before aiohttp's router) both
+call them, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from podcache import etags
 from podcache.cache import Cache
@@ -27,6 +32,8 @@ ROUTE = PREFIX + r"{key:[\s\S]*}"  # any text, newlines and raw '/' too: segment
 
 etag_of = etags.etag_of  # the name other modules and tests import from here
 
+OCTET_STREAM = "application/octet-stream"
+
 
 def _key(request: web.Request, state: SidecarState) -> str:
     limit = state.config.limits.max_key_bytes
@@ -35,17 +42,30 @@ def _key(request: web.Request, state: SidecarState) -> str:
 
 async def get_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    value, etag = await state.slot.cache.get_with_etag(_key(request, state))
-    return web.Response(
-        body=value, content_type="application/octet-stream", headers={"ETag": etag}
-    )
+    return await serve_get(state, _key(request, state))
+
+
+async def serve_get(state: SidecarState, key: str) -> web.Response:
+    value, etag = await state.slot.cache.get_with_etag(key)
+    # Headers built directly: Response's content_type setter parses and rebuilds the value.
+    headers = CIMultiDict(((hdrs.CONTENT_TYPE, OCTET_STREAM), (hdrs.ETAG, etag)))
+    return web.Response(body=value, headers=headers)
 
 
 async def put_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    key = _key(request, state)
-    ttl = inputs.ttl_query(request, state.default_ttl)
-    if_absent = inputs.flag(request, "ifAbsent")
+    return await serve_put(state, request, _key(request, state))
+
+
+async def serve_put(
+    state: SidecarState, request: web.Request, key: str, *, has_query: bool = True
+) -> web.Response:
+    """PUT of ``key``; ``has_query=False`` (no ``?`` in the target) skips parsing the query."""
+    if has_query:
+        ttl = inputs.ttl_query(request, state.default_ttl)
+        if_absent = inputs.flag(request, "ifAbsent")
+    else:
+        ttl, if_absent = state.default_ttl, False
     # An empty header states no condition (some clients send "If-Match:" with nothing).
     if_match = request.headers.get("If-Match", "").strip() or None
     if_none_match = request.headers.get("If-None-Match", "").strip() or None
@@ -92,7 +112,11 @@ async def _store(
 
 async def delete_value(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await state.slot.cache.delete(_key(request, state))
+    return await serve_delete(state, _key(request, state))
+
+
+async def serve_delete(state: SidecarState, key: str) -> web.Response:
+    await state.slot.cache.delete(key)
     return web.Response(status=204)
 
 

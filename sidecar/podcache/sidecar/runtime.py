@@ -34,8 +34,8 @@ from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
+from podcache.sidecar import fast_path, resp_server, socket_site
 from podcache.sidecar import reload as reload_mod
-from podcache.sidecar import resp_server, socket_site
 from podcache.sidecar.http_metrics import Exposition, ServerMetrics
 from podcache.sidecar.metrics_server import MetricsServer
 from podcache.sidecar.overrides import Overrides
@@ -166,6 +166,10 @@ class Sidecar:
             await cache.stop()
             raise
         self._runner = runner
+        server = runner.server
+        assert server is not None  # set by setup()
+        # Cache GET/PUT/DELETE skip the router (fast_path); everything else goes to the app.
+        server.request_handler = fast_path.handler(runner.app, server.request_handler)
         try:
             site = UnixListenerSite(
                 runner,

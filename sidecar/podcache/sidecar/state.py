@@ -25,7 +25,7 @@ from aiohttp import web
 from podcache import configfile
 from podcache.backends.memory import MemoryBackend
 from podcache.cache import Cache
-from podcache.config import Config, MemorySettings
+from podcache.config import Config, MemorySettings, RedisSettings
 from podcache.sidecar import leases
 from podcache.sidecar import watches as watches_mod  # the module: watches -> errors -> state
 from podcache.sidecar.bodies import BodyBudget
@@ -58,6 +58,12 @@ class CacheSlot:
         self.identity = backend_identity(config)
         self.never_blocks = isinstance(config.settings, MemorySettings)
         """No call waits on I/O (the memory backend): the middleware may skip its timer."""
+        settings = config.settings
+        self.call_bound = settings.operation_timeout if isinstance(settings, RedisSettings) else 0.0
+        """Seconds one backend call can take at most: the backend bounds every call itself
+        (the memory backend never waits; Redis by its operation timeout). A request of N
+        calls with its body already in needs no timer of its own while N * call_bound is
+        within the request timeout (``fast_path``)."""
         self.leases = leases.LeaseBook()
         self.inflight = 0
         self._idle: asyncio.Event | None = None
