@@ -196,6 +196,8 @@ def _redis_config(redis: Mapping[str, Any], *, namespace: str, name: str) -> dic
         }
     if redis.get("cluster"):
         config["cluster"] = {"nodes": list(redis["cluster"].get("nodes") or [])}
+    if redis.get("username"):
+        config["username"] = redis["username"]  # the password stays in its Secret (injection)
     prefix = redis.get("keyPrefix")
     config["keyPrefix"] = (
         default_key_prefix(namespace=namespace, name=name) if prefix is None else prefix

@@ -209,9 +209,16 @@ def _check_redis(redis: Any) -> list[Problem]:
             message = exc.reason.replace(
                 "set config.username, and the password through config.passwordFile or "
                 "PODCACHE_REDIS_PASSWORD",
-                "give the password through spec.redis.passwordSecretRef",
+                "give the user name in spec.redis.username and the password through"
+                " spec.redis.passwordSecretRef",
             )
             problems.append(Problem("spec.redis.url", message))
+    username = redis.get("username")
+    if username is not None and not (
+        isinstance(username, str) and username and not any(c.isspace() for c in username)
+    ):  # a spec from before the CRD's pattern
+        problems.append(Problem("spec.redis.username", "must be a non-empty name without"
+                                " white space (a Redis ACL user)"))
     if redis.get("keyPrefix") == "":  # a spec from before the CRD's minLength
         problems.append(Problem("spec.redis.keyPrefix", "must not be empty (omit it for the "
                                 "default <namespace>/<name>:)"))

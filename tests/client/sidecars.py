@@ -32,8 +32,10 @@ class SidecarProcess:
     """One ``podcache-sidecar`` process and the files it uses."""
 
     def __init__(self, config: dict[str, Any], *, pod_name: str = "pod-a",
-                 metrics_port: int = 0) -> None:
+                 metrics_port: int = 0, env: dict[str, str] | None = None) -> None:
         self.config = config
+        self.env = dict(env or {})
+        """Extra environment (e.g. ``PODCACHE_REDIS_PASSWORD``, as the injector sets it)."""
         self.pod_name = pod_name
         self.metrics_port = metrics_port
         self.workdir = Path(tempfile.mkdtemp(prefix="pc-", dir="/tmp"))
@@ -51,7 +53,7 @@ class SidecarProcess:
 
     def start(self, *, timeout: float = READY_TIMEOUT) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        env = dict(os.environ, POD_NAME=self.pod_name, PODCACHE_LOG_LEVEL="info")
+        env = dict(os.environ, POD_NAME=self.pod_name, PODCACHE_LOG_LEVEL="info", **self.env)
         env.pop("PODCACHE_SOCKET", None)
         env.pop("PODCACHE_CONFIG", None)
         args = [sys.executable, "-m", "podcache.sidecar.main", "--config", str(self.config_path),

@@ -85,6 +85,12 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.redis.keyPrefix",
     ),
     (
+        "redis-username-with-space",  # Redis ACL user names have no white space
+        "c",
+        {"backend": "redis", "redis": {"url": "redis://r:6379", "username": "shop sessions"}},
+        "spec.redis.username",
+    ),
+    (
         "redis-no-topology",
         "c",
         {"backend": "redis", "redis": {"keyPrefix": "x"}},

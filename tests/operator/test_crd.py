@@ -172,6 +172,7 @@ def test_spec_fields() -> None:
         "url",
         "sentinel",
         "cluster",
+        "username",
         "passwordSecretRef",
         "tls",
         "keyPrefix",

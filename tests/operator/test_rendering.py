@@ -55,6 +55,12 @@ class TestSidecarConfig:
         assert config["metrics"] == {"namespace": "shop", "port": 9090}
         assert config["logLevel"] == "debug"
 
+    def test_acl_username_is_rendered_and_its_password_is_not(self) -> None:
+        redis = {**samples.REDIS_SPEC["redis"], "username": "shop-sessions"}
+        rendered = render(samples.spec(samples.REDIS_SPEC, redis=redis))
+        assert rendered.config["config"]["username"] == "shop-sessions"
+        assert "password" not in rendered.config_map["data"]["config.yaml"]
+
     def test_key_prefix_defaults_to_namespace_and_name(self) -> None:
         spec = samples.spec(samples.REDIS_SPEC, redis={"url": "redis://r:6379"})
         assert render(spec, name="carts").config["config"]["keyPrefix"] == "shop/carts:"

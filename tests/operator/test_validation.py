@@ -47,6 +47,8 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
         ({"redis": {"url": "redis://app@a:1"}}, "spec.redis.url", "a user name"),
         ({"redis": {"url": "http://app:hunter2@a:1"}}, "spec.redis.url", "unsupported URL"),
         ({"redis": {"url": "redis://a:1", "keyPrefix": ""}}, "spec.redis.keyPrefix", "empty"),
+        ({"redis": {"url": "redis://a:1", "username": " "}}, "spec.redis.username", "white"),
+        ({"redis": {"url": "redis://app@a:1"}}, "spec.redis.url", "spec.redis.username"),
         (
             {"redis": {"url": "redis://a:1", "timeouts": {"operation": "0s"}}},
             "spec.redis.timeouts.operation",
