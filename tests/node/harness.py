@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from tests.controlplane.cluster import find_binaries
+from tests.controlplane.cluster import ControlPlaneUnavailable, find_binaries
 from tests.controlplane.harness import RELEASE, RELEASE_NAMESPACE, Cluster, eventually
 from tests.controlplane.helm import CHART, Helm
 from tests.node import images
@@ -152,7 +152,8 @@ def images_version() -> str:
 @contextmanager
 def start_node() -> Iterator[NodeCluster]:
     """The image built, a node started with it; raises ``ControlPlaneUnavailable`` (or
-    a subclass) when anything cannot start. Set ``cluster.keep_logs`` to keep the folder."""
+    a subclass) when anything cannot start, keeping the logs. Set ``cluster.keep_logs``
+    to keep them after a failed test."""
     started = time.monotonic()
     image = images.build()
     TIMINGS["image build (cached by content)"] = time.monotonic() - started
@@ -160,7 +161,10 @@ def start_node() -> Iterator[NodeCluster]:
     running: NodeCluster | None = None
     try:
         started = time.monotonic()
-        node.start()
+        try:
+            node.start()
+        except ControlPlaneUnavailable as exc:
+            raise type(exc)(f"{exc}\n(every component's log is in {node.plane.logs})") from exc
         TIMINGS["node start (namespace to CoreDNS ready)"] = time.monotonic() - started
         for phase, at in node.timings.items():
             TIMINGS[f"  node start: {phase} at"] = at
@@ -175,8 +179,10 @@ def start_node() -> Iterator[NodeCluster]:
         api.close()
     finally:
         node.stop()
-        if running is None or not running.cluster.keep_logs:
+        if running is not None and not running.cluster.keep_logs:
             remove_workdir(node.plane.workdir)
+        else:  # a failed start or test: logs and configs stay, images and layers go
+            remove_workdir(node.containerd.folder / "root")
 
 
 def wait_deleted(probe: Any, what: str, timeout: float = 60) -> None:

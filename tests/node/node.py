@@ -17,6 +17,7 @@ removed unless the logs are to be kept.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -117,14 +118,15 @@ class Node:
         self.netns.forward(self.plane.port)
         self.containerd.start(self.plane)
         self._phase("containerd")
-        self.containerd.import_image(images.pause_archive(self.node_binaries / "pause"))
-        self.containerd.import_image(
-            images.save(self.image),
-            (self.image, f"ghcr.io/podcache/podcache:{images.project_version()}"),
-        )
-        self._phase("images imported")
-        self.plane.start()
-        self._phase("control plane")
+        # The imports (disk-bound) overlap the control plane's start (CPU-bound).
+        importing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        imported = importing.submit(self._import_images)
+        try:
+            self.plane.start()
+            self._phase("control plane")
+            imported.result()
+        finally:
+            importing.shutdown(wait=True)
         kubelet = Kubelet(
             self.folder / "kubelet",
             name=NODE_NAME,
@@ -158,6 +160,14 @@ class Node:
         self._kill_leftover_shims()
         _unmount_under(self.plane.workdir)
         self.netns.delete()
+
+    def _import_images(self) -> None:
+        self.containerd.import_image(images.pause_archive(self.node_binaries / "pause"))
+        self.containerd.import_image(
+            images.save(self.image),
+            (self.image, f"ghcr.io/podcache/podcache:{images.project_version()}"),
+        )
+        self._phase("images imported")
 
     # --- access ----------------------------------------------------------------------
 
