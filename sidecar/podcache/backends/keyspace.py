@@ -117,7 +117,7 @@ def parse_int(value: bytes) -> int:
     return number
 
 
-_INTEGER = re.compile(rb"-?(0|[1-9][0-9]*)")
+_INTEGER = re.compile(rb"0|-?[1-9][0-9]*")  # "-0" and "007" are not integers to Redis
 
 
 @functools.lru_cache(maxsize=256)

@@ -84,7 +84,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="PATH",
         help="Unix socket of the cache in the Redis protocol (env PODCACHE_REDIS_SOCKET; "
         f"default: the config's resp.socket, else {configfile.DEFAULT_RESP_SOCKET} if its "
-        "directory exists, else redis.sock beside the HTTP socket)",
+        "directory exists, else <HTTP socket name>-redis.sock beside it)",
     )
     parser.add_argument(
         "--metrics-port",

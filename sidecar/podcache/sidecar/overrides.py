@@ -64,12 +64,14 @@ def default_socket(configured: str) -> str:
 
 
 def default_resp_socket(configured: str, http_socket: str) -> str:
-    """The configured path; the built-in default goes beside the HTTP socket off-pod, so
-    ``bash scripts/run`` serves ``./redis.sock`` next to ``./podcache.sock``."""
+    """The configured path; off-pod the built-in default goes beside the HTTP socket and
+    is named after it (``./podcache.sock`` -> ``./podcache-redis.sock``), so sidecars
+    sharing a directory (tests, several on one laptop) never want the same path."""
     if configured == configfile.DEFAULT_RESP_SOCKET and not os.path.isdir(
         os.path.dirname(configured)
     ):
-        return os.path.join(os.path.dirname(os.path.abspath(http_socket)), "redis.sock")
+        stem = os.path.splitext(os.path.abspath(http_socket))[0]
+        return stem + "-redis.sock"
     return configured
 
 

@@ -222,7 +222,13 @@ class RespProtocol(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self._broken = wire.error(f"ERR Protocol error: {exc}")
             return
-        self._pending = len(data) if completed else self._pending + len(data)
+        if completed:
+            # What follows the last CRLF belongs to the unfinished command, if any: an
+            # underestimate by at most one read, never an overestimate (a refusal of a
+            # command within the limit would be the worse error).
+            self._pending = max(0, len(data) - data.rfind(b"\r\n") - 2)
+            return
+        self._pending += len(data)
         limit = self._server.max_request_bytes()
         if self._pending > limit:
             self._broken = wire.error(
