@@ -16,8 +16,7 @@ call them, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from aiohttp import web
 
 from podcache import etags
 from podcache.cache import Cache
@@ -47,9 +46,7 @@ async def get_value(request: web.Request) -> web.Response:
 
 async def serve_get(state: SidecarState, key: str) -> web.Response:
     value, etag = await state.slot.cache.get_with_etag(key)
-    # Headers built directly: Response's content_type setter parses and rebuilds the value.
-    headers = CIMultiDict(((hdrs.CONTENT_TYPE, OCTET_STREAM), (hdrs.ETAG, etag)))
-    return web.Response(body=value, headers=headers)
+    return web.Response(body=value, content_type=OCTET_STREAM, headers={"ETag": etag})
 
 
 async def put_value(request: web.Request) -> web.Response:
