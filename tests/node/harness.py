@@ -47,7 +47,9 @@ class NodeCluster:
     def helm(self) -> Helm:
         return self.cluster.helm
 
-    def exec(self, namespace: str, pod: str, container: str, *argv: str) -> tuple[int, str]:
+    def exec(
+        self, namespace: str, pod: str, container: str, *argv: str, timeout: float = 60
+    ) -> tuple[int, str]:
         """Run ``argv`` in a container through the apiserver and the kubelet (as
         ``kubectl exec`` does); its exit code and combined output."""
         response = stream(
@@ -63,7 +65,7 @@ class NodeCluster:
             _preload_content=False,
         )
         output = ""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while response.is_open() and time.monotonic() < deadline:
             response.update(timeout=1)
             output += response.read_stdout() + response.read_stderr()
