@@ -265,12 +265,12 @@ class RespProtocol(asyncio.Protocol):
             except Exception as exc:
                 self._out.append(commands.error_reply(exc))
                 return False
-            self._flush()
+            self._write_out()
             self._task = asyncio.get_running_loop().create_task(
                 self._finish(_resumed(coro, yielded), slot)
             )
             return True
-        self._flush()
+        self._write_out()  # what came before goes out while this one waits
         slot.inflight += 1  # a backend swap retires this slot only after it is done
         self._task = asyncio.get_running_loop().create_task(self._finish(coro, slot, left=False))
         return True
@@ -294,12 +294,17 @@ class RespProtocol(asyncio.Protocol):
             return
         self._run()
 
-    def _flush(self) -> None:
+    def _write_out(self) -> None:
         out = self._out
-        transport = self._transport
         if out and not self._closed:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+
+    def _flush(self) -> None:
+        """Write the replies so far; close if QUIT, a protocol error or a shutdown is due
+        and nothing is left to answer (so never while a command is about to start)."""
+        self._write_out()
+        transport = self._transport
         if self._closed:
             return
         if self.session.closing:
