@@ -109,7 +109,15 @@ class Cache:
 
     async def set(self, key: str, value: bytes, ttl: float = 0) -> None:
         """Store ``value``; ``ttl`` in seconds, 0 means the default TTL."""
-        await self._counted("set", lambda: self.backend.set(key, value, ttl))
+        # Inlined rather than through _counted: no closure and no frame on the hot path.
+        self._ensure_items_refresh()
+        started = time.perf_counter()
+        try:
+            await self.backend.set(key, value, ttl)
+        except Exception:
+            self.metrics.observe("set", "error", time.perf_counter() - started)
+            raise
+        self.metrics.observe("set", "ok", time.perf_counter() - started)
 
     async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
         """Store only if ``key`` is absent; return whether it was stored."""
@@ -123,7 +131,15 @@ class Cache:
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it existed (a missing key is not an error)."""
-        return await self._counted("delete", lambda: self.backend.delete(key))
+        self._ensure_items_refresh()
+        started = time.perf_counter()
+        try:
+            removed = await self.backend.delete(key)
+        except Exception:
+            self.metrics.observe("delete", "error", time.perf_counter() - started)
+            raise
+        self.metrics.observe("delete", "ok", time.perf_counter() - started)
+        return removed
 
     async def ping(self) -> None:
         """Return when the backend answers; raise ``BackendUnavailable`` otherwise."""
