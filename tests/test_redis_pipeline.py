@@ -17,7 +17,8 @@ Aspects:
   operation timeout, not the longer connect timeout;
 - SELECT from the URL's db, AUTH with a wrong password answered as BackendUnavailable;
 - bounded in flight: beyond ``max_inflight`` a call is refused at once;
-- a closed connection refuses new calls and fails what was queued.
+- a closed connection refuses new calls and fails what was queued;
+- the cache and the locks use it, not the pool.
 """
 
 from __future__ import annotations
@@ -246,3 +247,31 @@ async def test_closed_connection_refuses_and_fails_queued(
         await queued
     with pytest.raises(BackendUnavailable, match="closed"):
         pipe.execute(b"PING")
+
+
+# -- users of the connection --
+
+
+async def test_cache_and_locks_do_not_need_the_pool(redis_url: str) -> None:
+    """GET/SET/DEL and lock acquire/refresh/release run on the pipelined connection: they
+    work while the pool's only connection is held (before, they waited for it and failed)."""
+    from podcache.cache import new_cache
+
+    cache = new_cache(Config(type="redis", config={
+        "url": redis_url, "keyPrefix": "piped:", "poolSize": 1,
+        "timeouts": {"operation": f"{TIMEOUT}s"},
+    }))
+    backend: Any = cache.backend
+    pool = backend.client.connection_pool
+    held = await pool.get_connection()
+    try:
+        await cache.set("k", b"v")
+        assert await cache.get("k") == b"v"
+        lease = await cache.locks.acquire("job", ttl=5)
+        assert lease is not None
+        assert await cache.locks.refresh("job", lease.token, ttl=5) is not None
+        assert await cache.locks.release("job", lease.token)
+        assert await cache.delete("k")
+    finally:
+        await pool.release(held)
+        await cache.stop()

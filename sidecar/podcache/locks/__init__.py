@@ -30,6 +30,7 @@ def build_locks(backend: Any, *, registry: CollectorRegistry, namespace: str) ->
         operation_timeout=settings.operation_timeout,
         replica_ack_timeout=settings.replica_ack_timeout,
         waits=backend.waits,  # blocked waiters never take the cache's connections
+        pipeline=getattr(backend, "pipeline", None),  # None on Cluster
     )
 
 

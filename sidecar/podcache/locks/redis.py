@@ -26,6 +26,12 @@ remaining PTTL (so a lease that lapses without a release is noticed on time) and
 slice shorter than the operation timeout (the client's socket timeout must not fire
 on a legitimately blocked read).
 
+Acquire, refresh and release go through the backend's auto-pipelined connection when
+it has one and no replica ack is asked for (``redis_pipeline``: no pool checkout, no
+per-command timers, written together with the cache's commands); ``WAIT`` must follow
+its write on one connection of its own, so with ``replicaAckTimeout`` (and on Cluster)
+they use ``client``.
+
 Improvements over redis-py's ``Lock``: the token is returned to the caller rather
 than kept in thread-local state, waiters are woken instead of polling every 100 ms,
 refresh and acquire return the fence, and every call is bounded by an operation
@@ -46,7 +52,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from podcache.backends import redis_topologies, redis_waits
+from podcache.backends import redis_pipeline, redis_topologies, redis_waits
 from podcache.errors import BackendUnavailable
 from podcache.locks.base import Busy, Lease, LockService
 
@@ -179,6 +185,7 @@ return 0
         operation_timeout: float = 1.0,
         replica_ack_timeout: float = 0.0,
         waits: redis_waits.WaitLane | None = None,
+        pipeline: redis_pipeline.PipelinedConnection | None = None,
     ) -> None:
         """``client`` is a ``redis.asyncio`` Redis or RedisCluster; we never close it.
 
@@ -197,6 +204,13 @@ return 0
         self._acquire_script = client.register_script(self.ACQUIRE_LUA)
         self._refresh_script = client.register_script(self.REFRESH_LUA)
         self._release_script = client.register_script(self.RELEASE_LUA)
+        # WAIT counts the writes of its own connection: not through the shared pipeline.
+        self._pipeline = pipeline if replica_ack_timeout <= 0 else None
+        self._piped_scripts = {
+            "acquire": redis_pipeline.Script(self.ACQUIRE_LUA),
+            "refresh": redis_pipeline.Script(self.REFRESH_LUA),
+            "release": redis_pipeline.Script(self.RELEASE_LUA),
+        }
         self._waits = waits if waits is not None else redis_waits.WaitLane.sharing(client)
         self._watches: dict[str, asyncio.Future[None]] = {}
         """Per lock name, the wake-up of the one task of ours blocked on its signal list."""
@@ -249,14 +263,29 @@ return 0
 
     async def _release(self, name: str, *, token: str) -> bool:
         owner, _, signal = lock_keys(self._prefix, name)
+        if self._pipeline is not None:
+            reply = await self._piped("release", keys=(owner, signal), args=(token, SIGNAL_TTL_MS))
+            return bool(int(reply))
         call = self._release_script(keys=(owner, signal), args=(token, SIGNAL_TTL_MS))
         reply = await bounded(call, seconds=self._timeout, what="release")
         return bool(int(reply))
+
+    async def _piped(self, what: str, *, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A script through the pipelined connection, which bounds it itself (no timer here)."""
+        assert self._pipeline is not None
+        try:
+            return await self._pipeline.run_script(self._piped_scripts[what], keys, args)
+        except redis_pipeline.ReplyError as exc:
+            raise BackendUnavailable(f"redis {what} failed: {exc.reply}") from exc
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(f"redis {what} failed: {exc}") from exc
 
     async def _write(
         self, script: Any, *, keys: Sequence[str], args: Sequence[object], what: str,
     ) -> tuple[Any, bool | None]:
         """Run a lease-writing script; with a replica-ack timeout, WAIT on the same connection."""
+        if self._pipeline is not None:
+            return await self._piped(what, keys=keys, args=args), None
         if self._ack_timeout <= 0:
             call = script(keys=keys, args=args)
             return await bounded(call, seconds=self._timeout, what=what), None
