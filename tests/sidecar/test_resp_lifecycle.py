@@ -1,0 +1,196 @@
+"""The RESP socket lives like the HTTP socket: metrics, reload, limits, outage, shutdown.
+
+Aspects: the seed's ``lab_cache_*`` metrics count RESP traffic (GET hit/miss, SET,
+other commands under their own label) and ``lab_resp_connections`` counts
+connections; a hot reload's default TTL and limits apply to the next command; the
+socket has the HTTP socket's mode; ``resp.enabled: false`` serves none; the
+connection limit makes room by closing an idle connection; a Redis outage answers
+``TRYAGAIN`` within the operation timeout; AUTH with ``PODCACHE_RESP_PASSWORD``;
+a graceful shutdown finishes and removes the socket file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+import yaml
+from prometheus_client import generate_latest
+
+from tests.redis_server import RedisServer
+from tests.sidecar.conftest import StartSidecar, wait_until
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _client(sidecar: Any) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis(unix_socket_path=sidecar.resp.path)
+
+
+def _scrape(sidecar: Any) -> str:
+    return generate_latest(sidecar.exposition.registry).decode()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_metrics_count_resp_traffic(
+    start_sidecar: StartSidecar, backend: str, request: pytest.FixtureRequest
+) -> None:
+    from tests.sidecar.resp_support import backend_config
+
+    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    sidecar, _ = await start_sidecar(backend_config(backend, url))
+    client = _client(sidecar)
+    try:
+        await client.set("k", "v")
+        assert await client.get("k") == b"v"
+        assert await client.get("missing") is None
+        await client.execute_command("INCR", "n")  # redis-py's incr() sends INCRBY
+        await client.ttl("k")
+        text = _scrape(sidecar)
+        assert 'lab_cache_requests_total{operation="get",status="hit"} 1.0' in text
+        assert 'lab_cache_requests_total{operation="get",status="miss"} 1.0' in text
+        assert 'lab_cache_requests_total{operation="set",status="ok"} 1.0' in text
+        assert 'lab_cache_requests_total{operation="incr",status="ok"} 1.0' in text
+        assert 'lab_cache_requests_total{operation="ttl",status="ok"} 1.0' in text
+        assert "lab_cache_hits_total 1.0" in text
+        assert "lab_cache_misses_total 1.0" in text
+        assert "lab_resp_connections 1.0" in text
+    finally:
+        await client.aclose()
+
+
+async def test_reload_applies_default_ttl_and_limits(start_sidecar: StartSidecar) -> None:
+    config: dict[str, Any] = {"type": "memory", "config": {"defaultTTL": "5m"}}
+    sidecar, _ = await start_sidecar(config, config_file=True)
+    client = _client(sidecar)
+    try:
+        await client.set("a", "1")
+        assert 299 <= await client.ttl("a") <= 300
+        config["config"]["defaultTTL"] = "1m"
+        config["limits"] = {"maxValueBytes": 100, "maxInflightBytes": 1024}
+        _write(Path(sidecar.options.config_path or ""), yaml.safe_dump(config))
+
+        async def applied() -> bool:
+            await client.set("b", "1")
+            return await client.ttl("b") <= 60
+
+        await wait_until(applied)
+        with pytest.raises(redis.ResponseError, match=r"limits\.maxValueBytes is 100"):
+            await client.set("c", "x" * 101)
+        assert await client.get("a") == b"1"  # entries survive the reload
+    finally:
+        await client.aclose()
+
+
+async def test_socket_mode_and_disabled(start_sidecar: StartSidecar) -> None:
+    sidecar, _ = await start_sidecar({"type": "memory"})
+    resp_mode = stat.S_IMODE(os.stat(sidecar.resp.path).st_mode)
+    assert resp_mode == stat.S_IMODE(os.stat(sidecar.socket_path).st_mode)
+    off, _ = await start_sidecar({"type": "memory", "resp": {"enabled": False}}, name="off")
+    assert off.resp is None
+    assert not _exists(off.socket_path.replace(".sock", "-redis.sock"))
+
+
+async def test_connection_limit_evicts_an_idle_connection(start_sidecar: StartSidecar) -> None:
+    sidecar, _ = await start_sidecar({"type": "memory", "limits": {"maxConnections": 2}})
+    idle = [await asyncio.open_unix_connection(sidecar.resp.path) for _ in range(2)]
+    for _, writer in idle:
+        writer.write(b"*1\r\n$4\r\nPING\r\n")
+    for reader, _ in idle:
+        assert await reader.readline() == b"+PONG\r\n"
+    client = _client(sidecar)
+    try:
+        async with asyncio.timeout(5):
+            assert await client.ping() is True  # an idle one was closed to make room
+        closed = 0
+        for reader, _ in idle:
+            try:
+                async with asyncio.timeout(0.5):
+                    closed += await reader.read() == b""
+            except TimeoutError:
+                pass  # this one stayed open
+        assert closed == 1
+    finally:
+        await client.aclose()
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_outage_answers_tryagain_promptly(
+    start_sidecar: StartSidecar, redis_server: RedisServer
+) -> None:
+    config = {
+        "type": "redis",
+        "config": {"url": redis_server.url, "keyPrefix": "o:", "timeouts": {"operation": "500ms"}},
+    }
+    sidecar, _ = await start_sidecar(config)
+    client = _client(sidecar)
+    try:
+        await client.set("k", "v")
+        redis_server.pause()
+        started = time.monotonic()
+        # TRYAGAIN: redis-py raises its TryAgainError with the rest of the text.
+        with pytest.raises(redis.exceptions.TryAgainError, match="backend unavailable"):
+            await client.get("k")
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(redis.exceptions.TryAgainError):
+            await client.incr("n")
+        redis_server.resume()
+
+        async def back() -> bool:
+            try:
+                return await client.get("k") == b"v"
+            except redis.ResponseError:
+                return False
+
+        await wait_until(back)
+    finally:
+        redis_server.resume()
+        await client.aclose()
+
+
+async def test_auth_with_a_socket_password(
+    start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODCACHE_RESP_PASSWORD", "s3cret")
+    sidecar, _ = await start_sidecar({"type": "memory"})
+    anonymous = _client(sidecar)
+    good = redis.asyncio.Redis(unix_socket_path=sidecar.resp.path, password="s3cret")
+    bad = redis.asyncio.Redis(unix_socket_path=sidecar.resp.path, password="wrong")
+    try:
+        # redis-py connects with HELLO 3 (AUTH inside when it has a password), which is
+        # refused with NOAUTH or WRONGPASS as Redis refuses it; it raises either class.
+        with pytest.raises((redis.AuthenticationError, redis.ConnectionError)):
+            await anonymous.get("k")
+        with pytest.raises((redis.AuthenticationError, redis.ConnectionError)):
+            await bad.ping()
+        assert await good.set("k", "v") is True
+        assert await good.get("k") == b"v"
+    finally:
+        for client in (anonymous, good, bad):
+            await client.aclose()
+
+
+async def test_graceful_shutdown(start_sidecar: StartSidecar) -> None:
+    sidecar, _ = await start_sidecar({"type": "memory"})
+    path = sidecar.resp.path
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n")
+    assert await reader.readline() == b"+OK\r\n"
+    await sidecar.shutdown()
+    assert await reader.read() == b""  # the idle connection was closed
+    assert not _exists(path)
+    writer.close()
