@@ -217,6 +217,8 @@ class _HttpConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection, one request in flight, minimal parsing."""
 
     def __init__(self) -> None:
+        self.keep_body = False
+        self.body = b""
         self.transport: Any = None  # uvloop's transports do not subclass asyncio.Transport
         self.buffer = bytearray()
         self.waiter: asyncio.Future[int] | None = None
@@ -236,6 +238,7 @@ class _HttpConnection(asyncio.Protocol):
         total = end + 4 + length
         if len(self.buffer) < total:
             return
+        self.body = bytes(self.buffer[end + 4:total]) if self.keep_body else b""
         del self.buffer[:total]
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
@@ -273,7 +276,32 @@ async def _http_load(spec: dict[str, Any]) -> dict[str, Any]:
         if await connection.request(request) != expected:
             errors += 1
 
-    result = await _drive([lambda c=c: call(c) for c in connections], spec)
+    async def lock_cycle(connection: _HttpConnection, name: str) -> None:
+        """Acquire + release of a lock of this connection's own (no contention)."""
+        nonlocal errors
+        body = b'{"ttl": "10s"}'
+        acquire = (f"POST /v1/locks/{name} HTTP/1.1\r\nHost: localhost\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode() + body
+        if await connection.request(acquire) != 200:
+            errors += 1
+            return
+        token = json.loads(connection.body)["token"]
+        body = json.dumps({"token": token}).encode()
+        release = (f"DELETE /v1/locks/{name} HTTP/1.1\r\nHost: localhost\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode() + body
+        if await connection.request(release) != 204:
+            errors += 1
+
+    if spec["op"] == "lock":
+        for connection in connections:
+            connection.keep_body = True
+        calls = [lambda c=c, i=i: lock_cycle(c, f"bench-lock-{i}")
+                 for i, c in enumerate(connections)]
+    else:
+        calls = [lambda c=c: call(c) for c in connections]
+    result = await _drive(calls, spec)
     for connection in connections:
         assert connection.transport is not None
         connection.transport.close()
@@ -295,6 +323,18 @@ async def _redis_load(spec: dict[str, Any]) -> dict[str, Any]:
     async def put() -> None:
         await client.set(key, value)
 
+    async def lock_cycle(name: str) -> None:
+        lock = client.lock(name, timeout=10)  # redis-py's Lock: SET NX PX, Lua release
+        await lock.acquire(blocking=False)
+        await lock.release()
+
+    if spec["op"] == "lock":
+        locks = [lambda i=i: lock_cycle(f"bench-direct-lock-{i}")
+                 for i in range(spec["concurrency"])]
+        result = await _drive(locks, spec)
+        await client.aclose()
+        result["errors"] = 0
+        return result
     call = get if spec["op"] == "get" else put
     result = await _drive([call] * spec["concurrency"], spec)
     await client.aclose()
@@ -501,6 +541,9 @@ def main() -> None:
             trials: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
             cases = [(level, target, op, args.value_size) for level in levels
                      for target in targets for op in ("set", "get")]  # set first: get finds it
+            # Lock acquire + release through the socket (Redis) next to redis-py's Lock.
+            cases += [(level, target, "lock", args.value_size) for level in levels
+                      for target in targets if target[0].endswith(("sidecar redis", "direct"))]
             if args.large_size:
                 cases += [(1, target, op, args.large_size) for target in targets
                           if target[0] != "minimal aiohttp app" for op in ("set", "get")]
@@ -615,6 +658,11 @@ def _report_issue_11(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels
             through = by_case[(f"{prefix}sidecar redis", size, 1)]["ops_per_s"]
             direct = by_case[("redis-py direct", size, 1)]["ops_per_s"]
             figure(f"{tag}{_size(args.large_size)} GET MB/s via sidecar vs redis-py, 1 conn",
+                   through / direct, ">= 0.6", through / direct >= 0.6)
+        for level in levels:
+            through = by_case[(f"{prefix}sidecar redis", "LOCK", level)]["ops_per_s"]
+            direct = by_case[("redis-py direct", "LOCK", level)]["ops_per_s"]
+            figure(f"{tag}lock acquire+release via socket vs redis-py Lock, {level} conns",
                    through / direct, ">= 0.6", through / direct >= 0.6)
         level = max(levels)
         redis_cpu = by_case[(f"{prefix}sidecar redis", "GET", level)]["redis_us_per_op"]
