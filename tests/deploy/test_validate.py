@@ -4,8 +4,8 @@ Aspects:
 - each object of every value set passes kubernetes-validate (strict: unknown fields
   fail) for the oldest version the chart admits (1.25), the first with native
   sidecars on by default (1.29) and the newest schema available;
-- kinds that come from other projects' CRDs (ServiceMonitor, Issuer, Certificate,
-  ClusterKopfPeering) have no schema in kubernetes-validate: they are checked for
+- kinds that come from other projects' CRDs (ServiceMonitor, Issuer, Certificate) have
+  no schema in kubernetes-validate: they are checked for
   their apiVersion and the fields we rely on, and skipped by kind only;
 - the plain manifests validate the same way;
 - the examples: Kubernetes kinds by kubernetes-validate, CacheConfigs by our CRD the
@@ -40,7 +40,6 @@ FOREIGN_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
     "Issuer": "cert-manager.io/v1",
     "Certificate": "cert-manager.io/v1",
-    "ClusterKopfPeering": "kopf.dev/v1",
 }
 
 
