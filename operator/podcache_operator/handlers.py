@@ -29,7 +29,15 @@ from typing import Any
 
 import kopf
 
-from podcache_operator import cacheconfig_mirror, drift, injection, kubeapi, reconciling, rendering
+from podcache_operator import (
+    bare_pods,
+    cacheconfig_mirror,
+    drift,
+    injection,
+    kubeapi,
+    reconciling,
+    rendering,
+)
 from podcache_operator import metrics as podcache_metrics
 from podcache_operator import settings as podcache_settings
 
@@ -60,6 +68,10 @@ class RuntimeState:
     pod_counts: dict[Key, int] = dataclasses.field(default_factory=dict)
     """The ``status.pods`` last written per CacheConfig (to skip no-op patches)."""
     pod_count_locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    bare_pods: dict[Key, list[str]] = dataclasses.field(default_factory=dict)
+    """The ``status.podsWithoutSidecar`` last written per CacheConfig."""
+    reported_bare_pods: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
+    """Per CacheConfig, the pods already named in a PodWithoutSidecar Event (and still bare)."""
     servicemonitor_crd: bool | None = None
     """Whether the ServiceMonitor CRD is established; None until its first event."""
     metrics: podcache_metrics.OperatorMetrics = dataclasses.field(
@@ -86,6 +98,16 @@ def sidecar_pods(
 ) -> dict[Key, str] | None:
     """Labelled pods whose injected sidecar runs, by the CacheConfig they name."""
     if not runs_sidecar(body):
+        return None
+    return {(namespace or "", body.metadata.labels[rendering.CONFIG_LABEL]): name}
+
+
+@kopf.index(*PODS, labels=LABELLED)
+def pods_without_sidecar(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, str] | None:
+    """Labelled pods admitted without the sidecar, by the CacheConfig they name."""
+    if not bare_pods.lacks_sidecar(body):
         return None
     return {(namespace or "", body.metadata.labels[rendering.CONFIG_LABEL]): name}
 
@@ -143,21 +165,25 @@ async def count_pods(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Keep ``status.pods`` of the named CacheConfig equal to its running sidecars."""
+    """Keep ``status.pods`` of the named CacheConfig equal to its running sidecars, and
+    ``status.podsWithoutSidecar`` to its labelled pods that have none (``bare_pods``)."""
     sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
+    bare: kopf.Index[Key, str] = kwargs["pods_without_sidecar"]
     key: Key = (namespace or "", labels[rendering.CONFIG_LABEL])
     state: RuntimeState = memo.state
     lock = state.pod_count_locks.setdefault(key, asyncio.Lock())
     async with lock:  # two pods' events must not write counts out of order
         count = pod_count(sidecar_pods, key)
-        if state.pod_counts.get(key) == count:
+        without = bare_pods.listed(bare.get(key, ()))
+        if state.pod_counts.get(key) == count and state.bare_pods.get(key) == without:
             return
+        await _warn_about_new_bare_pods(key, without, kwargs["cacheconfigs"], memo, logger)
         try:
             result = await kubeapi.patch_status(
                 kubeapi.CACHECONFIGS,
                 namespace=key[0],
                 name=key[1],
-                status={"pods": count},
+                status={"pods": count, "podsWithoutSidecar": without},
                 settings=memo.kopf_settings,
                 logger=logger,
             )
@@ -166,6 +192,38 @@ async def count_pods(
             return
         if result is not None:
             state.pod_counts[key] = count
+            state.bare_pods[key] = without
+
+
+async def _warn_about_new_bare_pods(
+    key: Key,
+    without: list[str],
+    cacheconfigs: kopf.Index[Key, dict[str, Any]],
+    memo: Any,
+    logger: kopf.Logger,
+) -> None:
+    """One Warning Event on the CacheConfig per pod found without the sidecar."""
+    state: RuntimeState = memo.state
+    reported = state.reported_bare_pods.setdefault(key, set())
+    reported &= set(without)  # forget pods that are gone or fixed
+    cacheconfig = next(iter(cacheconfigs.get(key, ())), None)
+    for pod_name in without:
+        if pod_name in reported or cacheconfig is None:
+            continue
+        message = bare_pods.warning(pod_name)
+        logger.warning("CacheConfig %s/%s: %s", *key, message)
+        try:
+            await kubeapi.warn(
+                cacheconfig,
+                reason="PodWithoutSidecar",
+                message=message,
+                settings=memo.kopf_settings,
+                logger=logger,
+            )
+        except kubeapi.TRANSIENT as exc:
+            logger.warning("Could not post the PodWithoutSidecar Event: %r", exc)
+            continue
+        reported.add(pod_name)
 
 
 def _is_servicemonitor_crd(*, name: str, **_: Any) -> bool:

@@ -165,7 +165,9 @@ async def serve_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
         cacheconfigs=kwargs["cacheconfigs"], sidecar_pods=kwargs["sidecar_pods"]
     )
     endpoint = metrics.endpoint(state.metrics, addr=config.metrics.addr)
-    endpoint.readiness = memo["readiness"].problem  # /readyz: answers admissions
+    readiness = memo.get("readiness")  # set by ``configure``; absent when run on its own
+    if readiness is not None:
+        endpoint.readiness = readiness.problem  # /readyz: answers admissions
     try:
         await endpoint.start(config.metrics.port)
     except OSError as exc:  # a port taken is a deployment error: retrying will not free it

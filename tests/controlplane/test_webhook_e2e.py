@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.controlplane.extra_webhook import ADDED, container_adding_webhook
-from tests.controlplane.harness import Installation, cache_config, eventually
+from tests.controlplane.harness import Installation, cache_config, eventually, read_cache_config
 from tests.controlplane.harness import cache_config_ready as ready
 from tests.controlplane.harness import create_cache_config as create
 
@@ -311,3 +311,29 @@ def test_an_app_with_its_own_metrics_port_keeps_it(
     assert len({number for _, number in declared}) == len(declared), declared
     service = cluster.core.read_namespaced_service(f"podcache-{config_ready}", namespace)
     assert service.spec.ports[0].target_port == 9090
+
+
+def test_a_pod_admitted_while_the_operator_was_down_is_reported(
+    installation: Installation, namespace: str, config_ready: str
+) -> None:
+    """Issue 9 defect 9: under Ignore such a pod ran without the sidecar, silently."""
+    cluster = installation.cluster
+    installation.operator.stop()
+    try:
+        bare = cluster.core.create_namespaced_pod(namespace, pod("early", config_ready))
+        assert sidecar_of(bare) is None  # Ignore: admitted unmodified, as documented
+    finally:
+        installation.operator.start()
+
+    def reported() -> bool:
+        events = cluster.core.list_namespaced_event(namespace).items
+        return any(
+            e.reason == "PodWithoutSidecar"
+            and e.involved_object.name == config_ready
+            and "pod early runs without the podcache sidecar" in (e.message or "")
+            for e in events
+        )
+
+    eventually(reported, timeout=30, what="a PodWithoutSidecar Event on the CacheConfig")
+    status = read_cache_config(cluster, namespace, config_ready)["status"]
+    assert status["podsWithoutSidecar"] == ["early"]

@@ -195,11 +195,6 @@ def test_pods_created_while_the_operator_is_down_under_fail(
         helm_upgrade(release, "webhook.failurePolicy=Ignore")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 defect 9: a pod admitted without the sidecar while the operator was "
-    "down is never reported (no Event, nothing in the CacheConfig's status)",
-)
 def test_pods_created_while_the_operator_is_down_under_ignore(
     release: NodeCluster, namespace: str, memory_cache: str
 ) -> None:

@@ -145,7 +145,13 @@ def test_quantity_pattern(text: str) -> None:
 
 def test_status_schema() -> None:
     status = SCHEMA["properties"]["status"]["properties"]
-    assert set(status) == {"observedGeneration", "configHash", "pods", "conditions"}
+    assert set(status) == {
+        "observedGeneration",
+        "configHash",
+        "pods",
+        "podsWithoutSidecar",
+        "conditions",
+    }
     condition = status["conditions"]["items"]
     assert set(condition["required"]) == {
         "type",
