@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client, config
@@ -169,21 +170,8 @@ def installed_chart(cluster: Cluster, *values: str) -> Iterator[Installation]:
     chart's ServiceAccount, the webhook pointed at it by url: before any labelled pod."""
     cluster.helm.install(RELEASE, RELEASE_NAMESPACE, *values)
     wait_crds_established(cluster, "cacheconfigs.podcache.io", "clusterkopfpeerings.kopf.dev")
-    workdir = cluster.plane.workdir / "operator"
-    workdir.mkdir(exist_ok=True)
-    webhook_cert = cluster.plane.ca.issue(
-        "webhook", common_name="podcache-webhook", ips=("127.0.0.1",), server=True
-    )
-    operator = OperatorProcess(
-        cluster.plane,
-        cluster.api,
-        namespace=RELEASE_NAMESPACE,
-        deployment=RELEASE,
-        service_account=RELEASE,
-        webhook_cert=webhook_cert,
-        workdir=workdir,
-    )
-    installed = Installation(cluster, operator, webhook_cert)
+    operator = chart_operator(cluster, cluster.plane.workdir / "operator")
+    installed = Installation(cluster, operator, operator.webhook_cert)
     # The apiserver must never dial the chart's Service IP here.
     installed.point_webhook()
     operator.start()
@@ -191,3 +179,26 @@ def installed_chart(cluster: Cluster, *values: str) -> Iterator[Installation]:
         yield installed
     finally:
         operator.stop()
+
+
+def chart_operator(
+    cluster: Cluster, workdir: Path, overrides: dict[str, str] | None = None
+) -> OperatorProcess:
+    """An operator process (not started) as the installed chart's Deployment runs it,
+    serving its webhook with a certificate for 127.0.0.1 from the cluster's CA."""
+    webhook_cert = cluster.plane.ca.issue(
+        f"webhook-{workdir.name}",
+        common_name="podcache-webhook",
+        ips=("127.0.0.1",),
+        server=True,
+    )
+    return OperatorProcess(
+        cluster.plane,
+        cluster.api,
+        namespace=RELEASE_NAMESPACE,
+        deployment=RELEASE,
+        service_account=RELEASE,
+        webhook_cert=webhook_cert,
+        workdir=workdir,
+        overrides=overrides,
+    )

@@ -67,6 +67,7 @@ class OperatorProcess:
         overrides: dict[str, str] | None = None,
     ) -> None:
         self.plane = plane
+        self.webhook_cert = webhook_cert
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "operator.log"

@@ -30,6 +30,7 @@ from tests.controlplane.harness import (
     RELEASE_NAMESPACE,
     Cluster,
     cache_config,
+    chart_operator,
     eventually,
     wait_crds_established,
 )
@@ -62,18 +63,7 @@ def new_namespace(cluster: Cluster) -> str:
 @pytest.fixture
 def operator(without_crds: Cluster, tmp_path: Path) -> Iterator[OperatorProcess]:
     cluster = without_crds
-    cert = cluster.plane.ca.issue(
-        f"webhook-{uuid.uuid4().hex[:6]}", common_name="podcache-webhook", ips=("127.0.0.1",)
-    )
-    process = OperatorProcess(
-        cluster.plane,
-        cluster.api,
-        namespace=RELEASE_NAMESPACE,
-        deployment=RELEASE,
-        service_account=RELEASE,
-        webhook_cert=cert,
-        workdir=tmp_path,
-    )
+    process = chart_operator(cluster, tmp_path / f"operator-{uuid.uuid4().hex[:6]}")
     point_webhook_at(cluster.api, RELEASE, process.webhook_url + "/inject", cluster.plane.ca.pem)
     yield process
     process.stop()

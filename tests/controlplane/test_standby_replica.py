@@ -23,6 +23,7 @@ from tests.controlplane.harness import (
     WEBHOOK_PATH,
     Cluster,
     cache_config,
+    chart_operator,
     create_cache_config,
     eventually,
     read_cache_config,
@@ -38,19 +39,11 @@ def replicas(fresh_cluster: Cluster) -> Iterator[tuple[OperatorProcess, Operator
     """(first, second): the second has the higher peering priority."""
     fresh_cluster.helm.install(RELEASE, RELEASE_NAMESPACE)
     wait_crds_established(fresh_cluster, "cacheconfigs.podcache.io")
-    cert = fresh_cluster.plane.ca.issue(
-        "webhook", common_name="webhook", ips=("127.0.0.1",), server=True
-    )
     made = [
-        OperatorProcess(
-            fresh_cluster.plane,
-            fresh_cluster.api,
-            namespace=RELEASE_NAMESPACE,
-            deployment=RELEASE,
-            service_account=RELEASE,
-            webhook_cert=cert,
-            workdir=fresh_cluster.plane.workdir / f"operator-{priority}",
-            overrides={"PODCACHE_PEERING_PRIORITY": str(priority), "POD_ID": f"op-{priority}"},
+        chart_operator(
+            fresh_cluster,
+            fresh_cluster.plane.workdir / f"operator-{priority}",
+            {"PODCACHE_PEERING_PRIORITY": str(priority), "POD_ID": f"op-{priority}"},
         )
         for priority in (10, 100)
     ]
