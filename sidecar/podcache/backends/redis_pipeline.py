@@ -34,6 +34,14 @@ What it does itself, and what it delegates:
 - Lua scripts by EVALSHA, falling back to EVAL on ``NOSCRIPT`` (Redis restarted or
   SCRIPT FLUSH); EVAL also caches the script, so the next EVALSHA works.
 
+Who uses it: the Redis backend's GET/SET/SET NX/compare-and-set/DEL and PING, and the
+lock scripts (``RedisBackend.pipeline``). Anything else on the hot path (the RESP
+socket, a near cache) should share that one, not open a second: one connection
+carries a 2-core sidecar's load with room to spare (~3 us of Redis CPU per GET at 32
+concurrent requests, bench/bench_sidecar.py), and a single connection is also what
+keeps one client's writes in order. Transactions (MULTI/EXEC), blocking commands and
+pub/sub must never go through it: they would hold up or mix with everyone's replies.
+
 Beware: a command whose caller was cancelled still goes to Redis if it was queued
 (its reply is read and dropped), so a cancelled write may still be applied, as with
 any network client. Error replies are ``ReplyError`` (a ``BackendUnavailable``), so a
