@@ -1,6 +1,6 @@
 """Fixtures for the tests on a real one-node cluster (see ``node``).
 
-``nodes`` is one node for the session: the project's image built with podman and
+``nodes`` is one node for the tests of this package: the project's image built with podman and
 imported into containerd, the control plane, kubelet, scheduler, kube-proxy and CoreDNS
 inside a network namespace of its own. ``release`` is the unmodified chart installed
 into it with ``helm install --wait``: the operator runs in a pod of the built image and
@@ -26,7 +26,9 @@ from tests.node.images import ImageUnavailable
 from tests.node.netns import NetworkUnavailable
 
 
-@pytest.fixture(scope="session")
+# Package scope: the node stops once tests/node is done, before the rest of the suite
+# runs on the same two cores.
+@pytest.fixture(scope="package")
 def nodes(request: pytest.FixtureRequest) -> Iterator[NodeCluster]:
     failed_before = request.session.testsfailed
     with ExitStack() as stack:
@@ -40,7 +42,7 @@ def nodes(request: pytest.FixtureRequest) -> Iterator[NodeCluster]:
             print(f"\nnode: logs kept in {running.node.plane.logs}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def release(nodes: NodeCluster) -> NodeCluster:
     """The chart installed (once; a test that uninstalls it installs it again)."""
     installed = nodes.helm.run("list", "--namespace", RELEASE_NAMESPACE, "--short")

@@ -150,7 +150,7 @@ class _Forwarder:
     """A TCP relay: accepts on the root namespace's loopback, connects inside.
 
     The accept loop runs on a thread that entered the namespace after its listening
-    socket was made outside, so each upstream connection it opens lives inside; two pump
+    socket was made outside, so each upstream connection it opens lives inside; two
     threads per connection copy bytes both ways (kube clients keep few connections).
     """
 
@@ -161,7 +161,8 @@ class _Forwarder:
         self.listener.settimeout(0.2)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._serve, name=f"forward-{port}", daemon=True)
-        self.connections: list[socket.socket] = []
+        self.connections: set[socket.socket] = set()
+        """Open relayed sockets, closed by ``stop`` (a watch may never end by itself)."""
 
     def start(self) -> None:
         self.thread.start()
@@ -170,9 +171,9 @@ class _Forwarder:
         self.stopped.set()
         self.thread.join(timeout=5)
         self.listener.close()
-        for sock in self.connections:
+        for sock in list(self.connections):
             with contextlib.suppress(OSError):
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self) -> None:
         self.netns._enter_this_thread()
@@ -190,9 +191,19 @@ class _Forwarder:
                 continue
             upstream.settimeout(None)
             downstream.settimeout(None)
-            self.connections += [downstream, upstream]
-            for source, sink in ((downstream, upstream), (upstream, downstream)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+            threading.Thread(target=self._relay, args=(downstream, upstream), daemon=True).start()
+
+    def _relay(self, downstream: socket.socket, upstream: socket.socket) -> None:
+        """Copy both ways until both ends are done, then close both."""
+        pair = (downstream, upstream)
+        self.connections.update(pair)
+        back = threading.Thread(target=_pump, args=(upstream, downstream), daemon=True)
+        back.start()
+        _pump(downstream, upstream)
+        back.join()
+        for sock in pair:
+            self.connections.discard(sock)
+            sock.close()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:

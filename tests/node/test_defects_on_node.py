@@ -1,7 +1,6 @@
 """Issue 9's defects that only a kubelet (or a Service in front of the webhook) shows,
-each reproduced on the node; those still open are strict xfails naming the defect, so
-the fix turns them into failures to un-mark. Defect 1 (standbys injecting from a frozen
-index) and defect 2 (the named metrics port) did not reproduce here: their tests pass.
+each reproduced on the node before its fix (defects 6 and 9 were strict xfails here
+until fixed); defects 1 and 2 did not reproduce on the node.
 
 Aspects:
 - an app container with its own ``runAsUser`` (no pod-level user, no fsGroup) uses
@@ -12,7 +11,8 @@ Aspects:
   says now (defect 1);
 - pods created while the operator is down: refused under ``failurePolicy: Fail`` and
   created with the sidecar once it is back; admitted bare under ``Ignore``, and then
-  reported (defect 9).
+  reported (defect 9);
+- an operator pod is Ready only once its webhook answers (defect 10).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from tests.node.harness import (
 )
 
 pytestmark = pytest.mark.timeout(900)
+WEBHOOK_PORT = 9443  # the chart's webhook.port default, if the port is not named
 
 
 @pytest.fixture
@@ -221,3 +222,34 @@ def read_status(release: NodeCluster, namespace: str, name: str) -> dict[str, An
     )
     status: dict[str, Any] = body.get("status") or {}
     return status
+
+
+def test_an_operator_pod_is_ready_only_with_its_webhook_listening(
+    release: NodeCluster, namespace: str, memory_cache: str
+) -> None:
+    """Defect 10: readiness means the webhook answers. The moment a restarted operator
+    pod turns Ready (and so joins the webhook Service's endpoints), its webhook port
+    accepts connections; then an admission through the Service injects."""
+    (old,) = release.operator_pods()
+    release.core.delete_namespaced_pod(old.metadata.name, RELEASE_NAMESPACE)
+
+    def new_ready() -> client.V1Pod | None:
+        pods = [p for p in release.operator_pods() if p.metadata.uid != old.metadata.uid]
+        return next((p for p in pods if pod_ready(p)), None)
+
+    deadline = time.monotonic() + 120
+    while (new := new_ready()) is None:  # polled tightly: the first moment counts
+        assert time.monotonic() < deadline, "no new operator pod Ready"
+        time.sleep(0.05)
+    ports = {p.name: p.container_port for c in new.spec.containers for p in c.ports or []}
+    port = ports.get("webhook", WEBHOOK_PORT)
+    with release.node.netns.connect(new.status.pod_ip, port, timeout=2):
+        pass  # accepted: the listener was up when the pod turned Ready
+    # kube-proxy follows the endpoints within moments; the next admission injects.
+    created = eventually(
+        lambda: sidecar_of(release.core.create_namespaced_pod(namespace,
+                                                              unscheduled_pod(memory_cache))),
+        timeout=30,
+        what="an admission through the Service injecting",
+    )  # fmt: skip
+    assert created.name == "podcache"
