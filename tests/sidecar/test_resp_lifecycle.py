@@ -194,3 +194,28 @@ async def test_graceful_shutdown(start_sidecar: StartSidecar) -> None:
     assert await reader.read() == b""  # the idle connection was closed
     assert not _exists(path)
     writer.close()
+
+
+async def test_a_command_that_suspends_on_the_memory_backend(
+    start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Driven by hand first, a command that does wait is handed to a Task mid-flight
+    (``_Resume``) and answers in order; nothing in the memory backend waits today, so
+    this guards the fallback."""
+    from podcache.sidecar import resp_commands, resp_wire
+
+    async def slow_echo(session: Any, args: list[bytes]) -> bytes:
+        await asyncio.sleep(0.01)
+        return resp_wire.bulk(args[1])
+
+    entry = resp_commands.Command("echo", slow_echo, 2)
+    monkeypatch.setitem(resp_commands.COMMANDS, b"ECHO", entry)
+    monkeypatch.setitem(resp_commands.COMMANDS, b"echo", entry)
+    sidecar, _ = await start_sidecar({"type": "memory"})
+    client = _client(sidecar)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.echo("a").set("k", "v").echo("b").get("k")
+        assert await pipe.execute() == [b"a", True, b"b", b"v"]
+    finally:
+        await client.aclose()

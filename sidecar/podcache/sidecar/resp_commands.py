@@ -131,7 +131,12 @@ def key_of(session: Session, raw: bytes) -> str:
         key = raw.decode()
     except UnicodeDecodeError:
         raise RespError("ERR invalid key: keys must be valid UTF-8") from None
-    return validation.check_key(key, max_bytes=limit)
+    if not raw or raw.startswith(_RESERVED):
+        validation.check_key(key)  # raises InvalidKey with the reason
+    return key
+
+
+_RESERVED = validation.RESERVED_KEY_PREFIX.encode()
 
 
 def value_of(session: Session, raw: bytes) -> bytes:

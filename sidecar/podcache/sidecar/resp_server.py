@@ -241,39 +241,50 @@ class RespProtocol(asyncio.Protocol):
     def _run(self) -> None:
         queue = self._queue
         out = self._out
+        session = self.session
+        dispatch = self._dispatch
         while queue and not self._paused and not self._closed:
-            reply = self._dispatch(queue.popleft())
+            reply = dispatch(queue.popleft())
             if type(reply) is bytes:
                 out.append(reply)
             else:
                 assert not isinstance(reply, bytes)
-                if self._start(reply):
+                slot = self._state.slot
+                if not slot.never_blocks:
+                    self._start(reply, slot)
                     return  # the Task continues with the queue when it is done
-            if self.session.closing:
+                # Inlined from _start: the memory backend's hot path.
+                try:
+                    yielded = reply.send(None)
+                except StopIteration as stop:
+                    out.append(stop.value)
+                except Exception as exc:
+                    out.append(commands.error_reply(exc))
+                else:
+                    self._start(reply, slot, yielded=(yielded,))
+                    return
+            if session.closing:
                 break
         self._flush()
 
-    def _start(self, coro: Coroutine[Any, Any, bytes]) -> bool:
-        """Run ``coro``; True if it went to a Task (then the queue waits for it)."""
-        slot = self._state.slot
-        if slot.never_blocks:
-            try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                self._out.append(stop.value)
-                return False
-            except Exception as exc:
-                self._out.append(commands.error_reply(exc))
-                return False
+    def _start(
+        self,
+        coro: Coroutine[Any, Any, bytes],
+        slot: CacheSlot,
+        *,
+        yielded: tuple[Any] | None = None,
+    ) -> None:
+        """Run ``coro`` in a Task; the queue waits for it. ``yielded``: what it gave when
+        it suspended while driven by hand (then it continues where it stopped)."""
+        if yielded is not None:
             self._write_out()
             self._task = asyncio.get_running_loop().create_task(
-                self._finish(_resumed(coro, yielded), slot)
+                self._finish(_resumed(coro, yielded[0]), slot)
             )
-            return True
+            return
         self._write_out()  # what came before goes out while this one waits
         slot.inflight += 1  # a backend swap retires this slot only after it is done
         self._task = asyncio.get_running_loop().create_task(self._finish(coro, slot, left=False))
-        return True
 
     async def _finish(
         self, coro: Coroutine[Any, Any, bytes], slot: CacheSlot, *, left: bool = True
