@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -65,15 +66,24 @@ def podman(*args: str, timeout: float = 300) -> str:
 
 
 def save(reference: str) -> Path:
-    """A docker archive of ``reference``, named in the archive as it is here."""
+    """A docker archive of ``reference``, named in the archive as it is here; saved once
+    per image, and only the newest few archives of one repository are kept (each of the
+    project's is ~290 MB, and every source change makes a new image)."""
     image_id = podman("image", "inspect", "--format", "{{.Id}}", reference).strip()
-    name = hashlib.sha256(f"{reference}@{image_id}".encode()).hexdigest()[:16]
-    archive = cache_folder() / f"archive-{name}.tar"
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", reference.rsplit(":", 1)[0])
+    archive = cache_folder() / f"archive-{slug}-{image_id[:16]}.tar"
     if not archive.exists():
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         podman("save", "--format", "docker-archive", "--output", str(partial), reference)
         partial.rename(archive)
+        older = sorted(
+            (a for a in archive.parent.glob(f"archive-{slug}-*.tar") if a != archive),
+            key=lambda a: a.stat().st_mtime,
+            reverse=True,
+        )
+        for stale in older[2:]:  # a concurrent run may still import the newest others
+            stale.unlink(missing_ok=True)
     return archive
 
 
