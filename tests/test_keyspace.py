@@ -1,0 +1,143 @@
+"""``podcache.backends.keyspace``: the key-level operations behind the RESP socket.
+
+Aspects, on the memory backend, the Redis backend through its pipelined connection and
+the Redis backend through redis-py's client (what Cluster uses): SET's options and
+the default TTL, counters with Redis's error texts, expiry conditions, GETEX/GETDEL,
+EXISTS, SCAN under the tenant prefix without lock keys, and a Lua script re-sent by
+EVAL after Redis lost its script cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from podcache import Config, new_cache
+from podcache.backends import keyspace
+from podcache.backends.keyspace import Keyspace, KeyspaceError
+from podcache.cache import Cache
+
+DEFAULT_MS = 300_000
+
+
+@pytest.fixture(params=["memory", "redis-pipelined", "redis-client"])
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    if request.param == "memory":
+        built = new_cache(Config(type="memory", config={"defaultTTL": "5m"}))
+    else:
+        url = request.getfixturevalue("redis_url")
+        built = new_cache(
+            Config(type="redis", config={"url": url, "defaultTTL": "5m", "keyPrefix": "ks:"})
+        )
+        if request.param == "redis-client":
+            built.backend.pipeline = None  # type: ignore[attr-defined]  # as on a Cluster
+    yield built
+    await built.stop()
+
+
+@pytest.fixture
+def space(cache: Cache) -> Keyspace:
+    return keyspace.for_backend(cache.backend)
+
+
+async def test_set_options_and_default_ttl(cache: Cache, space: Keyspace) -> None:
+    assert await space.set_with("a", b"1", ms=None, default_ms=DEFAULT_MS) == (True, None)
+    assert 299_000 < await space.pttl("a") <= DEFAULT_MS
+    assert await space.set_with("a", b"2", ms=None, default_ms=DEFAULT_MS, condition="NX") == (
+        False,
+        None,
+    )
+    assert await space.set_with("b", b"2", ms=None, default_ms=DEFAULT_MS, condition="XX") == (
+        False,
+        None,
+    )
+    assert await space.set_with("a", b"3", ms=50_000, default_ms=DEFAULT_MS, get=True) == (
+        True,
+        b"1",
+    )
+    await space.set_with("a", b"4", ms=None, default_ms=DEFAULT_MS, keep_ttl=True)
+    assert 49_000 < await space.pttl("a") <= 50_000
+    await space.set_with("new", b"x", ms=None, default_ms=DEFAULT_MS, keep_ttl=True)
+    assert await space.pttl("new") > 299_000  # KEEPTTL on a new key: the default
+    assert await cache.get("a") == b"4"  # the same store as the facade's
+
+
+async def test_counters(cache: Cache, space: Keyspace) -> None:
+    assert await space.incr_by("n", 5, default_ms=DEFAULT_MS) == 5
+    assert await space.pttl("n") > 299_000
+    assert await space.incr_by("n", -7, default_ms=DEFAULT_MS) == -2
+    await cache.set("s", b"abc", 10)
+    with pytest.raises(KeyspaceError, match=r"^ERR value is not an integer or out of range$"):
+        await space.incr_by("s", 1, default_ms=DEFAULT_MS)
+    await cache.set("big", b"9223372036854775807", 10)
+    with pytest.raises(KeyspaceError, match=r"^ERR increment or decrement would overflow$"):
+        await space.incr_by("big", 1, default_ms=DEFAULT_MS)
+    assert 9_000 < await space.pttl("big") <= 10_000  # untouched
+
+
+async def test_expiry(cache: Cache, space: Keyspace) -> None:
+    await cache.set("k", b"v", 100)
+    assert await space.pexpire("k", 50_000, "GT") is False
+    assert await space.pexpire("k", 200_000, "GT") is True
+    assert await space.pexpire("k", 300_000, "LT") is False
+    assert await space.pexpire("k", 10_000, "NX") is False
+    assert await space.pexpire("k", 20_000, "XX") is True
+    assert 19_000 < await space.pttl("k") <= 20_000
+    assert await space.pexpire("missing", 1000) is False
+    assert await space.pexpire("k", 0) is True
+    assert await space.exists("k") is False
+    assert await space.pttl("k") == -2
+
+
+async def test_getex_getdel(cache: Cache, space: Keyspace) -> None:
+    await cache.set("k", b"v", 100)
+    assert await space.getex("k", 5_000) == b"v"
+    assert 4_000 < await space.pttl("k") <= 5_000
+    assert await space.getex("missing", None) is None
+    assert await space.getdel("k") == b"v"
+    assert await space.getdel("k") is None
+
+
+async def test_scan_is_this_tenants_cache_keys(cache: Cache, space: Keyspace) -> None:
+    for i in range(30):
+        await cache.set(f"key{i}", b"v")
+    lease = await cache.locks.acquire("job", ttl=10)  # a lock key under the same prefix
+    assert lease is not None
+    found: list[str] = []
+    cursor = 0
+    while True:
+        cursor, keys = await space.scan(cursor, None, 7)
+        found += keys
+        if cursor == 0:
+            break
+    assert sorted(found) == sorted(f"key{i}" for i in range(30))
+    cursor, keys = await space.scan(0, "key1?", 1000)
+    assert sorted(keys) == sorted(f"key{i}" for i in range(10, 20))
+
+
+async def test_scripts_survive_a_script_flush(
+    cache: Cache, space: Keyspace, request: pytest.FixtureRequest
+) -> None:
+    if "redis_url" not in request.fixturenames:
+        pytest.skip("Redis only")
+    await space.incr_by("n", 1, default_ms=DEFAULT_MS)
+    raw = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        await raw.script_flush()
+    finally:
+        await raw.aclose()
+    assert await space.incr_by("n", 1, default_ms=DEFAULT_MS) == 2
+
+
+def test_redis_glob() -> None:
+    regex = keyspace.glob_regex
+    assert regex("a*").fullmatch("abc")
+    assert regex("a?c").fullmatch("abc")
+    assert not regex("a?c").fullmatch("ac")
+    assert regex("[a-c]x").fullmatch("bx")
+    assert not regex("[^a-c]x").fullmatch("bx")
+    assert regex("a\\*").fullmatch("a*")
+    assert not regex("a\\*").fullmatch("ab")
+    assert regex("x\ny*").fullmatch("x\nyz")
