@@ -3,13 +3,16 @@
 Aspects: redis-py sync and asyncio, RESP2 and RESP3, with hiredis and with redis-py's
 pure-Python parsers, plain calls, a pipeline and a transaction; ``redis-cli -s``
 (including its connect-time probes); ``redis-benchmark -s`` with and without
-pipelining (every request answered, nothing refused); the same keys seen over HTTP.
+pipelining (every request answered, nothing refused); Node's ioredis (when installed in
+``tests/sidecar/node``); the same keys seen over HTTP.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +207,48 @@ def test_the_same_cache_as_http(resp_socket: str, ns: str) -> None:
         assert client.get(ns + "other") == b"from-http"
     finally:
         client.close()
+
+
+NODE_DIR = Path(__file__).parent / "node"
+NODE_SCRIPT = """
+const Redis = require("ioredis");
+const [path, ns] = process.argv.slice(1);
+(async () => {
+  const redis = new Redis({ path, lazyConnect: true });
+  await redis.connect();
+  const out = [];
+  out.push(await redis.set(ns + "k", "v", "EX", 60));
+  out.push(await redis.get(ns + "k"));
+  out.push(await redis.incr(ns + "n"));
+  out.push(await redis.pipeline().set(ns + "p", "1").incr(ns + "p").get(ns + "p").exec());
+  out.push(await redis.multi().set(ns + "m", "a").get(ns + "m").exec());
+  try { await redis.lpush(ns + "l", "x"); } catch (e) { out.push(e.message); }
+  out.push(await redis.ttl(ns + "k"));
+  console.log(JSON.stringify(out));
+  redis.disconnect();
+})().catch((e) => { console.error(e); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "ioredis").is_dir(),
+    reason="needs node and `npm install` in tests/sidecar/node",
+)
+def test_ioredis(resp_socket: str, ns: str) -> None:
+    done = subprocess.run(
+        ["node", "-e", NODE_SCRIPT, resp_socket, ns],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [
+        "OK",
+        "v",
+        1,
+        [[None, "OK"], [None, 2], [None, "2"]],
+        [[None, "OK"], [None, "a"]],
+        f"ERR unknown command 'lpush', with args beginning with: '{ns}l' 'x' ",
+        60,
+    ]
