@@ -1,0 +1,99 @@
+"""Benchmark on a real one-node cluster (tests/node): what a user's pods pay for the
+sidecar, measured by the kubelet and the apiserver themselves.
+
+Prints, from one run:
+
+* the node's start (network namespace to CoreDNS ready) and ``helm install --wait``;
+* a Deployment of N plain pods → seconds until all are Ready; then N pods that opt in
+  (the webhook injects the native sidecar) → the same, side by side, and per pod;
+* the webhook's latency over that run from the apiserver's own
+  ``apiserver_admission_webhook_admission_duration_seconds`` histogram (p50, p99);
+* M CacheConfigs created back to back → seconds until all are Ready.
+
+Issue 18's targets: opted-in ≤ 1.5x plain and ≤ 0.3 s per pod; webhook p99 ≤ 20 ms;
+200 CacheConfigs Ready ≤ 5 s. Needs root and what ``scripts/test`` sets up. Run:
+
+    .venv/bin/python bench/node_bench.py [--pods 30] [--configs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
+
+from kubernetes import client
+from tests.controlplane.harness import (
+    cache_config,
+    cache_config_ready,
+    create_cache_config,
+    eventually,
+)
+from tests.node.harness import NodeCluster, app_deployment, start_node, wait_pods_ready
+
+from operator_apiserver_bench import bench_reconcile, histogram_quantile, webhook_buckets
+
+
+def namespace(nodes: NodeCluster, name: str) -> str:
+    nodes.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(lambda: nodes.core.read_namespaced_service_account("default", name), what="SA")
+    return name
+
+
+def all_ready(nodes: NodeCluster, ns: str, name: str, pods: int, config: str | None) -> float:
+    started = time.monotonic()
+    nodes.apps.create_namespaced_deployment(ns, app_deployment(name, config, pods))
+    wait_pods_ready(nodes, ns, f"app={name}", pods, timeout=600)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=30)
+    parser.add_argument("--configs", type=int, default=200)
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    with start_node() as nodes:
+        print(f"node ready in {time.monotonic() - started:.1f} s (image build included)")
+        print(f"helm install --wait: {nodes.install():.1f} s")
+
+        plain_ns = namespace(nodes, "bench-plain")
+        plain = all_ready(nodes, plain_ns, "plain", args.pods, None)
+        nodes.core.delete_namespace(plain_ns)
+        eventually(
+            lambda: not nodes.core.list_namespaced_pod(plain_ns).items,
+            timeout=300,
+            what="the plain pods gone",
+        )
+
+        injected_ns = namespace(nodes, "bench-injected")
+        create_cache_config(nodes.cluster, injected_ns, cache_config("web", {}))
+        eventually(lambda: cache_config_ready(nodes.cluster, injected_ns, "web"), what="Ready")
+        before = webhook_buckets(nodes.cluster)
+        injected = all_ready(nodes, injected_ns, "injected", args.pods, "web")
+        after = webhook_buckets(nodes.cluster)
+        calls = after[float("inf")] - before.get(float("inf"), 0.0)
+        print(f"\n{args.pods} pods to all Ready:")
+        print(f"  plain      {plain:6.1f} s  ({plain / args.pods:.2f} s per pod)")
+        print(
+            f"  with the sidecar {injected:6.1f} s  ({injected / args.pods:.2f} s per pod,"
+            f" {injected / plain:.1f}x plain)"
+        )
+        print(
+            f"  webhook (apiserver's histogram, {calls:.0f} calls):"
+            f" p50 {histogram_quantile(0.5, before, after) * 1000:.0f} ms,"
+            f" p99 {histogram_quantile(0.99, before, after) * 1000:.0f} ms"
+        )
+        nodes.core.delete_namespace(injected_ns)
+
+        print(f"\n{args.configs} CacheConfigs created back to back:")
+        elapsed = bench_reconcile(nodes.cluster, namespace(nodes, "bench-configs"), args.configs)
+        print(f"  all Ready {elapsed:.2f} s after the first create")
+
+
+if __name__ == "__main__":
+    main()
