@@ -53,9 +53,26 @@ def redis_server(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, 
     port = _free_port()
     path = str(workdir / "redis-server.sock")
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", path,
-         "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         for _ in range(500):
             if Path(path).exists():
@@ -81,12 +98,34 @@ def _sample(pids: dict[str, int | None]) -> dict[str, float]:
     return taken
 
 
-def redis_benchmark(socket_path: str, *, op: str, clients: int, requests: int, pipeline: int,
-                    server_pid: int, redis_pid: int | None) -> dict[str, Any]:
+def redis_benchmark(
+    socket_path: str,
+    *,
+    op: str,
+    clients: int,
+    requests: int,
+    pipeline: int,
+    server_pid: int,
+    redis_pid: int | None,
+) -> dict[str, Any]:
     """One redis-benchmark run of ``op``; ops/s from its CSV, CPU from /proc around it."""
     pids = {"server": server_pid, "redis": redis_pid}
-    command = ["redis-benchmark", "-s", socket_path, "-t", op, "-n", str(requests),
-               "-c", str(clients), "-P", str(pipeline), "-d", str(VALUE), "--csv"]
+    command = [
+        "redis-benchmark",
+        "-s",
+        socket_path,
+        "-t",
+        op,
+        "-n",
+        str(requests),
+        "-c",
+        str(clients),
+        "-P",
+        str(pipeline),
+        "-d",
+        str(VALUE),
+        "--csv",
+    ]
     began = _sample(pids)
     started = time.perf_counter()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -102,13 +141,18 @@ def redis_benchmark(socket_path: str, *, op: str, clients: int, requests: int, p
     ours = used["server"] + used.get("redis", 0.0)
     # redis-benchmark is single-threaded C: about one core while it runs, at most.
     others = max(0.0, used["machine"] - ours - elapsed) / elapsed
-    return {"ops_per_s": ops_per_s, "cpu_us_per_op": used["server"] / requests * 1e6,
-            "redis_us_per_op": used["redis"] / requests * 1e6 if "redis" in used else None,
-            "others_cores": others, "client": "redis-benchmark"}
+    return {
+        "ops_per_s": ops_per_s,
+        "cpu_us_per_op": used["server"] / requests * 1e6,
+        "redis_us_per_op": used["redis"] / requests * 1e6 if "redis" in used else None,
+        "others_cores": others,
+        "client": "redis-benchmark",
+    }
 
 
-def python_load(spec: dict[str, Any], *, server_pid: int | None,
-                redis_pid: int | None) -> dict[str, Any]:
+def python_load(
+    spec: dict[str, Any], *, server_pid: int | None, redis_pid: int | None
+) -> dict[str, Any]:
     result = base.run_case(spec, server_pid=server_pid, redis_server_pid=redis_pid)
     result["client"] = f"python {result['client_cpu_share']:.0%} CPU"
     return result
@@ -118,10 +162,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=2.0,
-                        help="seconds per Python-loaded case")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiplies redis-benchmark's request counts")
+    parser.add_argument(
+        "--duration", type=float, default=2.0, help="seconds per Python-loaded case"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiplies redis-benchmark's request counts"
+    )
     args = parser.parse_args()
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server and redis-benchmark on PATH")
@@ -132,60 +178,126 @@ def main() -> None:
     try:
         with redis_server(workdir) as (redis_process, url, redis_socket):
             memory, memory_http, _ = base.start_sidecar(
-                workdir, "memory", "type: memory\nconfig: {defaultTTL: 5m}\n")
+                workdir, "memory", "type: memory\nconfig: {defaultTTL: 5m}\n"
+            )
             processes.append(memory)
             backed, backed_http, _ = base.start_sidecar(
-                workdir, "redis", f"type: redis\nconfig: {{url: '{url}', defaultTTL: 5m, "
-                                  "keyPrefix: 'bench:'}\n")
+                workdir,
+                "redis",
+                f"type: redis\nconfig: {{url: '{url}', defaultTTL: 5m, keyPrefix: 'bench:'}}\n",
+            )
             processes.append(backed)
             memory_resp = memory_http.replace(".sock", "-redis.sock")
             backed_resp = backed_http.replace(".sock", "-redis.sock")
             rpid = redis_process.pid
             n = int(200_000 * args.scale)
-            py = {"value_size": VALUE, "duration": args.duration, "warmup": 0.3,
-                  "concurrency": args.clients}
+            py = {
+                "value_size": VALUE,
+                "duration": args.duration,
+                "warmup": 0.3,
+                "concurrency": args.clients,
+            }
 
-            def bench(path: str, pid: int, op: str, requests: int, pipeline: int = 1,
-                      with_redis: bool = False) -> dict[str, Any]:
-                return redis_benchmark(path, op=op, clients=args.clients, requests=requests,
-                                       pipeline=pipeline, server_pid=pid,
-                                       redis_pid=rpid if with_redis else None)
+            def bench(
+                path: str,
+                pid: int,
+                op: str,
+                requests: int,
+                pipeline: int = 1,
+                with_redis: bool = False,
+            ) -> dict[str, Any]:
+                return redis_benchmark(
+                    path,
+                    op=op,
+                    clients=args.clients,
+                    requests=requests,
+                    pipeline=pipeline,
+                    server_pid=pid,
+                    redis_pid=rpid if with_redis else None,
+                )
 
             cases: list[tuple[str, str, Any]] = []
             for op in ("set", "get"):
-                cases += [(name, op, run) for name, run in [
-                    ("redis-server", lambda op=op: bench(redis_socket, rpid, op, 2 * n)),
-                    ("resp-memory", lambda op=op: bench(memory_resp, memory.pid, op, n)),
-                    ("resp-redis", lambda op=op: bench(backed_resp, backed.pid, op, n // 2,
-                                                       with_redis=True)),
-                    ("redis-server-P16",
-                     lambda op=op: bench(redis_socket, rpid, op, 8 * n, pipeline=16)),
-                    ("resp-memory-P16",
-                     lambda op=op: bench(memory_resp, memory.pid, op, 4 * n, pipeline=16)),
-                    ("http-memory", lambda op=op: python_load(
-                        {**py, "kind": "http", "op": op, "socket": memory_http},
-                        server_pid=memory.pid, redis_pid=None)),
-                    ("http-redis", lambda op=op: python_load(
-                        {**py, "kind": "http", "op": op, "socket": backed_http},
-                        server_pid=backed.pid, redis_pid=rpid)),
-                    ("redis-py -> redis", lambda op=op: python_load(
-                        {**py, "kind": "redis", "op": op, "redis_url": url},
-                        server_pid=None, redis_pid=rpid)),
-                    ("redis-py -> RESP memory", lambda op=op: python_load(
-                        {**py, "kind": "redis", "op": op,
-                         "redis_url": f"unix://{memory_resp}"},
-                        server_pid=memory.pid, redis_pid=None)),
-                    ("redis-py -> RESP redis", lambda op=op: python_load(
-                        {**py, "kind": "redis", "op": op,
-                         "redis_url": f"unix://{backed_resp}"},
-                        server_pid=backed.pid, redis_pid=rpid)),
-                ]]
+                cases += [
+                    (name, op, run)
+                    for name, run in [
+                        ("redis-server", lambda op=op: bench(redis_socket, rpid, op, 2 * n)),
+                        ("resp-memory", lambda op=op: bench(memory_resp, memory.pid, op, n)),
+                        (
+                            "resp-redis",
+                            lambda op=op: bench(
+                                backed_resp, backed.pid, op, n // 2, with_redis=True
+                            ),
+                        ),
+                        (
+                            "redis-server-P16",
+                            lambda op=op: bench(redis_socket, rpid, op, 8 * n, pipeline=16),
+                        ),
+                        (
+                            "resp-memory-P16",
+                            lambda op=op: bench(memory_resp, memory.pid, op, 4 * n, pipeline=16),
+                        ),
+                        (
+                            "http-memory",
+                            lambda op=op: python_load(
+                                {**py, "kind": "http", "op": op, "socket": memory_http},
+                                server_pid=memory.pid,
+                                redis_pid=None,
+                            ),
+                        ),
+                        (
+                            "http-redis",
+                            lambda op=op: python_load(
+                                {**py, "kind": "http", "op": op, "socket": backed_http},
+                                server_pid=backed.pid,
+                                redis_pid=rpid,
+                            ),
+                        ),
+                        (
+                            "redis-py -> redis",
+                            lambda op=op: python_load(
+                                {**py, "kind": "redis", "op": op, "redis_url": url},
+                                server_pid=None,
+                                redis_pid=rpid,
+                            ),
+                        ),
+                        (
+                            "redis-py -> RESP memory",
+                            lambda op=op: python_load(
+                                {
+                                    **py,
+                                    "kind": "redis",
+                                    "op": op,
+                                    "redis_url": f"unix://{memory_resp}",
+                                },
+                                server_pid=memory.pid,
+                                redis_pid=None,
+                            ),
+                        ),
+                        (
+                            "redis-py -> RESP redis",
+                            lambda op=op: python_load(
+                                {
+                                    **py,
+                                    "kind": "redis",
+                                    "op": op,
+                                    "redis_url": f"unix://{backed_resp}",
+                                },
+                                server_pid=backed.pid,
+                                redis_pid=rpid,
+                            ),
+                        ),
+                    ]
+                ]
             for trial in range(args.trials):
                 for name, op, run in cases:
                     result = run()
                     results.setdefault((name, op), []).append(result)
-                    print(f"trial {trial + 1} {name:26} {op}: {result['ops_per_s']:>9,.0f} ops/s"
-                          f"  others {result['others_cores']:.2f} cores", flush=True)
+                    print(
+                        f"trial {trial + 1} {name:26} {op}: {result['ops_per_s']:>9,.0f} ops/s"
+                        f"  others {result['others_cores']:.2f} cores",
+                        flush=True,
+                    )
     finally:
         for process in processes:
             base.stop(process)
@@ -198,24 +310,31 @@ def _median(values: list[Any]) -> Any:
     return statistics.median(present) if present else None
 
 
-def report(results: dict[tuple[str, str], list[dict[str, Any]]], *, clients: int,
-           trials: int) -> None:
-    print(f"\n{time.strftime('%Y-%m-%d')}, {clients} connections, 100 B values, "
-          f"medians of {trials} interleaved trials\n")
+def report(
+    results: dict[tuple[str, str], list[dict[str, Any]]], *, clients: int, trials: int
+) -> None:
+    print(
+        f"\n{time.strftime('%Y-%m-%d')}, {clients} connections, 100 B values, "
+        f"medians of {trials} interleaved trials\n"
+    )
     print("| case | op | ops/s | server CPU µs/op | redis CPU µs/op | client | others (cores) |")
     print("|---|---|---|---|---|---|---|")
     medians: dict[tuple[str, str], dict[str, Any]] = {}
     for (name, op), runs in results.items():
-        merged = {key: _median([run.get(key) for run in runs])
-                  for key in ("ops_per_s", "cpu_us_per_op", "redis_us_per_op", "others_cores")}
+        merged = {
+            key: _median([run.get(key) for run in runs])
+            for key in ("ops_per_s", "cpu_us_per_op", "redis_us_per_op", "others_cores")
+        }
         merged["client"] = runs[-1]["client"]
         medians[name, op] = merged
         cpu = merged["cpu_us_per_op"]
         rcpu = merged["redis_us_per_op"]
-        print(f"| {name} | {op.upper()} | {merged['ops_per_s']:,.0f} | "
-              f"{'-' if cpu is None else f'{cpu:.1f}'} | "
-              f"{'-' if rcpu is None else f'{rcpu:.1f}'} | {merged['client']} | "
-              f"{merged['others_cores']:.2f} |")
+        print(
+            f"| {name} | {op.upper()} | {merged['ops_per_s']:,.0f} | "
+            f"{'-' if cpu is None else f'{cpu:.1f}'} | "
+            f"{'-' if rcpu is None else f'{rcpu:.1f}'} | {merged['client']} | "
+            f"{merged['others_cores']:.2f} |"
+        )
     print("\n| target (GET) | measured | wanted | |")
     print("|---|---|---|---|")
     for label, ours, theirs, wanted in TARGETS:
