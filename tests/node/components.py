@@ -112,6 +112,8 @@ state = "{self.folder / "state"}"
   runtime_type = "io.containerd.runc.v2"
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
+  # runc's state beside containerd's, not in /run/containerd/runc.
+  Root = "{self.folder / "runc"}"
 [{cri}.cni]
   bin_dir = "{CNI_BIN}"
   conf_dir = "{self.cni_conf}"
@@ -238,6 +240,9 @@ class Kubelet:
             "nodeStatusUpdateFrequency": "5s",
             "syncFrequency": "10s",
             "volumePluginDir": str(self.folder / "volume-plugins"),
+            # Not /var/log/pods: a kubelet removes the log folders of pods it does not
+            # know, so a second node on the machine would delete this one's.
+            "podLogsDir": str(self.folder / "pod-logs"),
             "logging": {"verbosity": 1},
         }  # fmt: skip
         config_path = self.folder / "config.yaml"
