@@ -122,15 +122,27 @@ class OperatorProcess:
                 raise RuntimeError(
                     f"the operator exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            try:
-                url = f"http://127.0.0.1:{self.health_port}/healthz"
-                with urllib.request.urlopen(url, timeout=1.0) as answer:
-                    if answer.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
+            if self.ready():
+                return
             time.sleep(0.1)
-        raise RuntimeError(f"the operator's /healthz did not answer:\n{self.log_tail()}")
+        raise RuntimeError(f"the operator did not get ready:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        """As the chart's readiness probe sees it: ``/readyz`` on the metrics port, 200
+        once the webhook answers (``/healthz`` for an operator that has no ``/readyz``)."""
+        for url in (
+            f"http://127.0.0.1:{self.metrics_port}/readyz",
+            f"http://127.0.0.1:{self.health_port}/healthz",
+        ):
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as answer:
+                    return bool(answer.status == 200)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    return False
+            except (OSError, urllib.error.URLError):
+                return False
+        return False
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
