@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import yaml
 
 from tests.controlplane.cluster import ControlPlane, ControlPlaneUnavailable
 from tests.controlplane.pki import KeyPair
-from tests.node.netns import NetworkNamespace
 
 POD_CIDR = "10.244.0.0/24"
 CNI_BIN = Path("/usr/lib/cni")
@@ -31,7 +31,9 @@ class NodeUnavailable(ControlPlaneUnavailable):
     """A node component could not start (the message holds its log tail)."""
 
 
-def wait_for(what: str, probe: Any, *, plane: ControlPlane, name: str, timeout: float) -> None:
+def wait_for(
+    what: str, probe: Callable[[], object], *, plane: ControlPlane, name: str, timeout: float
+) -> None:
     """Poll ``probe()`` until true, raising with ``name``'s log when it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -48,9 +50,8 @@ def wait_for(what: str, probe: Any, *, plane: ControlPlane, name: str, timeout: 
 class Containerd:
     """containerd with its CRI plugin, its state in ``folder``, runc and CNI bridge."""
 
-    def __init__(self, folder: Path, netns: NetworkNamespace, sandbox_image: str) -> None:
+    def __init__(self, folder: Path, sandbox_image: str) -> None:
         self.folder = folder
-        self.netns = netns
         self.socket = folder / "containerd.sock"
         self.config = folder / "config.toml"
         self.cni_conf = folder / "net.d"

@@ -7,7 +7,7 @@ node gets ENETUNREACH for every ClusterIP before kube-proxy's DNAT is applied), 
 default route. Processes enter it with ``nsenter --net=`` (``ip netns exec`` would
 remount /sys and hide the cgroup mounts from the kubelet).
 
-The test process itself stays outside: ``socket()`` makes a socket inside the namespace
+The test process itself stays outside: ``open_socket()`` makes a socket inside the namespace
 from a thread that entered it (a namespace is per thread, and a socket keeps the one it
 was made in), and ``forward()`` serves a port of the root namespace's loopback from a
 port inside, so clients outside speak to the apiserver at the same 127.0.0.1:port.
@@ -107,12 +107,14 @@ class NetworkNamespace:
             raise error[0]
         return result[0]
 
-    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def open_socket(
+        self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+    ) -> socket.socket:
         """A socket that lives inside (usable from any thread)."""
         return self.inside(lambda: socket.socket(family, kind))
 
     def connect(self, host: str, port: int, timeout: float = 5.0) -> socket.socket:
-        sock = self.socket()
+        sock = self.open_socket()
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))

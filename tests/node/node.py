@@ -92,7 +92,7 @@ class Node:
         )
         self.folder = self.plane.workdir / "node"
         self.folder.mkdir()
-        self.containerd = Containerd(self.folder / "containerd", self.netns, images.PAUSE_IMAGE)
+        self.containerd = Containerd(self.folder / "containerd", images.PAUSE_IMAGE)
         self.started_at = 0.0
         self.timings: dict[str, float] = {}
         """Seconds per start phase, for the suite's closing figures."""
@@ -154,12 +154,22 @@ class Node:
         self._phase("kube-proxy and CoreDNS")
 
     def stop(self) -> None:
-        self.plane.stop_process("kubelet")
-        self.containerd.kill_tasks()
-        self.plane.stop()
-        self._kill_leftover_shims()
-        _unmount_under(self.plane.workdir)
-        self.netns.delete()
+        """Every step runs even when one before it failed; the first error is raised."""
+        errors: list[BaseException] = []
+        for step in (
+            lambda: self.plane.stop_process("kubelet"),  # first: it would restart containers
+            self.containerd.kill_tasks,
+            self.plane.stop,
+            self._kill_leftover_shims,
+            lambda: _unmount_under(self.plane.workdir),
+            self.netns.delete,
+        ):
+            try:
+                step()
+            except Exception as exc:  # the rest of the teardown must run
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _import_images(self) -> None:
         self.containerd.import_image(images.pause_archive(self.node_binaries / "pause"))
