@@ -14,8 +14,10 @@ values and ``--clients`` connections (default 32):
 
 Server CPU per op is the utime+stime (/proc) of the process serving the socket during
 the measured phase; for the Redis backend the redis-server's own CPU is shown apart.
-``others`` is the CPU the rest of the machine used meanwhile, in cores: the machine
-has 2 cores shared with other engineers, so compare figures within one run only.
+``others`` is the CPU the rest of the machine used meanwhile, in cores (everything
+but the server, Redis and the load generator): the machine has 2 cores shared with
+other engineers, so a case run while others used more than ``--max-others`` is
+repeated (``--retries``) and the quietest run kept; compare figures within one run.
 
 Run it under the shared lock, e.g.
 ``flock /tmp/podcache-bench.lock .venv/bin/python bench/bench_resp.py`` (about 4 min).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -128,9 +131,16 @@ def redis_benchmark(
     ]
     began = _sample(pids)
     started = time.perf_counter()
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    # Its CSV is a few lines: it fits the pipe, so waiting before reading cannot block.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)  # wait4: the generator's own CPU too
+    process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
     ended = _sample(pids)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"redis-benchmark failed: {output!r}")
     ops_per_s = None
     for line in output.splitlines():
         if line.startswith(f'"{op.upper()}"'):
@@ -138,16 +148,26 @@ def redis_benchmark(
     if ops_per_s is None:
         raise RuntimeError(f"redis-benchmark printed no {op} figure: {output!r}")
     used = {name: ended[name] - began[name] for name in began}
-    ours = used["server"] + used.get("redis", 0.0)
-    # redis-benchmark is single-threaded C: about one core while it runs, at most.
-    others = max(0.0, used["machine"] - ours - elapsed) / elapsed
+    ours = used["server"] + used.get("redis", 0.0) + usage.ru_utime + usage.ru_stime
+    others = max(0.0, used["machine"] - ours) / elapsed
     return {
         "ops_per_s": ops_per_s,
         "cpu_us_per_op": used["server"] / requests * 1e6,
         "redis_us_per_op": used["redis"] / requests * 1e6 if "redis" in used else None,
         "others_cores": others,
-        "client": "redis-benchmark",
+        "client": f"redis-benchmark {(usage.ru_utime + usage.ru_stime) / elapsed:.0%} CPU",
     }
+
+
+def quietest(run: Any, *, max_others: float, retries: int) -> dict[str, Any]:
+    """``run()``, repeated while the rest of the machine used more than ``max_others``
+    cores (other engineers share it), at most ``retries`` more times; the quietest wins."""
+    runs = [run()]
+    while runs[-1]["others_cores"] > max_others and len(runs) <= retries:
+        runs.append(run())
+    best: dict[str, Any] = min(runs, key=lambda result: result["others_cores"])
+    best["repeats"] = len(runs) - 1
+    return best
 
 
 def python_load(
@@ -168,6 +188,13 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiplies redis-benchmark's request counts"
     )
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=0.3,
+        help="cores the rest of the machine may use before a case is repeated",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a busy case")
     args = parser.parse_args()
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server and redis-benchmark on PATH")
@@ -291,7 +318,7 @@ def main() -> None:
                 ]
             for trial in range(args.trials):
                 for name, op, run in cases:
-                    result = run()
+                    result = quietest(run, max_others=args.max_others, retries=args.retries)
                     results.setdefault((name, op), []).append(result)
                     print(
                         f"trial {trial + 1} {name:26} {op}: {result['ops_per_s']:>9,.0f} ops/s"
@@ -317,8 +344,11 @@ def report(
         f"\n{time.strftime('%Y-%m-%d')}, {clients} connections, 100 B values, "
         f"medians of {trials} interleaved trials\n"
     )
-    print("| case | op | ops/s | server CPU µs/op | redis CPU µs/op | client | others (cores) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| case | op | ops/s | server CPU µs/op | redis CPU µs/op | client | others (cores)"
+        " | repeats |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     medians: dict[tuple[str, str], dict[str, Any]] = {}
     for (name, op), runs in results.items():
         merged = {
@@ -326,6 +356,7 @@ def report(
             for key in ("ops_per_s", "cpu_us_per_op", "redis_us_per_op", "others_cores")
         }
         merged["client"] = runs[-1]["client"]
+        merged["repeats"] = sum(run.get("repeats", 0) for run in runs)
         medians[name, op] = merged
         cpu = merged["cpu_us_per_op"]
         rcpu = merged["redis_us_per_op"]
@@ -333,7 +364,7 @@ def report(
             f"| {name} | {op.upper()} | {merged['ops_per_s']:,.0f} | "
             f"{'-' if cpu is None else f'{cpu:.1f}'} | "
             f"{'-' if rcpu is None else f'{rcpu:.1f}'} | {merged['client']} | "
-            f"{merged['others_cores']:.2f} |"
+            f"{merged['others_cores']:.2f} | {merged['repeats']} |"
         )
     print("\n| target (GET) | measured | wanted | |")
     print("|---|---|---|---|")
@@ -341,6 +372,11 @@ def report(
         ratio = medians[ours, "get"]["ops_per_s"] / medians[theirs, "get"]["ops_per_s"]
         verdict = "met" if ratio >= wanted else "missed"
         print(f"| {label} | {ratio:.2f}x | ≥ {wanted}x | {verdict} |")
+    http, resp = medians["http-memory", "get"], medians["resp-memory", "get"]
+    print(
+        f"\nServer CPU per GET, memory backend: HTTP {http['cpu_us_per_op']:.1f} µs, RESP "
+        f"{resp['cpu_us_per_op']:.1f} µs ({http['cpu_us_per_op'] / resp['cpu_us_per_op']:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
