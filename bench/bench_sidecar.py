@@ -33,8 +33,16 @@ median: single runs on a shared 2-core machine vary by tens of percent. The
 "loadgen CPU" column is the generator's own CPU share during the measured phase:
 near 100% would mean the generator, not the server, limits the throughput.
 
-Run: ``.venv/bin/python bench/bench_sidecar.py`` (about 2.5 min; ``--duration`` per case,
-``--trials``).
+Run: ``.venv/bin/python bench/bench_sidecar.py`` (about 4 min on a quiet machine;
+``--duration`` per case, ``--trials``). Issue 11's before/after run (about 12 min, more
+when busy trials are repeated)::
+
+    git worktree add /tmp/before <commit>
+    flock /tmp/podcache-bench.lock .venv/bin/python bench/bench_sidecar.py \
+        --baseline-src /tmp/before --large-size 1048576 --max-others 0.5 --retries 1
+
+On a shared machine, wrap every run in ``flock /tmp/podcache-bench.lock`` so that no
+two benchmarks overlap.
 Redis: ``--redis-url``, else a ``redis-server`` from PATH on a free port.
 """
 
