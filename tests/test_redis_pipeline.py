@@ -16,6 +16,8 @@ Aspects:
 - a server that accepts but never answers (the handshake hangs): calls fail within the
   operation timeout, not the longer connect timeout;
 - SELECT from the URL's db, AUTH with a wrong password answered as BackendUnavailable;
+- a READONLY reply (a demoted primary) drops the connection at once under load, and
+  writes succeed again once the server is a primary;
 - bounded in flight: beyond ``max_inflight`` a call is refused at once;
 - a closed connection refuses new calls and fails what was queued;
 - the cache and the locks use it, not the pool.
@@ -275,3 +277,47 @@ async def test_cache_and_locks_do_not_need_the_pool(redis_url: str) -> None:
     finally:
         await pool.release(held)
         await cache.stop()
+
+
+async def test_demoted_primary_is_left_at_once_under_load(make_pipe: MakePipe) -> None:
+    """A READONLY reply (a primary demoted by a failover) drops the connection at once, so
+    the next commands reconnect (and, under Sentinel, rediscover the primary), even while
+    commands keep flowing (before, it waited for a moment with nothing in flight)."""
+    primary, other = RedisServer(), RedisServer()
+    primary.start()
+    other.start()
+    try:
+        pipe = make_pipe(primary.url)
+        admin = redis.asyncio.Redis.from_url(primary.url)
+        stop = asyncio.Event()
+        outcomes: list[Any] = []
+
+        async def writer(n: int) -> None:
+            while not stop.is_set():
+                try:
+                    outcomes.append(await pipe.execute(b"SET", f"k{n}", b"v"))
+                except BackendUnavailable as exc:
+                    outcomes.append(exc)
+
+        writers = [asyncio.create_task(writer(n)) for n in range(20)]
+        try:
+            await asyncio.sleep(0.1)
+            assert pipe.connects == 1
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+            await asyncio.sleep(0.3)
+            assert pipe.connects >= 2  # left the read-only server while writes kept coming
+            assert any(isinstance(o, BackendUnavailable) and "READONLY" in str(o)
+                       for o in outcomes)
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+            await asyncio.sleep(0.2)
+            outcomes.clear()
+            await asyncio.sleep(0.1)
+            assert outcomes
+            assert all(o == b"OK" for o in outcomes)
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+            await admin.aclose()
+    finally:
+        primary.close()
+        other.close()

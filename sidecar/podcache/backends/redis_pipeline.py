@@ -126,7 +126,6 @@ class _Link(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.sent: collections.deque[_Entry] = collections.deque()
         self.lost = False
-        self.drop_after_reply = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -148,16 +147,16 @@ class _Link(asyncio.Protocol):
                 return
             future = sent.popleft()[0]
             if isinstance(reply, ReplyError):
-                if reply.reply.startswith(("READONLY", "MASTERDOWN")):
-                    # A demoted or cut-off primary (Sentinel failover): reconnect to find
-                    # the new one, once the replies already on the wire are read.
-                    self.drop_after_reply = True
                 if not future.done():
                     future.set_exception(reply)
+                if reply.reply.startswith(("READONLY", "MASTERDOWN")):
+                    # A demoted or cut-off primary (a failover): leave it now, so that no
+                    # more commands go to it, and reconnect (under Sentinel the new primary
+                    # is asked for). What was in flight on it fails: the failover window.
+                    self.abort(BackendUnavailable(f"redis answered {reply.reply[:40]!r}"))
+                    return
             elif not future.done():  # done: its caller was cancelled; drop the reply
                 future.set_result(reply)
-        if self.drop_after_reply and not sent:
-            self.abort(BackendUnavailable("redis is read-only here (a failover?)"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
