@@ -90,9 +90,12 @@ def build_patch(
     ops: JSONPatch = []
     ops += _annotation_ops(pod, native=native)
     ops += _volume_ops(pod_spec, _volumes(cacheconfig=cacheconfig, spec=spec))
+    redis_socket = rendering.redis_socket_enabled(spec)
     for kind in ("containers", "initContainers"):
         for index, container in enumerate(pod_spec.get(kind) or []):
-            ops += _app_container_ops(container, path=f"/spec/{kind}/{index}")
+            ops += _app_container_ops(
+                container, path=f"/spec/{kind}/{index}", redis_socket=redis_socket
+            )
     container = sidecar_container(pod_spec, spec=spec, sidecar=sidecar, native=native)
     _avoid_port_clash(pod_spec, container, port_clash=port_clash, notes=notes)
     if native:
@@ -148,11 +151,23 @@ def _reinvocation_ops(pod: Mapping[str, Any]) -> JSONPatch:
     if INJECTED_ANNOTATION not in annotations:
         return []  # somebody else's sidecar: not ours to touch
     pod_spec = pod.get("spec") or {}
+    apps = [
+        (kind, index, container)
+        for kind in ("containers", "initContainers")
+        for index, container in enumerate(pod_spec.get(kind) or [])
+        if container.get("name") != SIDECAR_NAME
+    ]
+    # No CacheConfig at hand here: announce the Redis socket if the first injection did.
+    redis_socket = any(
+        item.get("name") == "PODCACHE_REDIS_SOCKET"
+        for _, _, container in apps
+        for item in container.get("env") or []
+    )
     ops: JSONPatch = []
-    for kind in ("containers", "initContainers"):
-        for index, container in enumerate(pod_spec.get(kind) or []):
-            if container.get("name") != SIDECAR_NAME:
-                ops += _app_container_ops(container, path=f"/spec/{kind}/{index}")
+    for kind, index, container in apps:
+        ops += _app_container_ops(
+            container, path=f"/spec/{kind}/{index}", redis_socket=redis_socket
+        )
     return ops
 
 
@@ -222,7 +237,9 @@ def _volume_ops(pod_spec: Mapping[str, Any], volumes: list[dict[str, Any]]) -> J
     return [{"op": "add", "path": "/spec/volumes/-", "value": volume} for volume in volumes]
 
 
-def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
+def _app_container_ops(
+    container: Mapping[str, Any], *, path: str, redis_socket: bool = True
+) -> JSONPatch:
     ops: JSONPatch = []
     mounts = container.get("volumeMounts") or []
     for mount in mounts:
@@ -241,11 +258,9 @@ def _app_container_ops(container: Mapping[str, Any], *, path: str) -> JSONPatch:
     elif not mounts:
         ops.append({"op": "add", "path": f"{path}/volumeMounts", "value": [mount]})
     env = container.get("env") or []
-    announced = (
-        ("PODCACHE_SOCKET", rendering.SOCKET_PATH),
-        # The same cache in the Redis protocol, for any Redis client (issue 12).
-        ("PODCACHE_REDIS_SOCKET", REDIS_SOCKET_PATH),
-    )
+    announced = [("PODCACHE_SOCKET", rendering.SOCKET_PATH)]
+    if redis_socket:  # the same cache in the Redis protocol, for any Redis client (issue 12)
+        announced.append(("PODCACHE_REDIS_SOCKET", REDIS_SOCKET_PATH))
     for name, value in announced:
         if any(item.get("name") == name for item in env):  # the app's own choice wins
             continue

@@ -180,8 +180,16 @@ def sidecar_config(
         ],
         "logLevel": (spec.get("sidecar") or {}).get("logLevel") or DEFAULT_LOG_LEVEL,
     }
+    if not redis_socket_enabled(spec):
+        # Only when off: left out means on, so existing ConfigMaps render as before.
+        rendered["resp"] = {"enabled": False}
     configfile.parse(rendered)  # the sidecar's own parser is the judge of what we render
     return rendered
+
+
+def redis_socket_enabled(spec: Mapping[str, Any]) -> bool:
+    """``spec.sidecar.redisSocket``: the Redis-protocol socket, on unless set to false."""
+    return (spec.get("sidecar") or {}).get("redisSocket") is not False
 
 
 def _redis_config(redis: Mapping[str, Any], *, namespace: str, name: str) -> dict[str, Any]:

@@ -389,6 +389,18 @@ class TestReinvocation:
         assert inject(again) == again
         kubernetes_validate.validate(again, "1.30", strict=True)
 
+    def test_no_redis_socket_announced_when_turned_off(self) -> None:
+        spec = samples.spec(samples.REDIS_SPEC, sidecar={"redisSocket": False})
+        once = inject(samples.pod(), spec)
+        names = [item["name"] for item in once["spec"]["containers"][0]["env"]]
+        assert "PODCACHE_SOCKET" in names
+        assert "PODCACHE_REDIS_SOCKET" not in names
+        once["spec"]["containers"].append({"name": "mesh-proxy", "image": "proxy:1"})
+        again = inject(once, spec)
+        assert again["spec"]["containers"][-1]["env"] == [
+            {"name": "PODCACHE_SOCKET", "value": "/var/run/podcache/cache.sock"}
+        ]
+
     def test_a_hand_made_sidecar_pod_gets_nothing(self) -> None:
         pod = samples.pod(containers=2)
         pod["spec"]["containers"].append({"name": "podcache", "image": "mine"})

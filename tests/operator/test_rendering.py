@@ -32,6 +32,11 @@ class TestSidecarConfig:
         assert config["type"] == "memory"
         assert config["config"] == {"defaultTTL": "10m", "maxItems": 500, "maxBytes": 32 * 2**20}
 
+    def test_redis_socket_on_unless_turned_off(self) -> None:
+        assert "resp" not in render(samples.MEMORY_SPEC).config  # the sidecar's default: on
+        spec = samples.spec(samples.MEMORY_SPEC, sidecar={"redisSocket": False})
+        assert render(spec).config["resp"] == {"enabled": False}
+
     def test_memory_defaults(self) -> None:
         config = render({}).config
         assert config["type"] == "memory"
