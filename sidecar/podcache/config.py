@@ -86,9 +86,9 @@ class RedisSettings:
     operation_timeout: float = 1.0
     """A dead Redis makes calls fail within this instead of hanging."""
     pool_size: int = 64
-    """Connections for short commands: election scripts, the item count, and on Cluster
-    (or with ``replica_ack_timeout``) the cache and lock calls, which otherwise go through
-    the backend's one auto-pipelined connection (``redis_pipeline``)."""
+    """Connections for short commands: election scripts, the item count, the cache and
+    lock calls on Cluster and the lock calls with ``replica_ack_timeout``; otherwise those
+    go through the backend's one auto-pipelined connection (``redis_pipeline``)."""
     wait_pool_size: int = 32
     """Connections for lock acquires blocked waiting for a release (one per lock name
     waited on at once), apart from ``pool_size``; beyond it a waiter is refused."""
