@@ -8,6 +8,8 @@ Prints, from one run:
   (the webhook injects the native sidecar) → the same, side by side, and per pod;
 * the webhook's latency over that run from the apiserver's own
   ``apiserver_admission_webhook_admission_duration_seconds`` histogram (p50, p99);
+* the shares issue 18 names: the kubelet's probe count over that run (``prober_probe_total``)
+  and what importing the sidecar costs in a pod (``python -X importtime``);
 * M CacheConfigs created back to back → seconds until all are Ready.
 
 Issue 18's targets: opted-in ≤ 1.5x plain and ≤ 0.3 s per pod; webhook p99 ≤ 20 ms;
@@ -33,6 +35,7 @@ from tests.controlplane.harness import (
     eventually,
 )
 from tests.node.harness import NodeCluster, app_deployment, start_node, wait_pods_ready
+from tests.node.node import NODE_NAME
 
 from operator_apiserver_bench import bench_reconcile, histogram_quantile, webhook_buckets
 
@@ -48,6 +51,35 @@ def all_ready(nodes: NodeCluster, ns: str, name: str, pods: int, config: str | N
     nodes.apps.create_namespaced_deployment(ns, app_deployment(name, config, pods))
     wait_pods_ready(nodes, ns, f"app={name}", pods, timeout=600)
     return time.monotonic() - started
+
+
+def probe_counts(nodes: NodeCluster) -> dict[str, float]:
+    """The kubelet's own probe counter (``prober_probe_total``) by probe type."""
+    text = nodes.cluster.plane.get(
+        f"/api/v1/nodes/{NODE_NAME}/proxy/metrics/probes", timeout=10
+    ).decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("prober_probe_total{"):
+            kind = line.split('probe_type="')[1].split('"')[0]
+            counts[kind] = counts.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def import_seconds(nodes: NodeCluster, ns: str, pod: str) -> str:
+    """What importing the sidecar costs a fresh interpreter in the pod (its startup and
+    every exec probe pay it)."""
+    code, out = nodes.exec(
+        ns, pod, "podcache", "python", "-X", "importtime", "-c", "import podcache.sidecar.runtime"
+    )
+    cumulative = [
+        int(line.split("|")[1])
+        for line in out.splitlines()
+        if line.endswith("podcache.sidecar.runtime")
+    ]
+    return (
+        f"{cumulative[-1] / 1e6:.2f} s" if code == 0 and cumulative else f"unknown ({out[-200:]})"
+    )
 
 
 def main() -> None:
@@ -74,8 +106,11 @@ def main() -> None:
         create_cache_config(nodes.cluster, injected_ns, cache_config("web", {}))
         eventually(lambda: cache_config_ready(nodes.cluster, injected_ns, "web"), what="Ready")
         before = webhook_buckets(nodes.cluster)
+        probes_before = probe_counts(nodes)
         injected = all_ready(nodes, injected_ns, "injected", args.pods, "web")
         after = webhook_buckets(nodes.cluster)
+        probes = {k: v - probes_before.get(k, 0.0) for k, v in probe_counts(nodes).items()}
+        some_pod = nodes.core.list_namespaced_pod(injected_ns).items[0].metadata.name
         calls = after[float("inf")] - before.get(float("inf"), 0.0)
         print(f"\n{args.pods} pods to all Ready:")
         print(f"  plain      {plain:6.1f} s  ({plain / args.pods:.2f} s per pod)")
@@ -88,6 +123,12 @@ def main() -> None:
             f" p50 {histogram_quantile(0.5, before, after) * 1000:.0f} ms,"
             f" p99 {histogram_quantile(0.99, before, after) * 1000:.0f} ms"
         )
+        print(
+            "  kubelet probes during that run (each an exec of a new Python): "
+            + ", ".join(f"{kind} {count:.0f}" for kind, count in sorted(probes.items()))
+        )
+        imported = import_seconds(nodes, injected_ns, some_pod)
+        print(f"  import podcache.sidecar.runtime in a pod: {imported}")
         nodes.core.delete_namespace(injected_ns)
 
         print(f"\n{args.configs} CacheConfigs created back to back:")
