@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +45,7 @@ NODE_NAME = "podcache-e2e-node"
 NODE_CIDR = "10.200.0.1/24"
 SERVICE_IP = "10.96.0.1"  # the kubernetes Service: the first address of SERVICE_CIDR
 NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "coredns", "pause")
+OWNER_FILE = "owner.json"
 
 
 def find_node_binaries() -> Path:
@@ -99,6 +102,12 @@ class Node:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
+        sweep_orphans()
+        # Who owns this node: a later run removes it if this process dies without
+        # stopping it (SIGKILL, a crash), never while it lives.
+        (self.folder / OWNER_FILE).write_text(
+            json.dumps({"pid": os.getpid(), "netns": self.netns.name})
+        )
         ca = self.plane.ca
         apiserver_kubelet_client = ca.issue(
             "apiserver-kubelet-client",
@@ -197,7 +206,6 @@ class Node:
         self.timings[name] = round(time.monotonic() - self.started_at, 2)
 
     def _node_ready(self) -> bool:
-        import json
 
         node = json.loads(self.plane.get(f"/api/v1/nodes/{NODE_NAME}"))
         conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
@@ -237,3 +245,39 @@ def _unmount_under(folder: Path) -> None:
 def remove_workdir(folder: Path) -> None:
     _unmount_under(folder)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_orphans() -> None:
+    """Remove the nodes whose test process died without stopping them: their processes
+    (found by their work folder on the command line), mounts, namespace and folder.
+    Nodes of live processes (another run on this machine) are left alone."""
+    for owner_file in Path(tempfile.gettempdir()).glob(f"podcache-kube-*/node/{OWNER_FILE}"):
+        try:
+            owner = json.loads(owner_file.read_text())
+            os.kill(int(owner["pid"]), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable or not ours to judge
+        workdir = owner_file.parents[1]
+        marker = f"{workdir}/".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), 9)
+        # The containers outlive their shims: runc (its state is in the folder) kills
+        # and deletes them.
+        for root in workdir.glob("node/containerd/runc/*"):
+            listed = subprocess.run(["runc", "--root", str(root), "list", "--quiet"],
+                                    capture_output=True, text=True, check=False)  # fmt: skip
+            for container in listed.stdout.split():
+                subprocess.run(["runc", "--root", str(root), "delete", "--force", container],
+                               capture_output=True, check=False)  # fmt: skip
+        time.sleep(0.5)  # let the killed release their mounts
+        _unmount_under(workdir)
+        subprocess.run(["ip", "netns", "delete", str(owner.get("netns", ""))],
+                       capture_output=True, check=False)  # fmt: skip
+        shutil.rmtree(workdir, ignore_errors=True)
