@@ -227,6 +227,9 @@ def test_connection_commands(resp: RawClient, reference: RawClient) -> None:
             ["HELLO", "4"],
             ["HELLO", "x"],
             ["AUTH", "secret"],
+            ["CONFIG", "GET", "nosuchparam"],
+            ["CONFIG", "FOO"],
+            ["CONFIG", "GET"],
         ],
     )
     assert isinstance(resp.call("CLIENT", "ID"), int)

@@ -44,6 +44,7 @@ from podcache.errors import (
 from podcache.sidecar import resp_wire as wire
 
 if TYPE_CHECKING:
+    from podcache.sidecar.resp_server import RespServer
     from podcache.sidecar.state import SidecarState
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class Session:
     """One client connection's state (what Redis keeps in its ``client`` struct)."""
 
     state: SidecarState
-    server: Any
-    """The ``resp_server.RespServer`` (connection count, password, keyspaces)."""
+    server: RespServer
+    """Its server: the connection count, the password, the keyspaces."""
     client_id: int
     proto: int = 2
     name: bytes | None = None
@@ -85,8 +86,7 @@ class Session:
     """QUIT: close once the reply is written."""
 
     def keyspace(self) -> Keyspace:
-        keyspace: Keyspace = self.server.keyspace(self.state.slot)
-        return keyspace
+        return self.server.keyspace(self.state.slot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,15 +181,9 @@ async def _counted(session: Session, operation: str, call: Coroutine[Any, Any, A
     """Await a keyspace call, counting it in the seed's metrics under its own name."""
     metrics = session.state.cache.metrics
     started = time.perf_counter()
+    status = "error"  # also Redis's own refusals (not an integer...): as the facade counts
     try:
         result = await call
-    except KeyspaceError:
-        status = "error"
-        raise
-    except Exception:
-        status = "error"
-        raise
-    else:
         status = "ok"
         return result
     finally:
@@ -330,6 +324,22 @@ def _client_line(session: Session) -> bytes:
         session.proto,
         session.lib_name,
         session.lib_ver,
+    )
+
+
+def config(session: Session, args: list[bytes]) -> Reply:
+    """``CONFIG GET`` answers no parameters (what Redis answers for unknown ones), so a
+    client or redis-benchmark that reads settings at connect time carries on; nothing
+    of Redis's configuration applies to the sidecar, so SET/RESETSTAT/REWRITE refuse."""
+    sub = args[1].upper()
+    if sub == b"GET" and len(args) >= 3:
+        return wire.mapping({}, session.proto)
+    if sub in (b"SET", b"RESETSTAT", b"REWRITE"):
+        raise RespError(f"ERR CONFIG {sub.decode()} is not supported by the podcache sidecar")
+    if sub == b"GET":
+        raise RespError("ERR wrong number of arguments for 'config|get' command")
+    raise RespError(
+        f"ERR unknown subcommand '{args[1].decode(errors='replace')}'. Try CONFIG HELP."
     )
 
 
@@ -717,6 +727,7 @@ COMMANDS = _table(
     Command("client", client, -2),
     Command("command", command, -1),
     Command("info", info, -1),
+    Command("config", config, -2),
     Command("get", get, 2, _READ, 1, 1, 1),
     Command("set", set_, -3, ("write",), 1, 1, 1),
     Command("setnx", setnx, 3, _WRITE, 1, 1, 1),
@@ -750,6 +761,7 @@ SERVER_COMMANDS = ("multi", "exec", "discard", "quit", "reset")
 
 
 def _server_entry(name: str) -> Command:
+    # Listed by COMMAND only; resp_server runs these itself, never through ``handler``.
     return Command(name, ping, -1 if name in ("quit",) else 1, ("fast",))
 
 
