@@ -27,6 +27,7 @@ from redis._parsers import (
     _RESP3Parser,
 )
 
+from tests.availability import unavailable
 from tests.sidecar import resp_support as support
 
 resp_socket = support.resp_socket
@@ -113,8 +114,9 @@ async def test_redis_py_asyncio(resp_socket: str, ns: str, protocol: int, parser
         await client.aclose()
 
 
-@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
 def test_redis_cli(resp_socket: str, ns: str) -> None:
+    if shutil.which("redis-cli") is None:
+        unavailable("redis-cli", "not installed (apt-get install redis-tools)")
     def cli(*args: str) -> str:
         done = subprocess.run(
             ["redis-cli", "-s", resp_socket, *args],
@@ -142,9 +144,10 @@ def test_redis_cli(resp_socket: str, ns: str) -> None:
     assert done.stdout.split() == ["OK", "2", "2"]
 
 
-@pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="redis-benchmark missing")
 @pytest.mark.parametrize("pipeline", [1, 16])
 def test_redis_benchmark(resp_socket: str, pipeline: int) -> None:
+    if shutil.which("redis-benchmark") is None:
+        unavailable("redis-benchmark", "not installed (apt-get install redis-tools)")
     done = subprocess.run(
         [
             "redis-benchmark",
@@ -230,11 +233,9 @@ const [path, ns] = process.argv.slice(1);
 """
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "ioredis").is_dir(),
-    reason="needs node and `npm install` in tests/sidecar/node",
-)
 def test_ioredis(resp_socket: str, ns: str) -> None:
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "ioredis").is_dir():
+        unavailable("Node's ioredis", "needs node and `npm ci` in tests/sidecar/node")
     done = subprocess.run(
         ["node", "-e", NODE_SCRIPT, resp_socket, ns],
         cwd=NODE_DIR,
