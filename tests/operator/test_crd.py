@@ -184,5 +184,11 @@ def test_spec_fields() -> None:
         "keyPrefix",
         "timeouts",
     }
-    assert set(prop("sidecar")["properties"]) == {"image", "resources", "logLevel", "native"}
+    assert set(prop("sidecar")["properties"]) == {
+        "image",
+        "resources",
+        "logLevel",
+        "native",
+        "redisSocket",
+    }
     assert set(prop("metrics", "serviceMonitor")["properties"]) == {"enabled", "interval", "labels"}
