@@ -13,6 +13,7 @@ turns Ready once the prefix is changed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -130,6 +131,9 @@ async def test_the_operator_refuses_an_overlapping_prefix(
 ) -> None:
     await create(cluster, "sessions", samples.REDIS_SPEC)  # keyPrefix shop/sessions:
     await eventually(lambda: ready(cluster, "sessions"), what="the first CacheConfig Ready")
+    # creationTimestamp has one-second resolution, and the operator's index may not have
+    # seen sessions' Ready status yet: in the same second the tie falls to the names.
+    await asyncio.sleep(1.1)
     redis = {**samples.REDIS_SPEC["redis"], "keyPrefix": "shop/"}
     await create(cluster, "greedy", samples.spec(samples.REDIS_SPEC, redis=redis))
 
