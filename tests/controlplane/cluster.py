@@ -47,19 +47,25 @@ class ControlPlaneUnavailable(RuntimeError):
     """The binaries could not be built or a component did not become ready."""
 
 
-def find_binaries() -> Path:
-    """The folder with etcd, kube-apiserver, kube-controller-manager and helm.
+def built_binaries(
+    variable: str,
+    script: str,
+    names: tuple[str, ...],
+    unavailable: type[ControlPlaneUnavailable] = ControlPlaneUnavailable,
+) -> Path:
+    """The folder holding ``names``, built by ``scripts/<script>``.
 
-    ``PODCACHE_CONTROLPLANE_BIN`` (set by scripts/test) wins; otherwise the build script
-    is asked, which returns at once when its cache is warm and builds otherwise.
+    ``variable`` (set by scripts/test) wins; otherwise the build script is asked, which
+    returns at once when its cache is warm and builds otherwise. ``unavailable`` is
+    raised, naming what failed, when the build fails or a binary is missing.
     """
-    explicit = os.environ.get("PODCACHE_CONTROLPLANE_BIN")
+    explicit = os.environ.get(variable)
     if explicit:
         folder = Path(explicit)
     else:
         try:
             done = subprocess.run(
-                ["bash", str(ROOT / "scripts" / "build-controlplane")],
+                ["bash", str(ROOT / "scripts" / script)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -67,18 +73,21 @@ def find_binaries() -> Path:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
-            raise ControlPlaneUnavailable(
-                f"scripts/build-controlplane failed: {exc}\n{detail[-2000:]}"
-            ) from exc
+            raise unavailable(f"scripts/{script} failed: {exc}\n{detail[-2000:]}") from exc
         folder = Path(done.stdout.strip().splitlines()[-1])
-    missing = [
-        name
-        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "helm")
-        if not os.access(folder / name, os.X_OK)
-    ]
+    missing = [name for name in names if not os.access(folder / name, os.X_OK)]
     if missing:
-        raise ControlPlaneUnavailable(f"{folder} lacks {', '.join(missing)}")
+        raise unavailable(f"{folder} lacks {', '.join(missing)}")
     return folder
+
+
+def find_binaries() -> Path:
+    """The folder with etcd, kube-apiserver, kube-controller-manager and helm."""
+    return built_binaries(
+        "PODCACHE_CONTROLPLANE_BIN",
+        "build-controlplane",
+        ("etcd", "kube-apiserver", "kube-controller-manager", "helm"),
+    )
 
 
 class ControlPlane:

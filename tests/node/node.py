@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.controlplane.cluster import CONTROLLERS, SERVICE_CIDR, ControlPlane
+from tests.controlplane.cluster import CONTROLLERS, SERVICE_CIDR, ControlPlane, built_binaries
 from tests.node import images
 from tests.node.components import (
     Containerd,
@@ -50,28 +50,7 @@ OWNER_FILE = "owner.json"
 
 def find_node_binaries() -> Path:
     """The folder from scripts/build-node (``PODCACHE_NODE_BIN`` wins, as in scripts/test)."""
-    from tests.controlplane.cluster import ROOT
-
-    explicit = os.environ.get("PODCACHE_NODE_BIN")
-    if explicit:
-        folder = Path(explicit)
-    else:
-        try:
-            done = subprocess.run(
-                ["bash", str(ROOT / "scripts" / "build-node")],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=3600,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", "") or ""
-            raise NodeUnavailable(f"scripts/build-node failed: {exc}\n{detail[-2000:]}") from exc
-        folder = Path(done.stdout.strip().splitlines()[-1])
-    missing = [name for name in NODE_BINARIES if not os.access(folder / name, os.X_OK)]
-    if missing:
-        raise NodeUnavailable(f"{folder} lacks {', '.join(missing)}")
-    return folder
+    return built_binaries("PODCACHE_NODE_BIN", "build-node", NODE_BINARIES, NodeUnavailable)
 
 
 class Node:
