@@ -89,11 +89,25 @@ class NodeCluster:
         )  # fmt: skip
         return time.monotonic() - started
 
-    def operator_pods(self) -> list[client.V1Pod]:
+    def operator_pods(self, *, terminating: bool = False) -> list[client.V1Pod]:
+        """The operator's pods; with ``terminating``, also those shutting down (they still
+        answer admissions until their process exits)."""
         pods = self.core.list_namespaced_pod(
             RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator"
         ).items
-        return [p for p in pods if p.metadata.deletion_timestamp is None]
+        return [p for p in pods if terminating or p.metadata.deletion_timestamp is None]
+
+
+def sidecar_story(nodes: NodeCluster, namespace: str, pod_name: str) -> str:
+    """The sidecar's restarts and log, for a failing assertion's message."""
+    pod = nodes.core.read_namespaced_pod(pod_name, namespace)
+    statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
+    restarts = {s.name: s.restart_count for s in statuses}
+    try:
+        log = nodes.core.read_namespaced_pod_log(pod_name, namespace, container="podcache")
+    except client.ApiException as exc:
+        log = f"(no log: {exc.reason})"
+    return f"restarts {restarts}; sidecar log:\n{log}"
 
 
 def pod_ready(pod: client.V1Pod) -> bool:

@@ -42,6 +42,7 @@ from tests.node.harness import (
     app_deployment,
     images_version,
     pod_ready,
+    sidecar_story,
     wait_pods_ready,
 )
 
@@ -97,7 +98,7 @@ def test_app_with_its_own_user_uses_the_socket(
         "import os, podcache; print(os.getuid()); c = podcache.Client(); c.set('k', b'v');"
         " print(c.get('k'))",
     )  # fmt: skip
-    assert code == 0, out
+    assert code == 0, out + sidecar_story(release, namespace, pod.metadata.name)
     assert "b'v'" in out
 
 
@@ -160,7 +161,11 @@ def scale_operator(release: NodeCluster, replicas: int) -> None:
         RELEASE, RELEASE_NAMESPACE, {"spec": {"replicas": replicas}}
     )
     if replicas == 0:
-        eventually(lambda: not release.operator_pods(), timeout=60, what="the operator gone")
+        # Gone means no process left: a terminating pod still answers admissions.
+        eventually(
+            lambda: not release.operator_pods(terminating=True), timeout=90,
+            what="the operator gone",
+        )  # fmt: skip
     else:
         eventually(
             lambda: len([p for p in release.operator_pods() if pod_ready(p)]) == replicas,
