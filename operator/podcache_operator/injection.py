@@ -38,14 +38,8 @@ SENTINEL_PASSWORD_ENV = "PODCACHE_SENTINEL_PASSWORD"
 
 JSONPatch = list[dict[str, Any]]
 
-# The probe needs nothing but the image's Python: it asks /healthz over the socket.
-_PROBE_SCRIPT = (
-    "import socket,sys;"
-    "s=socket.socket(socket.AF_UNIX);s.settimeout(1);"
-    f"s.connect('{rendering.SOCKET_PATH}');"
-    "s.sendall(b'GET /healthz HTTP/1.0\\r\\nHost: podcache\\r\\n\\r\\n');"
-    "sys.exit(0 if s.recv(32).split()[1:2]==[b'200'] else 1)"
-)
+PROBE_PATH = "/healthz"
+"""On the metrics port; the sidecar answers it by asking its own sockets (``socket_health``)."""
 
 
 class InjectionError(ValueError):
@@ -136,8 +130,7 @@ def _avoid_port_clash(
             " set spec.metrics.port of the CacheConfig to a free one"
         )
     moved = next(p for p in range(port + 1, 65536) if p not in declared)
-    container["ports"][0]["containerPort"] = moved
-    container["env"].append({"name": "PODCACHE_METRICS_PORT", "value": str(moved)})
+    _set_metrics_port(container, moved)
     if notes is not None:
         notes.append(
             f"a container of the pod already uses port {port}; the sidecar's metrics moved to"
@@ -304,7 +297,10 @@ def sidecar_container(
             mounts.append(
                 {"name": REDIS_CA_VOLUME, "mountPath": rendering.REDIS_CA_DIR, "readOnly": True}
             )
-    probe_command = {"exec": {"command": ["python", "-c", _PROBE_SCRIPT]}}
+    metrics_port = rendering.metrics_port_of(spec, sidecar.metrics_port)
+    # Pinned for the pod's life: its declared port and its probes are immutable, so a
+    # later spec.metrics.port reaches new pods only (a reload must not move the probe's port).
+    env.append({"name": "PODCACHE_METRICS_PORT", "value": str(metrics_port)})
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": sidecar_spec.get("image") or sidecar.image,
@@ -315,22 +311,23 @@ def sidecar_container(
         "ports": [
             {
                 "name": rendering.SIDECAR_PORT_NAME,
-                "containerPort": rendering.metrics_port_of(spec, sidecar.metrics_port),
+                "containerPort": metrics_port,
                 "protocol": "TCP",
             }
         ],
         "volumeMounts": mounts,
         "resources": sidecar_resources(sidecar_spec.get("resources"), sidecar),
         "securityContext": _security_context(pod_spec, sidecar),
-        # Native sidecars hold back the app's containers until this passes.
+        # Native sidecars hold back the app's containers until this passes. httpGet, not
+        # exec: an exec probe starts a Python interpreter in the sidecar's cgroup each time.
         "startupProbe": {
-            **probe_command,
+            **_probe_action(metrics_port),
             "periodSeconds": 1,
             "timeoutSeconds": 2,
             "failureThreshold": 60,
         },
         "livenessProbe": {
-            **probe_command,
+            **_probe_action(metrics_port),
             "periodSeconds": 10,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
@@ -339,6 +336,19 @@ def sidecar_container(
     if native:
         container["restartPolicy"] = "Always"
     return container
+
+
+def _probe_action(port: int) -> dict[str, Any]:
+    return {"httpGet": {"path": PROBE_PATH, "port": port}}
+
+
+def _set_metrics_port(container: dict[str, Any], port: int) -> None:
+    container["ports"][0]["containerPort"] = port
+    for env in container["env"]:
+        if env["name"] == "PODCACHE_METRICS_PORT":
+            env["value"] = str(port)
+    for probe in ("startupProbe", "livenessProbe"):
+        container[probe].update(_probe_action(port))
 
 
 def _secret_env(name: str, ref: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -10,9 +10,6 @@ idempotency (twice == once); pods we cannot inject into are refused clearly.
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -135,13 +132,13 @@ class TestSidecar:
             == "podcache"
         )
 
-    def test_startup_probe_asks_the_socket(self) -> None:
-        probe = sidecar_of(inject(samples.pod()))["startupProbe"]
-        command = probe["exec"]["command"]
-        assert command[:2] == ["python", "-c"]
-        assert "/var/run/podcache/cache.sock" in command[2]
-        assert "/healthz" in command[2]
-        compile(command[2], "probe", "exec")  # the one-liner is valid Python
+    def test_probes_are_http_gets_on_the_metrics_port(self) -> None:
+        """Issue 18: an exec probe started a Python interpreter per probe in the sidecar's
+        cgroup (every second during startup); the kubelet's httpGet costs nothing there."""
+        sidecar = sidecar_of(inject(samples.pod()))
+        for probe in ("startupProbe", "livenessProbe"):
+            assert "exec" not in sidecar[probe]
+            assert sidecar[probe]["httpGet"] == {"path": "/healthz", "port": 9090}
 
     def test_image_from_settings_or_spec(self) -> None:
         assert sidecar_of(inject(samples.pod()))["image"] == "registry.example/podcache:1.2.3"
@@ -222,8 +219,15 @@ class TestSidecar:
 
     def test_metrics_port_of_the_cacheconfig(self) -> None:
         spec = samples.spec(samples.MEMORY_SPEC, metrics={"port": 9464})
-        (port,) = sidecar_of(inject(samples.pod(), spec))["ports"]
+        sidecar = sidecar_of(inject(samples.pod(), spec))
+        (port,) = sidecar["ports"]
         assert port["containerPort"] == 9464
+        assert sidecar["livenessProbe"]["httpGet"]["port"] == 9464
+
+    def test_the_metrics_port_is_pinned_for_the_pods_life(self) -> None:
+        """A later spec.metrics.port must not move the listener from under the probes."""
+        env = {e["name"]: e.get("value") for e in sidecar_of(inject(samples.pod()))["env"]}
+        assert env["PODCACHE_METRICS_PORT"] == "9090"
 
     def test_an_app_port_named_metrics_does_not_clash(self) -> None:
         """Regression (issue 9 defect 2): both ports were named `metrics`."""
@@ -244,6 +248,9 @@ class TestSidecar:
         sidecar = sidecar_of(injection.apply_patch(pod, ops))
         assert sidecar["ports"][0]["containerPort"] == 9092
         assert {"name": "PODCACHE_METRICS_PORT", "value": "9092"} in sidecar["env"]
+        assert [e["name"] for e in sidecar["env"]].count("PODCACHE_METRICS_PORT") == 1
+        assert sidecar["startupProbe"]["httpGet"]["port"] == 9092
+        assert sidecar["livenessProbe"]["httpGet"]["port"] == 9092
         assert "already uses port 9090" in notes[0]
 
     def test_an_app_on_the_metrics_port_is_refused_when_asked(self) -> None:
@@ -337,37 +344,6 @@ class TestRefusals:
         )
         with pytest.raises(injection.InjectionError, match="/var/run/podcache"):
             injection.build_patch(pod, cacheconfig="x", spec={}, sidecar=SIDECAR)
-
-
-class TestProbe:
-    """The startup probe's one-liner, run for real against a socket answering like the sidecar."""
-
-    @staticmethod
-    async def probe(socket_path: str) -> int:
-        script = injection._PROBE_SCRIPT.replace("/var/run/podcache/cache.sock", socket_path)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, stderr=asyncio.subprocess.DEVNULL
-        )
-        return await process.wait()
-
-    @staticmethod
-    async def serve(socket_path: str, status: bytes) -> asyncio.Server:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n")
-            await writer.drain()
-            writer.close()
-
-        return await asyncio.start_unix_server(answer, path=socket_path)
-
-    @pytest.mark.parametrize(("status", "code"), [(b"200 OK", 0), (b"503 Service Unavailable", 1)])
-    async def test_probe_follows_healthz(self, tmp_path: Path, status: bytes, code: int) -> None:
-        path = str(tmp_path / "cache.sock")
-        async with await self.serve(path, status):
-            assert await self.probe(path) == code
-
-    async def test_probe_fails_without_a_socket(self, tmp_path: Path) -> None:
-        assert await self.probe(str(tmp_path / "absent.sock")) == 1
 
 
 class TestReinvocation:

@@ -3,10 +3,11 @@
 The cache itself is never reachable over TCP. The listener is its own aiohttp runner
 so a reload that changes ``metrics.port`` can move it without touching the socket
 server; port 0 turns it off (configfile's contract). ``/healthz`` is served here too,
-for an httpGet liveness probe, and ``/readyz`` when the owner sets ``readiness`` (the
-operator: 503 with the reason until its webhook listens). A port that cannot be
-listened on (in use, or below 1024 without the privilege) is ``MetricsPortUnusable``,
-naming the port.
+for the kubelet's httpGet probes (503 with the reason when ``health`` finds a problem:
+the sidecar asks its own sockets, see ``socket_health``), and ``/readyz`` when the
+owner sets ``readiness`` (the operator: 503 with the reason until its webhook
+listens). A port that cannot be listened on (in use, or below 1024 without the
+privilege) is ``MetricsPortUnusable``, naming the port.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -46,12 +47,17 @@ class MetricsServer:
         self.port = 0
         self.readiness: Callable[[], str | None] | None = None
         """Why the process is not ready, or None when it is; set it to serve ``/readyz``."""
+        self.health: Callable[[], Awaitable[str | None]] | None = None
+        """Why the process is not healthy, or None when it is (``/healthz``)."""
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        problem = await self.health() if self.health is not None else None
+        if problem is not None:
+            return web.json_response({"status": "unhealthy", "reason": problem}, status=503)
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:

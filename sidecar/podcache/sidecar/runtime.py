@@ -34,7 +34,7 @@ from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
-from podcache.sidecar import fast_path, resp_server, socket_site
+from podcache.sidecar import fast_path, resp_server, socket_health, socket_site
 from podcache.sidecar import reload as reload_mod
 from podcache.sidecar.http_metrics import Exposition, ServerMetrics
 from podcache.sidecar.metrics_server import MetricsServer
@@ -189,6 +189,7 @@ class Sidecar:
             self.metrics_server = MetricsServer(
                 self.exposition.registry, host=self.options.metrics_host
             )
+            self.metrics_server.health = self._socket_problem
             await self.metrics_server.start(config.metrics.port)
         except BaseException:
             await self._cleanup()
@@ -219,6 +220,13 @@ class Sidecar:
         self._backend_check = asyncio.create_task(
             _warn_unless_backend_answers(state), name="podcache-backend-check"
         )
+
+    async def _socket_problem(self) -> str | None:
+        site, state = self._site, self.state
+        if site is None or state is None or state.shutting_down.is_set():
+            return None  # draining: the kubelet is stopping us anyway
+        resp = self.resp.path if self.resp is not None else None
+        return await socket_health.problem(site.path, resp, saturated=lambda: site.saturated)
 
     def request_reload(self) -> None:
         if self.reloader is not None:

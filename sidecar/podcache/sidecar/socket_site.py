@@ -369,6 +369,12 @@ class UnixListenerSite(web.BaseSite):
         if self._listener is not None:
             self._listener.limit = value
 
+    @property
+    def saturated(self) -> bool:
+        """At its connection limit: new clients wait in the backlog."""
+        listener = self._listener
+        return listener is not None and listener.active >= listener.limit
+
     async def start(self) -> None:
         await super().start()
         server = self._runner.server
