@@ -31,6 +31,12 @@ REDIS_SOCKET_PATH = f"{rendering.SOCKET_DIR}/redis.sock"
 """The sidecar's Redis-protocol socket (its ``resp.socket`` default), in the same volume."""
 CONFIG_VOLUME = "podcache-config"
 REDIS_CA_VOLUME = "podcache-redis-ca"
+NO_TOKEN_VOLUME = "podcache-no-api-token"
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where the ServiceAccount admission plugin mounts the API token; it skips a container
+that already has a mount here. The sidecar never calls the API, so it gets an empty
+directory: no credentials to leak, and the plugin, re-run after our mutation, changes
+nothing, so the apiserver does not call the webhook a second time for every pod."""
 INJECTED_ANNOTATION = "podcache.io/injected"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 PASSWORD_ENV = "PODCACHE_REDIS_PASSWORD"
@@ -202,6 +208,7 @@ def _volumes(*, cacheconfig: str, spec: Mapping[str, Any]) -> list[dict[str, Any
                 "items": [{"key": rendering.CONFIG_KEY, "path": rendering.CONFIG_KEY}],
             },
         },
+        {"name": NO_TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}},
     ]
     ca_ref = ((spec.get("redis") or {}).get("tls") or {}).get("caSecretRef")
     if spec.get("backend") == "redis" and ca_ref:
@@ -286,6 +293,7 @@ def sidecar_container(
     mounts: list[dict[str, Any]] = [
         {"name": SOCKET_VOLUME, "mountPath": rendering.SOCKET_DIR},
         {"name": CONFIG_VOLUME, "mountPath": rendering.CONFIG_DIR, "readOnly": True},
+        {"name": NO_TOKEN_VOLUME, "mountPath": API_TOKEN_PATH, "readOnly": True},
     ]
     if spec.get("backend") == "redis":
         redis = spec.get("redis") or {}

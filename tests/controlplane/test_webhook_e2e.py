@@ -87,6 +87,40 @@ def test_a_deployments_pods_come_out_mutated(
         assert stored.metadata.annotations["podcache.io/injected"]
 
 
+def webhook_calls(installation: Installation) -> float:
+    """How often the apiserver has called the sidecar webhook (its own histogram's count)."""
+    total = 0.0
+    for line in installation.cluster.plane.get("/metrics", timeout=10).decode().splitlines():
+        if line.startswith(
+            "apiserver_admission_webhook_admission_duration_seconds_count{"
+        ) and 'name="sidecar.podcache.io"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_one_webhook_call_per_pod(
+    installation: Installation, namespace: str, config_ready: str
+) -> None:
+    """Issue 18: the ServiceAccount plugin, re-run after our mutation, mounted the API token
+    into the new sidecar, and that change made the apiserver call the webhook again
+    (reinvocationPolicy IfNeeded) for every pod."""
+    cluster = installation.cluster
+    before = webhook_calls(installation)
+    stored = cluster.core.create_namespaced_pod(namespace, pod("once", config_ready))
+    assert sidecar_of(stored) is not None
+    assert webhook_calls(installation) - before == 1
+    token_mounts = [
+        m for m in sidecar_of(stored).volume_mounts
+        if m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"
+    ]  # fmt: skip
+    assert [m.name for m in token_mounts] == ["podcache-no-api-token"]
+    # The app still gets its token from the plugin.
+    (app,) = stored.spec.containers
+    assert any(
+        m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount" for m in app.volume_mounts
+    )
+
+
 def test_a_restricted_namespace_admits_the_injected_pod(
     installation: Installation, namespace: str, config_ready: str
 ) -> None:

@@ -88,7 +88,7 @@ class TestValidPods:
     def test_existing_volumes_mounts_and_env_are_kept(self) -> None:
         patched = inject(samples.pod(volumes=True))
         names = [v["name"] for v in patched["spec"]["volumes"]]
-        assert names == ["data", "podcache-socket", "podcache-config"]
+        assert names == ["data", "podcache-socket", "podcache-config", "podcache-no-api-token"]
         app = patched["spec"]["containers"][0]
         assert app["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
         assert app["env"][0] == {"name": "MODE", "value": "prod"}
@@ -207,6 +207,20 @@ class TestSidecar:
         mounts = sidecar_of(patched)["volumeMounts"]
         assert {"name": "podcache-config", "mountPath": "/etc/podcache", "readOnly": True} in mounts
         assert {"name": "podcache-socket", "mountPath": "/var/run/podcache"} in mounts
+
+    def test_the_sidecar_gets_no_api_token(self) -> None:
+        """It never calls the API; and with a mount at the token path the ServiceAccount
+        plugin, re-run after the webhook's mutation, leaves the pod alone, so the
+        apiserver does not reinvoke the webhook (tests/controlplane counts the calls)."""
+        patched = inject(samples.pod())
+        volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m for m in sidecar_of(patched)["volumeMounts"]}
+        token = mounts["/var/run/secrets/kubernetes.io/serviceaccount"]
+        assert volumes[token["name"]] == {
+            "name": token["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}
+        }
+        app_mounts = patched["spec"]["containers"][0].get("volumeMounts") or []
+        assert token["name"] not in [m["name"] for m in app_mounts]
 
     def test_metrics_port(self) -> None:
         ports = sidecar_of(inject(samples.pod()))["ports"]
