@@ -29,6 +29,17 @@ def lacks_sidecar(pod: Mapping[str, Any]) -> bool:
     return not injection.is_injected(pod)
 
 
+def unseen_and_replaceable(pod: Mapping[str, Any]) -> bool:
+    """Lacks the sidecar, no webhook saw it (it would carry ``NOT_INJECTED_ANNOTATION``),
+    and a controller owns it (so an eviction replaces it instead of losing it)."""
+    if not lacks_sidecar(pod):
+        return False
+    metadata = pod.get("metadata") or {}
+    if injection.NOT_INJECTED_ANNOTATION in (metadata.get("annotations") or {}):
+        return False
+    return any(ref.get("controller") for ref in metadata.get("ownerReferences") or [])
+
+
 def listed(names: Iterable[str]) -> list[str]:
     return sorted(set(names))[:MAX_LISTED]
 

@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 
 from podcache_operator import (
+    bare_pod_restarts,
     bare_pods,
     cacheconfig_mirror,
     drift,
@@ -72,6 +73,8 @@ class RuntimeState:
     """The ``status.podsWithoutSidecar`` last written per CacheConfig."""
     reported_bare_pods: dict[Key, set[str]] = dataclasses.field(default_factory=dict)
     """Per CacheConfig, the pods already named in a PodWithoutSidecar Event (and still bare)."""
+    bare_pod_restarts: bare_pod_restarts.BarePodRestarts | None = None
+    """Evicts labelled pods no webhook saw (``Settings.restart_pods_without_sidecar``)."""
     servicemonitor_crd: bool | None = None
     """Whether the ServiceMonitor CRD is established; None until its first event."""
     metrics: podcache_metrics.OperatorMetrics = dataclasses.field(
@@ -171,6 +174,7 @@ async def count_pods(
     bare: kopf.Index[Key, str] = kwargs["pods_without_sidecar"]
     key: Key = (namespace or "", labels[rendering.CONFIG_LABEL])
     state: RuntimeState = memo.state
+    _offer_for_restart(state, key, kwargs, kwargs["cacheconfigs"])
     lock = state.pod_count_locks.setdefault(key, asyncio.Lock())
     async with lock:  # two pods' events must not write counts out of order
         count = pod_count(sidecar_pods, key)
@@ -193,6 +197,23 @@ async def count_pods(
         if result is not None:
             state.pod_counts[key] = count
             state.bare_pods[key] = without
+
+
+def _offer_for_restart(
+    state: RuntimeState,
+    key: Key,
+    event: Mapping[str, Any],
+    cacheconfigs: kopf.Index[Key, dict[str, Any]],
+) -> None:
+    restarts = state.bare_pod_restarts
+    if restarts is None:
+        return
+    pod, name = event["body"], event["name"]
+    # Only while its CacheConfig exists: without one the replacement would be bare too.
+    if event["type"] != "DELETED" and key in cacheconfigs and bare_pods.unseen_and_replaceable(pod):
+        restarts.offer(key, name)
+    else:
+        restarts.withdraw(key, name)
 
 
 async def _warn_about_new_bare_pods(

@@ -38,6 +38,9 @@ that already has a mount here. The sidecar never calls the API, so it gets an em
 directory: no credentials to leak, and the plugin, re-run after our mutation, changes
 nothing, so the apiserver does not call the webhook a second time for every pod."""
 INJECTED_ANNOTATION = "podcache.io/injected"
+NOT_INJECTED_ANNOTATION = "podcache.io/not-injected"
+"""Set by the webhook on a pod it admitted without the sidecar (why, in short): such a
+pod was seen, unlike one created while no webhook answered (``bare_pod_restarts``)."""
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 PASSWORD_ENV = "PODCACHE_REDIS_PASSWORD"
 SENTINEL_PASSWORD_ENV = "PODCACHE_SENTINEL_PASSWORD"
@@ -187,6 +190,16 @@ def _annotation_ops(pod: Mapping[str, Any], *, native: bool) -> JSONPatch:
     if DEFAULT_CONTAINER_ANNOTATION not in existing and containers:
         # `kubectl logs/exec` keep picking the app, not the sidecar.
         wanted[DEFAULT_CONTAINER_ANNOTATION] = containers[0].get("name", "")
+    return _add_annotations(pod, wanted)
+
+
+def not_injected_ops(pod: Mapping[str, Any], reason: str) -> JSONPatch:
+    """Mark a pod admitted without the sidecar (``NOT_INJECTED_ANNOTATION``)."""
+    return _add_annotations(pod, {NOT_INJECTED_ANNOTATION: reason[:256]})
+
+
+def _add_annotations(pod: Mapping[str, Any], wanted: dict[str, str]) -> JSONPatch:
+    metadata = pod.get("metadata") or {}
     if "metadata" not in pod:
         return [{"op": "add", "path": "/metadata", "value": {"annotations": wanted}}]
     if "annotations" not in metadata or metadata["annotations"] is None:

@@ -113,6 +113,9 @@ API_CALLS: tuple[ApiCall, ...] = (
     # Secrets exist and hold their key (never copied anywhere). The chart grants it only
     # then: get on Secrets everywhere reads every Helm release's values.
     ApiCall("", "v1", "secrets", ("get",)),
+    # Opt-in (Settings.restart_pods_without_sidecar, operator.restartPodsWithoutSidecar):
+    # evict labelled pods that no webhook saw, so their controller re-creates them.
+    ApiCall("", "v1", "pods/eviction", ("create",)),
     # kopf posts Events for handler outcomes and our Warnings.
     ApiCall("", "v1", "events", ("create",)),
     # Notice the ServiceMonitor CRD appearing later; kopf also scans CRDs for resources.
@@ -290,6 +293,28 @@ async def delete(
     try:
         await api.delete(
             resource.url(namespace=namespace, name=name), settings=settings, logger=logger
+        )
+    except errors.APINotFoundError:
+        return False
+    return True
+
+
+async def evict(
+    namespace: str, name: str, *, settings: kopf.OperatorSettings, logger: Logger
+) -> bool:
+    """Evict the pod (the Eviction API: PodDisruptionBudgets hold; 429 while one forbids
+    it, raised like any API error). False when the pod is already gone."""
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    try:
+        await api.post(
+            PODS.url(namespace=namespace, name=name, subresource="eviction"),
+            payload=eviction,
+            settings=settings,
+            logger=logger,
         )
     except errors.APINotFoundError:
         return False

@@ -26,6 +26,7 @@ import kopf
 
 from podcache import tasks
 from podcache_operator import (
+    bare_pod_restarts,
     cacheconfig_mirror,
     handlers,
     kubeapi,
@@ -102,6 +103,14 @@ def configure(
     else:
         settings.admission.server = _no_webhooks
         settings.admission.managed = None
+    if config.restart_pods_without_sidecar:
+        state.bare_pod_restarts = bare_pod_restarts.BarePodRestarts(
+            interval=config.restart_interval,
+            evict=lambda namespace, name: kubeapi.evict(
+                namespace, name, settings=settings, logger=logger
+            ),
+            webhook_ready=lambda: readiness.problem() is None,
+        )
     logger.info("podcache-operator configured: %s", podcache_settings.as_dict(config))
 
 
@@ -176,6 +185,13 @@ async def serve_metrics(memo: kopf.Memo, **kwargs: Any) -> None:
             f" (PODCACHE_OPERATOR_METRICS_PORT): {exc}"
         ) from exc
     memo["metrics_endpoint"] = endpoint  # the server logs where it listens
+
+
+@kopf.on.cleanup()
+async def stop_bare_pod_restarts(memo: kopf.Memo, **_: Any) -> None:
+    restarts = memo["state"].bare_pod_restarts
+    if restarts is not None:
+        await restarts.stop()
 
 
 @kopf.on.cleanup()

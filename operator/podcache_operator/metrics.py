@@ -81,10 +81,10 @@ class Admission:
         response = review.get("response") or {}
         if not response.get("allowed"):
             self.outcome = "denied"
-        elif response.get("patch"):
-            self.outcome = "injected"
+        elif self.noted is not None:  # a pod admitted without the sidecar is patched too
+            self.outcome = self.noted
         else:
-            self.outcome = self.noted or "unchanged"
+            self.outcome = "injected" if response.get("patch") else "unchanged"
 
 
 _admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(

@@ -158,6 +158,13 @@ class Settings:
     calling it Ready. Off by default: it needs ``get`` on Secrets in every namespace the
     operator serves, which is enough to read every Helm release's values. Without it a
     missing Secret shows where the kubelet reports it (the pod's CreateContainerConfigError)."""
+    restart_pods_without_sidecar: bool = False
+    """Evict labelled pods that no webhook saw (created while no operator replica answered,
+    under ``failurePolicy: Ignore``) so that their controller re-creates them with the
+    sidecar (``bare_pod_restarts``). Off by default: it needs ``create`` on
+    ``pods/eviction`` cluster-wide, and deleting pods is a decision for their owner."""
+    restart_interval: float = 10.0
+    """At most one such eviction per CacheConfig this often (seconds)."""
     secret_retry_delay: float = 30.0
     """How soon a CacheConfig waiting for a missing Secret looks again (``check_secrets``)."""
     prefix_conflict_retry_delay: float = 15.0
@@ -262,6 +269,10 @@ class Settings:
             liveness_endpoint=liveness_endpoint,
             post_events=env.flag("PODCACHE_POST_EVENTS", cls.post_events),
             check_secrets=env.flag("PODCACHE_CHECK_SECRETS", cls.check_secrets),
+            restart_pods_without_sidecar=env.flag(
+                "PODCACHE_RESTART_PODS_WITHOUT_SIDECAR", cls.restart_pods_without_sidecar
+            ),
+            restart_interval=env.number("PODCACHE_RESTART_INTERVAL", cls.restart_interval),
             secret_retry_delay=env.number("PODCACHE_SECRET_RETRY_DELAY", cls.secret_retry_delay),
             log_level=env.choice(
                 "PODCACHE_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")

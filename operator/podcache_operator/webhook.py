@@ -128,7 +128,10 @@ class AdmissionServer(webhook_serving.ReloadingWebhookServer):
                 response = allowed_unmodified(
                     review, warning=f"{message}; pod admitted without the podcache sidecar"
                 )
-                ops.clear()
+                ops[:] = injection.not_injected_ops(
+                    review["request"].get("object") or {}, "podcache webhook failed"
+                )
+                admission.noted = "not_injected_allowed"
         finally:
             _direct_ops.reset(token)
         if ops:
@@ -318,6 +321,7 @@ async def inject(
             kopf_settings=memo.kopf_settings,
             logger=logger,
         )
+        _mark_not_injected(pod, patch, "the CacheConfig could not be read")
         return
     if cacheconfig is None:
         message = (
@@ -328,6 +332,7 @@ async def inject(
         warnings.append(f"{message}; pod admitted without the podcache sidecar")
         podcache_metrics.note_admission("missing_config_allowed")
         logger.warning("%s; admitting pod %s without the sidecar", message, pod_name)
+        _mark_not_injected(pod, patch, f"no CacheConfig {name}")
         return
     ready = conditions.find((cacheconfig.get("status") or {}).get("conditions"), conditions.READY)
     if ready is not None and ready.get("status") != "True":
@@ -362,14 +367,25 @@ async def inject(
             kopf_settings=memo.kopf_settings,
             logger=logger,
         )
+        _mark_not_injected(pod, patch, str(exc))
         return
     if ops:
-        direct = _direct_ops.get()
-        if direct is not None:  # behind AdmissionServer: sent as they are
-            direct.extend(ops)
-        else:
-            patch.update(merge_patch(pod, injection.apply_patch(pod, ops)))
+        _send(pod, patch, ops)
         logger.info("Injected the podcache sidecar (CacheConfig %s) into pod %s", name, pod_name)
+
+
+def _send(pod: dict[str, Any], patch: kopf.Patch, ops: injection.JSONPatch) -> None:
+    direct = _direct_ops.get()
+    if direct is not None:  # behind AdmissionServer: sent as they are
+        direct.extend(ops)
+    else:
+        patch.update(merge_patch(pod, injection.apply_patch(pod, ops)))
+
+
+def _mark_not_injected(pod: dict[str, Any], patch: kopf.Patch, reason: str) -> None:
+    """Admitted without the sidecar, but seen: ``bare_pod_restarts`` leaves it alone
+    (restarting it would only bring it back as it is)."""
+    _send(pod, patch, injection.not_injected_ops(pod, reason))
 
 
 def not_injected(

@@ -42,6 +42,11 @@ EXCLUDED: dict[tuple[str, str], tuple[str, Callable[[Mapping[str, Any]], bool]]]
         "the Secret existence check is opt-in (operator.checkSecrets)",
         lambda operator: chart.env_of(operator).get("PODCACHE_CHECK_SECRETS") == "false",
     ),
+    ("", "pods/eviction"): (
+        "restarting pods without the sidecar is opt-in (operator.restartPodsWithoutSidecar)",
+        lambda operator: chart.env_of(operator).get("PODCACHE_RESTART_PODS_WITHOUT_SIDECAR")
+        == "false",
+    ),
 }
 
 
@@ -151,3 +156,16 @@ def test_secret_check_grants_exactly_get_on_secrets() -> None:
     operator = chart.container(release.one("Deployment"), "operator")
     assert chart.env_of(operator)["PODCACHE_CHECK_SECRETS"] == "true"
     assert [t for t in _granted(release) if t[1] == "secrets"] == [("", "secrets", "get")]
+
+
+def test_no_eviction_by_default(default_release: chart.Release) -> None:
+    assert not [t for t in _granted(default_release) if t[1] == "pods/eviction"]
+
+
+def test_restarting_bare_pods_grants_exactly_eviction() -> None:
+    release = chart.render({"operator": {"restartPodsWithoutSidecar": True}})
+    operator = chart.container(release.one("Deployment"), "operator")
+    assert chart.env_of(operator)["PODCACHE_RESTART_PODS_WITHOUT_SIDECAR"] == "true"
+    assert [t for t in _granted(release) if t[1] == "pods/eviction"] == [
+        ("", "pods/eviction", "create")
+    ]

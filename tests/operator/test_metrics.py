@@ -342,7 +342,8 @@ async def test_admissions_counted_by_outcome(
         # failurePolicy Ignore (the default): admitted as it is, with a warning.
         answer = await post(client, webhook, review(clashing))
         assert answer["allowed"] is True
-        assert "patch" not in answer
+        annotations = patched(clashing, answer)["metadata"]["annotations"]
+        assert "podcache.io/not-injected" in annotations
         assert "podcache-socket" in answer["warnings"][0]
         async with client.post(webhook, data=b"{not json") as response:
             assert response.status == 400

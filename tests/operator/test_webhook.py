@@ -98,6 +98,17 @@ async def post(client: aiohttp.ClientSession, url: str, body: Any) -> dict[str, 
     return answer["response"]
 
 
+def marked_only(pod: dict[str, Any], response: dict[str, Any]) -> str:
+    """The pod came back unmodified but for ``podcache.io/not-injected``: its value."""
+    after = patched(pod, response)
+    mark = after["metadata"]["annotations"].pop("podcache.io/not-injected")
+    if not after["metadata"]["annotations"]:
+        del after["metadata"]["annotations"]
+    assert after == pod
+    assert isinstance(mark, str)
+    return mark
+
+
 def patched(pod: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     assert response["patchType"] == "JSONPatch"
     ops = json.loads(base64.b64decode(response["patch"]))
@@ -171,9 +182,10 @@ class TestInjection:
     async def test_missing_cacheconfig_is_admitted_with_a_warning(
         self, client: aiohttp.ClientSession, url: str
     ) -> None:
-        response = await post(client, url, review(samples.pod(config="nope")))
+        pod = samples.pod(config="nope")
+        response = await post(client, url, review(pod))
         assert response["allowed"] is True
-        assert "patch" not in response
+        assert marked_only(pod, response) == "no CacheConfig nope"
         (warning,) = response["warnings"]
         assert "CacheConfig shop/nope" in warning
         assert "without the podcache sidecar" in warning
@@ -196,7 +208,7 @@ class TestInjection:
         pod["spec"]["volumes"] = [{"name": "podcache-socket", "emptyDir": {}}]
         response = await post(client, url, review(pod))
         assert response["allowed"] is True
-        assert "patch" not in response
+        assert "podcache-socket" in marked_only(pod, response)
         assert "podcache-socket" in response["warnings"][0]
         assert "admitted without the podcache sidecar" in response["warnings"][0]
 
@@ -276,7 +288,10 @@ class TestMalformed:
         pod["spec"] = {}
         response = await post(client, url, review(pod))
         assert response["allowed"] is True
-        assert "patch" not in response
+        # Unmodified but for the mark that the webhook saw it (bare_pod_restarts).
+        marked = patched(pod, response)
+        assert marked["spec"] == {}
+        assert "spec.containers" in marked["metadata"]["annotations"]["podcache.io/not-injected"]
         assert "spec.containers" in response["warnings"][0]
 
     async def test_server_keeps_serving_after_garbage(
@@ -383,4 +398,8 @@ async def test_what_cannot_be_injected_follows_the_failure_policy(
     else:
         await call
         assert any(words in warning for warning in warnings), warnings
-    assert not patch
+    if policy == "Fail":
+        assert not patch
+    else:  # only the mark that the webhook saw it (bare_pod_restarts leaves it alone)
+        assert list(patch) == ["metadata"]
+        assert words in patch["metadata"]["annotations"]["podcache.io/not-injected"]

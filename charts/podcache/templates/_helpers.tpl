@@ -229,6 +229,8 @@ webhook TLS, and the sidecar defaults the webhook injects.
 # Without it the operator reads no Secret (and the ClusterRole grants none).
 - name: PODCACHE_CHECK_SECRETS
   value: {{ .Values.operator.checkSecrets | quote }}
+- name: PODCACHE_RESTART_PODS_WITHOUT_SIDECAR
+  value: {{ .Values.operator.restartPodsWithoutSidecar | quote }}
 - name: PODCACHE_SIDECAR_IMAGE
   value: {{ include "podcache.image" (list .Values.sidecar.image .) | quote }}
 - name: PODCACHE_SIDECAR_IMAGE_PULL_POLICY
