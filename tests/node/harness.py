@@ -87,7 +87,26 @@ class NodeCluster:
             *[arg for value in values for arg in ("--set", value)],
             timeout=240,
         )  # fmt: skip
+        self.wait_webhook_reachable()
         return time.monotonic() - started
+
+    def wait_webhook_reachable(self) -> None:
+        """Until the webhook Service accepts a connection. ``--wait`` ends when the operator
+        pod is Ready, a moment before kube-proxy routes the Service to it; a labelled pod
+        created in that moment is admitted without the sidecar (failurePolicy Ignore)."""
+        (service,) = self.core.list_namespaced_service(
+            RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=webhook"
+        ).items
+        address, port = service.spec.cluster_ip, service.spec.ports[0].port
+
+        def accepts() -> bool:
+            try:
+                self.node.netns.connect(address, port, timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        eventually(accepts, timeout=60, what=f"the webhook Service {address}:{port}")
 
     def operator_pods(self, *, terminating: bool = False) -> list[client.V1Pod]:
         """The operator's pods; with ``terminating``, also those shutting down (they still
