@@ -323,6 +323,24 @@ class TestImage:
         )
         assert _images(release) == ("localhost/podcache:dev", "Never") * 2
 
+    def test_the_readmes_kind_section(self) -> None:
+        """README "Try it on kind": the helm install's --set flags run the image it built
+        and loaded, for the operator and the sidecar, never pulled."""
+        readme = (chart.ROOT / "README.md").read_text()
+        section = readme.split("### Try it on kind", 1)[1].split("\n## ", 1)[0]
+        (built,) = set(re.findall(r"docker build -t (\S+) \.", section))
+        assert f"kind load docker-image {built} " in section
+        assert f"podman save --format docker-archive -o podcache.tar {built}" in section
+        install = section[section.index("helm install") :].split("\nkubectl", 1)[0]
+        values: dict[str, Any] = {}
+        for key, value in re.findall(r"--set ([\w.]+)=(\S+)", install):
+            *parents, leaf = key.split(".")
+            node = values
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        assert _images(chart.render(values)) == (built, "Never") * 2
+
     def test_a_digest_pins_both(self) -> None:
         digest = "sha256:" + "b" * 64
         release = chart.render({"image": {"tag": "2.0.0", "digest": digest}})
