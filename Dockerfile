@@ -58,6 +58,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 # `runAsNonRoot: true` can verify it without an /etc/passwd lookup.
 USER 65532:65532
 WORKDIR /tmp
-# Metrics (sidecar and operator) and the admission webhook.
-EXPOSE 9090 8443
+# The default ports (documentation only; the chart and the operator name the real ones):
+# 9090 the sidecar's /metrics; the operator's 9443 admission webhook (HTTPS), 8080 kopf's
+# /healthz and 9091 its /metrics and /readyz.
+EXPOSE 9090 9443 8080 9091
 CMD ["podcache-sidecar"]

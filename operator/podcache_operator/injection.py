@@ -4,7 +4,8 @@ What a pod gets: the ``podcache`` container (a native sidecar — an init contai
 with ``restartPolicy: Always`` placed first, so the app's own init containers can
 use the cache — or a regular container), an in-memory ``emptyDir`` for the socket
 mounted in every app container and init container with ``PODCACHE_SOCKET`` set,
-the config ConfigMap read-only, and the Redis secrets as env vars / files.
+the config ConfigMap read-only, the Redis secrets as env vars / files, and the
+operator's sidecar image pull secrets in ``spec.imagePullSecrets`` when it has any.
 
 Beware of JSONPatch indices: every op on an existing container uses the index it
 had in the pod as received, so all of those come before the op that inserts the
@@ -93,6 +94,7 @@ def build_patch(
     ops: JSONPatch = []
     ops += _annotation_ops(pod, native=native)
     ops += _volume_ops(pod_spec, _volumes(cacheconfig=cacheconfig, spec=spec))
+    ops += _pull_secret_ops(pod_spec, sidecar.image_pull_secrets)
     redis_socket = rendering.redis_socket_enabled(spec)
     for kind in ("containers", "initContainers"):
         for index, container in enumerate(pod_spec.get(kind) or []):
@@ -248,6 +250,19 @@ def _volume_ops(pod_spec: Mapping[str, Any], volumes: list[dict[str, Any]]) -> J
     if not existing:
         return [{"op": "add", "path": "/spec/volumes", "value": volumes}]
     return [{"op": "add", "path": "/spec/volumes/-", "value": volume} for volume in volumes]
+
+
+def _pull_secret_ops(pod_spec: Mapping[str, Any], names: tuple[str, ...]) -> JSONPatch:
+    """The operator's sidecar pull secrets the pod does not list yet (appended: the pod's
+    own come first)."""
+    existing = pod_spec.get("imagePullSecrets") or []
+    listed = {item.get("name") for item in existing if isinstance(item, Mapping)}
+    missing = [{"name": name} for name in names if name not in listed]
+    if not missing:
+        return []
+    if not existing:
+        return [{"op": "add", "path": "/spec/imagePullSecrets", "value": missing}]
+    return [{"op": "add", "path": "/spec/imagePullSecrets/-", "value": item} for item in missing]
 
 
 def _app_container_ops(

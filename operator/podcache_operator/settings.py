@@ -15,10 +15,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 class SettingsError(ValueError):
@@ -54,6 +57,11 @@ class SidecarSettings:
     """Used only when ``spec.sidecar.resources`` is absent."""
     run_as_user: int = 65532
     """Non-root UID of the sidecar (the image's ``nonroot`` user)."""
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets (by name) added to every injected pod's ``spec.imagePullSecrets`` when it
+    does not list them yet: what the kubelet needs to pull a sidecar image from a private
+    registry. Each must exist in the pod's own namespace (the kubelet warns, then pulls
+    without it, when it does not)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +208,9 @@ class Settings:
             run_as_user=env.integer(
                 "PODCACHE_SIDECAR_RUN_AS_USER", SidecarSettings.run_as_user, minimum=1
             ),
+            image_pull_secrets=env.names(
+                "PODCACHE_SIDECAR_IMAGE_PULL_SECRETS", SidecarSettings.image_pull_secrets
+            ),
         )
         webhook = WebhookSettings(
             enabled=env.flag("PODCACHE_WEBHOOK_ENABLED", WebhookSettings.enabled),
@@ -320,6 +331,20 @@ class _Env:
         if raw is None:
             return default
         return raw.strip() or None  # set-but-empty turns an optional feature off
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated list of Kubernetes object names (DNS subdomains)."""
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        names = tuple(item.strip() for item in raw.split(","))
+        for item in names:
+            if not _DNS_SUBDOMAIN.fullmatch(item) or len(item) > 253:
+                raise SettingsError(
+                    f"{name}={raw!r}: {item!r} is not a Kubernetes object name"
+                    " (lower-case letters, digits, '-' and '.'; names separated by commas)"
+                )
+        return tuple(dict.fromkeys(names))  # once each, in the order given
 
     def optional_integer(self, name: str, *, minimum: int = 0) -> int | None:
         if self._raw(name) is None:

@@ -67,6 +67,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "no-crds": {"crds": {"enabled": False}},
+    "private-registry": {
+        "image": {"registry": "registry.corp.example", "tag": "2.0.0", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "sidecar": {"imagePullSecrets": [{"name": "regcred"}, {"name": "mirror"}]},
+    },
     "legacy-sidecar": {
         "sidecar": {"native": False},
         "operator": {

@@ -282,6 +282,167 @@ class TestOperatorDeployment:
         assert operator["command"] == ["podcache-operator"]
 
 
+def _images(release: chart.Release) -> tuple[str, str, str, str]:
+    """(operator image, its pull policy, sidecar image, its pull policy) as deployed."""
+    operator = chart.container(release.one("Deployment"), "operator")
+    env = chart.env_of(operator)
+    return (
+        operator["image"],
+        operator["imagePullPolicy"],
+        env["PODCACHE_SIDECAR_IMAGE"],
+        env["PODCACHE_SIDECAR_IMAGE_PULL_POLICY"],
+    )
+
+
+class TestImage:
+    """image.* is the one place for both images; operator.image / sidecar.image override."""
+
+    def test_defaults(self, default_release: chart.Release) -> None:
+        assert _images(default_release) == (
+            "ghcr.io/podcache/podcache:0.1.0",
+            "IfNotPresent",
+            "ghcr.io/podcache/podcache:0.1.0",
+            "IfNotPresent",
+        )
+
+    def test_one_place_sets_both(self, releases: dict[str, chart.Release]) -> None:
+        reference = "registry.corp.example/podcache/podcache:2.0.0"
+        assert _images(releases["private-registry"]) == (reference, "Always", reference, "Always")
+
+    def test_a_locally_built_image(self) -> None:
+        """The README's kind section: localhost/podcache:dev, never pulled."""
+        release = chart.render(
+            {
+                "image": {
+                    "registry": "localhost",
+                    "repository": "podcache",
+                    "tag": "dev",
+                    "pullPolicy": "Never",
+                }
+            }
+        )
+        assert _images(release) == ("localhost/podcache:dev", "Never") * 2
+
+    def test_the_readmes_kind_section(self) -> None:
+        """README "Try it on kind": the helm install's --set flags run the image it built
+        and loaded, for the operator and the sidecar, never pulled."""
+        readme = (chart.ROOT / "README.md").read_text()
+        section = readme.split("### Try it on kind", 1)[1].split("\n## ", 1)[0]
+        (built,) = set(re.findall(r"docker build -t (\S+) \.", section))
+        assert f"kind load docker-image {built} " in section
+        assert f"podman save --format docker-archive -o podcache.tar {built}" in section
+        install = section[section.index("helm install") :].split("\nkubectl", 1)[0]
+        values: dict[str, Any] = {}
+        for key, value in re.findall(r"--set ([\w.]+)=(\S+)", install):
+            *parents, leaf = key.split(".")
+            node = values
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        assert _images(chart.render(values)) == (built, "Never") * 2
+
+    def test_a_digest_pins_both(self) -> None:
+        digest = "sha256:" + "b" * 64
+        release = chart.render({"image": {"tag": "2.0.0", "digest": digest}})
+        assert _images(release)[0] == f"ghcr.io/podcache/podcache@{digest}"
+        assert _images(release)[2] == f"ghcr.io/podcache/podcache@{digest}"
+
+    @pytest.mark.parametrize(
+        ("values", "operator", "sidecar"),
+        [
+            pytest.param(
+                {"operator": {"image": {"tag": "2.0.1"}}},
+                "ghcr.io/podcache/podcache:2.0.1",
+                "ghcr.io/podcache/podcache:0.1.0",
+                id="operator-tag",
+            ),
+            pytest.param(
+                # A whole name in repository (the chart's old form): no registry prepended.
+                {
+                    "image": {"registry": "registry.corp.example"},
+                    "sidecar": {"image": {"repository": "quay.io/team/podcache"}},
+                },
+                "registry.corp.example/podcache/podcache:0.1.0",
+                "quay.io/team/podcache:0.1.0",
+                id="sidecar-repository",
+            ),
+            pytest.param(
+                {"sidecar": {"image": {"registry": "mirror.example/"}}},
+                "ghcr.io/podcache/podcache:0.1.0",
+                "mirror.example/podcache/podcache:0.1.0",
+                id="sidecar-registry",
+            ),
+            pytest.param(
+                # The component's tag replaces the global pair, digest included.
+                {
+                    "image": {"digest": "sha256:" + "c" * 64},
+                    "operator": {"image": {"tag": "2.0.1"}},
+                },
+                "ghcr.io/podcache/podcache:2.0.1",
+                "ghcr.io/podcache/podcache@sha256:" + "c" * 64,
+                id="operator-tag-over-global-digest",
+            ),
+        ],
+    )
+    def test_components_override(self, values: dict[str, Any], operator: str, sidecar: str) -> None:
+        images = _images(chart.render(values))
+        assert (images[0], images[2]) == (operator, sidecar)
+
+    def test_pull_policy_per_component(self) -> None:
+        release = chart.render(
+            {"image": {"pullPolicy": "Always"}, "sidecar": {"image": {"pullPolicy": "Never"}}}
+        )
+        assert _images(release)[1::2] == ("Always", "Never")
+
+    @pytest.mark.parametrize(
+        ("values", "needle"),
+        [
+            ({"image": {"repository": ""}}, "repository"),
+            ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "pullPolicy"),
+            ({"image": {"digest": "latest"}}, "digest"),
+            ({"sidecar": {"imagePullSecrets": [{"nmae": "regcred"}]}}, "nmae"),
+        ],
+    )
+    def test_schema_refuses(self, values: dict[str, Any], needle: str) -> None:
+        with (
+            helm.Chart.load(chart.CHART_DIR) as loaded,
+            pytest.raises(helm.HelmValuesError) as caught,
+        ):
+            loaded.validate_schema(values)
+        assert needle in str(caught.value)
+
+
+class TestImagePullSecrets:
+    def test_none_by_default(self, default_release: chart.Release) -> None:
+        pod = default_release.one("Deployment")["spec"]["template"]["spec"]
+        assert "imagePullSecrets" not in pod
+        operator = chart.container(default_release.one("Deployment"), "operator")
+        assert chart.env_of(operator)["PODCACHE_SIDECAR_IMAGE_PULL_SECRETS"] == ""
+        assert "imagePullSecrets" not in default_release.notes
+
+    def test_operator_pod_gets_the_top_level_ones(
+        self, releases: dict[str, chart.Release]
+    ) -> None:
+        release = releases["private-registry"]
+        pod = release.one("Deployment")["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert release.one("ServiceAccount")["imagePullSecrets"] == [{"name": "regcred"}]
+
+    def test_sidecar_ones_reach_the_operator(self, releases: dict[str, chart.Release]) -> None:
+        settings = pytest.importorskip("podcache_operator.settings")
+        release = releases["private-registry"]
+        env = chart.env_of(chart.container(release.one("Deployment"), "operator"))
+        assert env["PODCACHE_SIDECAR_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+        parsed = settings.Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
+        assert parsed.sidecar.image_pull_secrets == ("regcred", "mirror")
+        assert "imagePullSecrets regcred,mirror" in release.notes
+
+    def test_sidecar_ones_are_not_the_operators(self) -> None:
+        release = chart.render({"sidecar": {"imagePullSecrets": [{"name": "apps"}]}})
+        pod = release.one("Deployment")["spec"]["template"]["spec"]
+        assert "imagePullSecrets" not in pod
+
+
 class TestWebhook:
     def test_webhook_configuration(self, default_release: chart.Release) -> None:
         (hook,) = default_release.one("MutatingWebhookConfiguration")["webhooks"]

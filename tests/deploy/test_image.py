@@ -5,7 +5,8 @@ Aspects:
   mmdebstrap since no registry can be pulled from here), from the project's own
   Dockerfile unchanged;
 - its configuration: a numeric non-root user (65532, what the chart and the injected
-  sidecar expect), ``podcache-sidecar`` as the default command, both ports declared,
+  sidecar expect), ``podcache-sidecar`` as the default command, the ports declared
+  (EXPOSE) the default ports of the sidecar and the operator (checked without podman too),
   the OCI labels filled in;
 - run read-only with no network, as the chart runs it: both entry points start, and
   the sidecar serves the socket to the client;
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 
 import pytest
+import yaml
 
 from tests.availability import unavailable
 from tests.deploy import chart
@@ -41,6 +44,37 @@ def image() -> str:
         unavailable("The image build", str(exc))
 
 
+def real_ports() -> set[str]:
+    """The ports podcache listens on by default: the sidecar's and the operator's own
+    defaults (``podcache_operator.settings``), which the chart's defaults must repeat."""
+    from podcache import configfile
+    from podcache_operator import settings
+
+    defaults = settings.Settings()
+    liveness = re.search(r":(\d+)/", defaults.liveness_endpoint or "")
+    assert liveness, defaults.liveness_endpoint
+    operator = {defaults.webhook.port, int(liveness.group(1)), defaults.metrics.port}
+    sidecar = {defaults.sidecar.metrics_port, configfile.DEFAULT_METRICS_PORT}
+    values = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())
+    from_chart = {
+        values["webhook"]["port"],
+        values["operator"]["healthPort"],
+        values["operator"]["metricsPort"],
+        values["sidecar"]["metricsPort"],
+    }
+    assert from_chart == operator | sidecar
+    return {f"{port}/tcp" for port in operator | sidecar}
+
+
+def test_expose_names_the_ports_podcache_listens_on() -> None:
+    """Without podman too: the Dockerfile's EXPOSE is the set of default ports."""
+    exposed = set()
+    for line in (chart.ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("EXPOSE "):
+            exposed |= {p if "/" in p else f"{p}/tcp" for p in line.split()[1:]}
+    assert exposed == real_ports()
+
+
 def run(image: str, *argv: str) -> str:
     """The command's output in a read-only container with no network, as the chart runs
     it (the socket folder is the one writable place: an emptyDir in a pod)."""
@@ -55,7 +89,7 @@ def test_configuration(image: str) -> None:
     config = inspected["Config"]
     assert config["User"] == "65532:65532"
     assert config["Cmd"] == ["podcache-sidecar"]
-    assert set(config["ExposedPorts"]) == {"9090/tcp", "8443/tcp"}
+    assert set(config["ExposedPorts"]) == real_ports()
     assert "PYTHONDONTWRITEBYTECODE=1" in config["Env"]
     labels = config["Labels"]
     for key in ("title", "description", "version", "revision", "created", "source", "licenses"):

@@ -11,7 +11,8 @@ Aspects:
 - the admission webhook serves HTTPS with the chart's certificate, verified with the
   caBundle the chart put into the MutatingWebhookConfiguration, for the Service name
   the API server dials, at the path the configuration names;
-- a pod labelled for a CacheConfig gets the sidecar image the chart's values chose;
+- a pod labelled for a CacheConfig gets the sidecar image and the pull secret the
+  chart's values chose;
 - the operator keeps alive in the ClusterKopfPeering object the chart names;
 - HA: two replicas with the chart's env (no priority set) draw distinct priorities and
   exactly the highest stays active (kopf pauses every peer sharing the top priority,
@@ -45,7 +46,11 @@ from tests.operator import emulator
 
 DEADLINE = 30.0  # seconds for the operator to come up; it is usually about two
 PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
-VALUES = {"sidecar": {"image": {"repository": "registry.example/podcache", "tag": "9.9.9"}}}
+# The image set once for operator and sidecar; the sidecar's pull secret for app pods.
+VALUES = {
+    "image": {"registry": "registry.example", "repository": "podcache", "tag": "9.9.9"},
+    "sidecar": {"imagePullSecrets": [{"name": "regcred"}]},
+}
 
 
 def _free_port() -> int:
@@ -303,6 +308,11 @@ async def test_webhook_injects_with_the_charts_tls_and_values(
     assert response["allowed"] is True
     patch = json.loads(base64.b64decode(response["patch"]))
     assert "registry.example/podcache:9.9.9" in json.dumps(patch)
+    assert {
+        "op": "add",
+        "path": "/spec/imagePullSecrets",
+        "value": [{"name": "regcred"}],
+    } in patch
 
 
 async def test_operator_keeps_alive_in_the_charts_peering(

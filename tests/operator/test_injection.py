@@ -319,6 +319,56 @@ class TestSidecar:
         assert annotations["podcache.io/injected"] == "native"
 
 
+class TestImagePullSecrets:
+    """The operator's sidecar pull secrets (the chart's sidecar.imagePullSecrets): a private
+    registry's sidecar image is pulled with the pod's own imagePullSecrets."""
+
+    PRIVATE = settings.SidecarSettings(
+        image="registry.corp/podcache:1.2.3", image_pull_secrets=("regcred", "mirror")
+    )
+
+    def test_none_configured_leaves_the_pod_alone(self) -> None:
+        assert "imagePullSecrets" not in inject(samples.pod())["spec"]
+        pod = samples.pod()
+        pod["spec"]["imagePullSecrets"] = [{"name": "apps"}]
+        assert inject(pod)["spec"]["imagePullSecrets"] == [{"name": "apps"}]
+
+    @pytest.mark.parametrize("native", [True, False])
+    def test_added_to_a_pod_without_any(self, native: bool) -> None:
+        spec = samples.spec(samples.REDIS_SPEC, sidecar={"native": native})
+        patched = inject(samples.pod(), spec, self.PRIVATE)
+        assert patched["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        kubernetes_validate.validate(patched, "1.30", strict=True)
+
+    def test_an_empty_list_is_filled(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["imagePullSecrets"] = []
+        patched = inject(pod, sidecar=self.PRIVATE)
+        assert patched["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+
+    def test_the_pods_own_come_first_and_none_is_listed_twice(self) -> None:
+        pod = samples.pod()
+        pod["spec"]["imagePullSecrets"] = [{"name": "apps"}, {"name": "mirror"}]
+        patched = inject(pod, sidecar=self.PRIVATE)
+        assert patched["spec"]["imagePullSecrets"] == [
+            {"name": "apps"},
+            {"name": "mirror"},
+            {"name": "regcred"},
+        ]
+        kubernetes_validate.validate(patched, "1.30", strict=True)
+
+    def test_injecting_twice_adds_nothing(self) -> None:
+        once = inject(samples.pod(), sidecar=self.PRIVATE)
+        assert inject(once, sidecar=self.PRIVATE) == once
+
+    def test_the_spec_image_keeps_the_secrets(self) -> None:
+        """spec.sidecar.image overrides the image, not where the operator's secrets go."""
+        spec = samples.spec(samples.MEMORY_SPEC, sidecar={"image": "registry.corp/other:2"})
+        patched = inject(samples.pod(), spec, self.PRIVATE)
+        assert sidecar_of(patched)["image"] == "registry.corp/other:2"
+        assert [s["name"] for s in patched["spec"]["imagePullSecrets"]] == ["regcred", "mirror"]
+
+
 class TestIdempotency:
     @pytest.mark.parametrize("shape", SHAPES)
     @pytest.mark.parametrize("native", [True, False])

@@ -70,9 +70,11 @@ class TestSettingsFromEnv:
                 "PODCACHE_STANDALONE": "1",
                 "PODCACHE_LIVENESS_ENDPOINT": "",
                 "PODCACHE_LOG_LEVEL": "debug",
+                "PODCACHE_SIDECAR_IMAGE_PULL_SECRETS": " regcred, mirror.corp ,regcred",
             }
         )
         assert config.sidecar.image == "r/podcache:9"
+        assert config.sidecar.image_pull_secrets == ("regcred", "mirror.corp")
         assert config.sidecar.native is False
         assert config.sidecar.metrics_port == 9191
         assert config.webhook.port == 8443
@@ -94,6 +96,11 @@ class TestSettingsFromEnv:
             ({"PODCACHE_SIDECAR_IMAGE_PULL_POLICY": "Sometimes"}, "use one of Always"),
             ({"PODCACHE_WEBHOOK_CERT_FILE": "/t/tls.crt"}, "go together"),
             ({"PODCACHE_LOG_LEVEL": "loud"}, "PODCACHE_LOG_LEVEL"),
+            (
+                {"PODCACHE_SIDECAR_IMAGE_PULL_SECRETS": "regcred,Reg Cred"},
+                "PODCACHE_SIDECAR_IMAGE_PULL_SECRETS='regcred,Reg Cred': 'Reg Cred' is not",
+            ),
+            ({"PODCACHE_SIDECAR_IMAGE_PULL_SECRETS": "regcred,,x"}, "'' is not"),
             ({"PODCACHE_WEBHOOK_MANAGED": "podcache.io"}, "needs PODCACHE_WEBHOOK_HOST"),
         ],
     )

@@ -64,22 +64,49 @@ helm.sh/chart: {{ include "podcache.chart" . }}
 {{- end }}
 
 {{/*
-podcache.image: the image reference for an image block ({registry, repository, tag,
-digest}); called as (include "podcache.image" (list .Values.operator.image .)). The tag
-defaults to the chart's appVersion; a digest pins the image and wins over the tag.
+podcache.image: the image reference of a component, its image block ({registry,
+repository, tag, digest}) over the top-level .Values.image; called as
+(include "podcache.image" (list .Values.operator.image .)). A repository set in the block
+brings its own registry (empty: none, the repository is the whole name); a registry alone
+moves image.repository to it. A tag or digest set in the block replaces image's pair. The
+tag defaults to the chart's appVersion; a digest pins the image and wins over the tag.
 */}}
 {{- define "podcache.image" -}}
-{{- $image := index . 0 }}
+{{- $own := index . 0 }}
 {{- $root := index . 1 }}
-{{- $repository := $image.repository }}
-{{- if $image.registry }}
-{{- $repository = printf "%s/%s" $image.registry $image.repository }}
+{{- $global := $root.Values.image }}
+{{- $registry := $global.registry }}
+{{- $repository := $global.repository }}
+{{- if $own.repository }}
+{{- $registry = $own.registry }}
+{{- $repository = $own.repository }}
+{{- else if $own.registry }}
+{{- $registry = $own.registry }}
 {{- end }}
-{{- if $image.digest }}
-{{- printf "%s@%s" $repository $image.digest }}
+{{- $tag := $global.tag }}
+{{- $digest := $global.digest }}
+{{- if or $own.tag $own.digest }}
+{{- $tag = $own.tag }}
+{{- $digest = $own.digest }}
+{{- end }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
+{{- if $digest }}
+{{- printf "%s@%s" $repository $digest }}
 {{- else }}
-{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $image.tag | toString) }}
+{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $tag | toString) }}
 {{- end }}
+{{- end }}
+
+{{/*
+podcache.imagePullPolicy: a component's pull policy, else the top-level image's; called
+as (include "podcache.imagePullPolicy" (list .Values.sidecar.image .)).
+*/}}
+{{- define "podcache.imagePullPolicy" -}}
+{{- $own := index . 0 }}
+{{- $root := index . 1 }}
+{{- default $root.Values.image.pullPolicy $own.pullPolicy }}
 {{- end }}
 
 {{/*
@@ -234,7 +261,10 @@ webhook TLS, and the sidecar defaults the webhook injects.
 - name: PODCACHE_SIDECAR_IMAGE
   value: {{ include "podcache.image" (list .Values.sidecar.image .) | quote }}
 - name: PODCACHE_SIDECAR_IMAGE_PULL_POLICY
-  value: {{ .Values.sidecar.image.pullPolicy | quote }}
+  value: {{ include "podcache.imagePullPolicy" (list .Values.sidecar.image .) | quote }}
+# Added to every injected pod's spec.imagePullSecrets (they must exist in its namespace).
+- name: PODCACHE_SIDECAR_IMAGE_PULL_SECRETS
+  value: {{ include "podcache.sidecarImagePullSecrets" . | quote }}
 - name: PODCACHE_SIDECAR_NATIVE
   value: {{ include "podcache.sidecarNative" . | quote }}
 - name: PODCACHE_SIDECAR_METRICS_PORT
@@ -247,6 +277,18 @@ webhook TLS, and the sidecar defaults the webhook injects.
   value: {{ .Values.sidecar.resources.limits.memory | quote }}
 - name: PODCACHE_SIDECAR_RUN_AS_USER
   value: {{ .Values.sidecar.runAsUser | quote }}
+{{- end }}
+
+{{/*
+podcache.sidecarImagePullSecrets: the names in sidecar.imagePullSecrets, comma-separated
+(the operator's PODCACHE_SIDECAR_IMAGE_PULL_SECRETS); empty when there are none.
+*/}}
+{{- define "podcache.sidecarImagePullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.sidecar.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
 {{- end }}
 
 {{/*
