@@ -166,6 +166,9 @@ class InvalidationChannel:
         self.settings = settings
         self.pipeline = pipeline
         self.up = False
+        self.opening = False
+        """Between the start of a session and its tracking being on."""
+        self.generation = 0
         self._protocol: _ChannelProtocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._ssl = redis_pipeline.ssl_context(settings)
@@ -181,11 +184,13 @@ class InvalidationChannel:
     def lost(self) -> None:
         if self.up:
             self.up = False
+            self.cache.serving = False
             self.cache.flush("channel_down")
 
     def drop(self) -> None:
         """Close the connection now (it is reopened); the caller has flushed the copies."""
         self.up = False
+        self.generation += 1  # a session still opening must not come up
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
@@ -208,10 +213,12 @@ class InvalidationChannel:
         settings = self.settings
         protocol = _ChannelProtocol(self)
         self._protocol = protocol
+        self.opening = True
         try:
-            # The data connection first: the copies' epoch is its connection count from
-            # here on, and a later reconnect of it (a failover) drops them.
+            # The data connection first: a reconnect of it after this point (a failover)
+            # voids this session (``generation``) and drops the copies.
             await self.pipeline.execute(b"PING")
+            generation = self.generation
             async with asyncio.timeout(settings.connect_timeout):
                 await redis_pipeline.open_transport(
                     settings, lambda: protocol, ssl_context=self._ssl,
@@ -232,10 +239,14 @@ class InvalidationChannel:
                 ]
                 for reply in replies:
                     await reply
+            if generation != self.generation:
+                raise BackendUnavailable("the data connection reconnected meanwhile")
             # Tracking is on from here: whatever changes from now on is announced.
+            self.opening = False
             self.cache.flush("channel_up")
             self.connects += 1
             self.up = True
+            self.cache.serving = True
             while not protocol.closed.done():
                 await asyncio.wait([protocol.closed], timeout=HEALTH_INTERVAL)
                 if protocol.closed.done():
@@ -249,6 +260,7 @@ class InvalidationChannel:
                     self.lost()  # before anything else can read a copy
                     protocol.transport.abort()
         finally:
+            self.opening = False
             self.lost()
             if protocol.transport is not None and not protocol.closed.done():
                 protocol.transport.abort()
@@ -277,9 +289,11 @@ class NearCache:
         ))
         self._pending: dict[str, object] = {}
         """Key -> token of the latest GET in flight whose reply may be kept."""
-        self._epoch = -1
-        """``pipeline.connects`` when the copies were last known coherent with it."""
+        self.serving = False
+        """Copies may be served and kept: the channel is up and the data connection has
+        not reconnected since (both cleared synchronously, before any other GET)."""
         self.channel = InvalidationChannel(self, settings, pipeline)
+        pipeline.on_connect = self._reconnected
         self._started = False
         self.hits = 0
         self.misses = 0
@@ -289,13 +303,9 @@ class NearCache:
     # -- reads -------------------------------------------------------------------------
 
     def local(self, key: str) -> bytes | None:
-        """The local copy of ``key`` if one may be served now, else None."""
-        if not self.channel.up:
-            if not self._started:
-                self._start()
-            return None
-        if self.pipeline.connects != self._epoch:
-            self._reconnected()
+        """The local copy of ``key`` if one may be served now, else None (``RedisBackend.get``
+        inlines this: it is the hit path)."""
+        if not self.serving:
             return None
         value = self.store.peek(key)
         if value is not None:
@@ -305,9 +315,10 @@ class NearCache:
     async def fetch(self, key: str) -> bytes:
         """GET ``key`` from Redis (with its PTTL) and keep the value when that is safe."""
         self.misses += 1
+        if not self._started:
+            self._start()
         token = object()
-        tracked = self.channel.up and self.pipeline.connects == self._epoch
-        if tracked:
+        if self.serving:
             self._pending[key] = token
         loop = asyncio.get_running_loop()
         sent = loop.time()
@@ -338,13 +349,7 @@ class NearCache:
             raise CacheMiss(key)
         if not isinstance(value, bytes):
             value = str(value).encode()
-        if (
-            kept
-            and self.channel.up
-            and self.pipeline.connects == self._epoch
-            and isinstance(pttl, int)
-            and pttl != -2
-        ):
+        if kept and self.serving and isinstance(pttl, int) and pttl != -2:
             seconds = self.settings.max_ttl if pttl == -1 else min(pttl / 1000,
                                                                    self.settings.max_ttl)
             # Counted from when the GET was sent: Redis's clock started no later.
@@ -386,13 +391,14 @@ class NearCache:
         """Drop every copy and every GET's claim; the data path's epoch starts afresh."""
         self._pending.clear()
         self.store.clear()
-        self._epoch = self.pipeline.connects
         self.flushes[cause] += 1
 
     def _reconnected(self) -> None:
-        # The data connection reconnected (maybe to a new primary after a failover) while
-        # the channel stayed up (maybe on the old one): trust neither the copies nor it.
-        self.channel.up = False
+        # The data connection (re)connected, maybe to a new primary after a failover,
+        # while the channel may still hang on the old one: trust neither the copies nor it.
+        if self.pipeline.connects == 1 or not (self.channel.up or self.channel.opening):
+            return  # the first connection (nothing kept before it), or nothing to re-open
+        self.serving = False
         self.flush("reconnect")
         self.channel.drop()
 

@@ -167,9 +167,11 @@ return 0
             raise BackendUnavailable("the redis backend has been stopped")
         near = self.near
         if near is not None:
-            copy = near.local(key)
-            if copy is not None:
-                return copy
+            if near.serving:  # NearCache.local inlined: one frame less on the hit path
+                copy = near.store.peek(key)
+                if copy is not None:
+                    near.hits += 1
+                    return copy
             return await near.fetch(key)
         pipe = self._piped_reads
         if pipe is not None:

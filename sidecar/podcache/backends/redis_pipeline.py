@@ -227,6 +227,9 @@ class PipelinedConnection:
         self._sentinel: Any = None  # redis-py's Sentinel, created on first use
         self.connects = 0
         """Connections opened so far (tests and debugging)."""
+        self.on_connect: Callable[[], None] | None = None
+        """Called on every new connection (the near cache drops its copies: the new one
+        may lead to another server, e.g. the new primary after a failover)."""
 
     # -- commands ---------------------------------------------------------------------
 
@@ -383,6 +386,8 @@ class PipelinedConnection:
             return
         self._link = link
         self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect()  # before anything is written or read on the new connection
         self._flush()
 
     async def _open(self) -> _Link:
