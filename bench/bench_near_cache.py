@@ -274,6 +274,9 @@ async def rate(url: str, *, concurrency: int, hot: int, seconds: float, rounds: 
                     await get(f"h{n % hot}")
                     n += 1
                 done += 50
+                # A local hit never suspends: yield like a server between requests, or
+                # one task runs the whole round and the channel's health PING starves.
+                await asyncio.sleep(0)
 
         started_at = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
