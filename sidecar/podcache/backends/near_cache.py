@@ -18,20 +18,21 @@ Pieces:
   ``CLIENT TRACKING ON BCAST PREFIX <keyPrefix>``: Redis pushes ``invalidate`` messages
   on it. hiredis's ``Reader`` parses RESP3 pushes (as lists), so no second parser.
 
-Tracking mode, measured (bench/bench_near_cache.py --modes, loopback, Redis 7.0):
-BCAST with the tenant's prefix versus default mode with OPTIN (``CLIENT CACHING yes``
-before each tracked GET, redirected to this channel). Default mode sends fewer messages
-(only keys this sidecar read) but Redis keeps a tracking-table entry per key per
-reading connection, and it must be enabled on the *data* connection: every reconnect
-of the pipelined connection would have to re-enable it with the channel's current id,
-and a GET and its ``CLIENT CACHING yes`` must stay adjacent on a shared connection.
-BCAST costs Redis no per-key memory, lives entirely on the channel (independent of the
-data connection's reconnects), and with the tenant's prefix the messages are the
-tenant's own writes (including lock keys, which share the prefix). Measured cost of
-BCAST: one invalidation per write to the prefix, the Redis CPU of the writes ~1.1x of
-default mode at our write rates (figures in README). Chosen: BCAST, for the simpler
-and safer reconnect story; a write-heavy tenant with a small hot set is the case where
-default mode would send less.
+Tracking mode, measured (``bench/bench_near_cache.py --only modes``: 20,000 SETs over
+20,000 keys while a reader holds 100 hot keys, Redis 7.0 on loopback, two runs): BCAST
+with the tenant's prefix sent 116-130 messages carrying 19,900 keys and cost Redis 41-52
+ms of CPU for the writes; default mode with OPTIN (``CLIENT CACHING yes`` before each
+tracked GET, redirected to the channel) sent 58 messages of one key each and cost 33-36
+ms, but kept a tracking-table entry per key read (``tracking_total_keys``), and it has to
+be enabled on the *data* connection: every reconnect of the pipelined connection would
+have to re-enable it with the channel's current id, and each GET would need its
+``CLIENT CACHING yes`` adjacent on a connection every caller shares. Chosen: BCAST. It
+lives entirely on the channel (independent of the data connection's reconnects, so the
+failure handling stays in one place), costs Redis no per-key memory, and batches
+invalidations (Redis sends them once per event-loop turn). Its price: every sidecar of
+the tenant hears of every write under the prefix (lock keys included), 1.2-1.5x the
+Redis CPU of OPTIN on a write-only load; a write-heavy tenant with a small hot set is
+where default mode would send less.
 
 SAFETY (a stale read is worse than a slow one):
 
@@ -48,9 +49,10 @@ SAFETY (a stale read is worse than a slow one):
   any flush removes it. The reply is kept only if its token is still there when it
   arrives (the placeholder scheme of the Redis manual). Concurrent GETs of one key:
   the latest token wins, the others are served but not kept.
-- Unbounded by design: a network partition that neither side notices is detected by
+- The bound of the unnoticed: a network partition that neither side sees is found by
   the health PING, so copies may be served up to ``HEALTH_INTERVAL`` + the operation
-  timeout after the channel silently died.
+  timeout after the channel silently died. A loop too busy to read the PING's answer
+  in time also counts as a dead channel (safe: the copies go, reads go to Redis).
 
 Not handled: Redis Cluster (config validation refuses it: tracking would be needed per
 shard connection and re-made on every slot migration) and ``readFromReplicas`` (a
