@@ -52,6 +52,9 @@ DEFAULT_MAX_ITEMS = 100_000
 DEFAULT_MAX_BYTES = "64Mi"
 DEFAULT_CONNECT_TIMEOUT = "2s"
 DEFAULT_OPERATION_TIMEOUT = "1s"
+DEFAULT_NEAR_MAX_ITEMS = 10_000  # the sidecar's own defaults (config.NearCacheSettings)
+DEFAULT_NEAR_MAX_BYTES = "64Mi"
+DEFAULT_NEAR_MAX_TTL = "1m"
 DEFAULT_LOCK_TTL = "30s"
 DEFAULT_LOCK_MAX_TTL = "5m"
 DEFAULT_LEASE_DURATION = "15s"
@@ -215,6 +218,16 @@ def _redis_config(redis: Mapping[str, Any], *, namespace: str, name: str) -> dic
         "connect": timeouts.get("connect") or DEFAULT_CONNECT_TIMEOUT,
         "operation": timeouts.get("operation") or DEFAULT_OPERATION_TIMEOUT,
     }
+    near = redis.get("nearCache") or {}
+    if near.get("enabled"):  # left out when off: existing ConfigMaps render as before
+        config["nearCache"] = {
+            "enabled": True,
+            "maxItems": near.get("maxItems", DEFAULT_NEAR_MAX_ITEMS),
+            "maxBytes": parse_quantity(
+                near.get("maxBytes", DEFAULT_NEAR_MAX_BYTES), field="spec.redis.nearCache.maxBytes"
+            ),
+            "maxTTL": near.get("maxTTL") or DEFAULT_NEAR_MAX_TTL,
+        }
     tls = redis.get("tls") or {}
     if (
         tls.get("enabled")

@@ -225,6 +225,34 @@ def _check_redis(redis: Any) -> list[Problem]:
     timeouts = redis.get("timeouts") or {}
     _duration(problems, timeouts.get("connect"), "spec.redis.timeouts.connect", positive=True)
     _duration(problems, timeouts.get("operation"), "spec.redis.timeouts.operation", positive=True)
+    problems += _check_near_cache(redis)
+    return problems
+
+
+def _check_near_cache(redis: Mapping[str, Any]) -> list[Problem]:
+    near = redis.get("nearCache")
+    if near is None:
+        return []
+    if not isinstance(near, Mapping):
+        return [Problem("spec.redis.nearCache", "expected an object")]
+    problems: list[Problem] = []
+    enabled = near.get("enabled", False)
+    if not isinstance(enabled, bool):
+        problems.append(Problem("spec.redis.nearCache.enabled", "expected true or false"))
+    elif enabled and redis.get("cluster"):
+        problems.append(Problem("spec.redis.nearCache.enabled", "the near cache is not"
+                                " supported with spec.redis.cluster (standalone or sentinel only)"))
+    max_items = near.get("maxItems")
+    if max_items is not None and (
+        isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1
+    ):
+        problems.append(Problem("spec.redis.nearCache.maxItems", "must be a whole number >= 1"))
+    if near.get("maxBytes") is not None:
+        try:
+            rendering.parse_quantity(near["maxBytes"], field="spec.redis.nearCache.maxBytes")
+        except ValueError as exc:
+            problems.append(Problem("spec.redis.nearCache.maxBytes", str(exc).split(": ", 1)[-1]))
+    _duration(problems, near.get("maxTTL"), "spec.redis.nearCache.maxTTL", positive=True)
     return problems
 
 

@@ -61,6 +61,11 @@ class Cache:
         self._electors: list[Elector] = []
         self._items_task: asyncio.Task[None] | None = None
         self._stopped = False
+        near = getattr(backend, "near", None)
+        if near is not None:  # the Redis backend's near cache (issue 13): its own figures
+            from podcache.backends import near_cache
+
+            self.registry.register(near_cache.NearCacheCollector(near, namespace))
         item_count = getattr(backend, "item_count", None)
         if isinstance(item_count, int):
             # Exact and free to read: let each scrape ask the backend.

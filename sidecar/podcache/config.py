@@ -68,6 +68,20 @@ class ClusterSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class NearCacheSettings:
+    """A bounded local copy of keys read through this sidecar, kept coherent by Redis's
+    client-side-caching invalidations (``backends.near_cache``). Off by default."""
+
+    enabled: bool = False
+    max_items: int = 10_000
+    """Entries kept at most; the least recently used go first."""
+    max_bytes: int = 64 * 1024 * 1024
+    """Bytes charged (as the memory backend charges them) at most."""
+    max_ttl: float = 60.0
+    """A local copy lives at most this long, and never past the key's TTL in Redis."""
+
+
+@dataclasses.dataclass(frozen=True)
 class RedisSettings:
     """Settings of the Redis backend (standalone, Sentinel or Cluster)."""
 
@@ -96,6 +110,8 @@ class RedisSettings:
     """How often ``<ns>_cache_items`` is recounted by an incremental SCAN."""
     replica_ack_timeout: float = 0.0
     """After a lock or lease write, WAIT for one replica up to this long (0 = do not wait)."""
+    near_cache: NearCacheSettings = dataclasses.field(default_factory=NearCacheSettings)
+    """The near cache in front of Redis (``config.nearCache``)."""
 
     def endpoint(self) -> str:
         """Where this connects and the field that says so, for logs: never a password."""
@@ -279,6 +295,7 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
             "itemsRefreshInterval", RedisSettings.items_refresh_interval, positive=True
         ),
         replica_ack_timeout=reader.duration("replicaAckTimeout", RedisSettings.replica_ack_timeout),
+        near_cache=_parse_near_cache(reader.optional_mapping("nearCache"), sentinel, cluster),
     )
     timeouts.reject_unknown()
     reader.reject_unknown()
@@ -296,6 +313,37 @@ def _key_prefix(reader: _Reader) -> str:
             '(e.g. "<namespace>/<name>:")',
         )
     return prefix or ""
+
+
+def _parse_near_cache(
+    raw: Mapping[str, Any] | None,
+    sentinel: SentinelSettings | None,
+    cluster: ClusterSettings | None,
+) -> NearCacheSettings:
+    if raw is None:
+        return NearCacheSettings()
+    reader = _Reader(raw, "config.nearCache")
+    settings = NearCacheSettings(
+        enabled=reader.boolean("enabled", False),  # off unless asked for, even with the section
+        max_items=reader.positive_int("maxItems", NearCacheSettings.max_items),
+        max_bytes=reader.positive_int("maxBytes", NearCacheSettings.max_bytes),
+        max_ttl=reader.duration("maxTTL", NearCacheSettings.max_ttl, positive=True),
+    )
+    reader.reject_unknown()
+    if settings.enabled and cluster is not None:
+        # Invalidations would need one tracking connection per shard, re-made on every
+        # slot migration; not built yet, and a near cache that misses one is a stale one.
+        raise ConfigError(
+            "config.nearCache.enabled",
+            "the near cache is not supported with config.cluster (standalone or sentinel only)",
+        )
+    if settings.enabled and sentinel is not None and sentinel.read_from_replicas:
+        # A lagging replica's reply could be cached after the primary's invalidation.
+        raise ConfigError(
+            "config.nearCache.enabled",
+            "the near cache cannot be combined with config.sentinel.readFromReplicas",
+        )
+    return settings
 
 
 def _parse_sentinel(raw: Mapping[str, Any] | None) -> SentinelSettings | None:

@@ -66,6 +66,10 @@ def test_printer_columns() -> None:
         (("memory", "maxBytes"), rendering.DEFAULT_MAX_BYTES),
         (("redis", "timeouts", "connect"), rendering.DEFAULT_CONNECT_TIMEOUT),
         (("redis", "timeouts", "operation"), rendering.DEFAULT_OPERATION_TIMEOUT),
+        (("redis", "nearCache", "enabled"), False),
+        (("redis", "nearCache", "maxItems"), rendering.DEFAULT_NEAR_MAX_ITEMS),
+        (("redis", "nearCache", "maxBytes"), rendering.DEFAULT_NEAR_MAX_BYTES),
+        (("redis", "nearCache", "maxTTL"), rendering.DEFAULT_NEAR_MAX_TTL),
         (("locks", "defaultTTL"), rendering.DEFAULT_LOCK_TTL),
         (("locks", "maxTTL"), rendering.DEFAULT_LOCK_MAX_TTL),
         (("leaderElection", "elections", "[]", "leaseDuration"), rendering.DEFAULT_LEASE_DURATION),
@@ -93,6 +97,7 @@ def test_cel_rules_cover_cross_field_checks() -> None:
         "has(self.url)" in r and "has(self.sentinel)" in r and "has(self.cluster)" in r
         for r in rules
     )
+    assert any("has(self.nearCache)" in r and "has(self.cluster)" in r for r in rules)
     spec_rules = [r["rule"] for r in SCHEMA["properties"]["spec"]["x-kubernetes-validations"]]
     assert any("has(self.redis)" in r and "'redis'" in r for r in spec_rules)
     election = prop("leaderElection", "elections", "[]")["x-kubernetes-validations"]
@@ -183,6 +188,10 @@ def test_spec_fields() -> None:
         "tls",
         "keyPrefix",
         "timeouts",
+        "nearCache",
+    }
+    assert set(prop("redis", "nearCache")["properties"]) == {
+        "enabled", "maxItems", "maxBytes", "maxTTL",
     }
     assert set(prop("sidecar")["properties"]) == {
         "image",

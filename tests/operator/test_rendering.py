@@ -97,6 +97,19 @@ class TestSidecarConfig:
         config = render(samples.spec(samples.REDIS_SPEC, redis=redis)).config["config"]
         assert config["cluster"] == {"nodes": ["r-0:6379", "r-1:6379"]}
 
+    def test_near_cache_rendered_only_when_enabled(self) -> None:
+        config = render(samples.REDIS_SPEC).config["config"]
+        assert "nearCache" not in config  # off: ConfigMaps render as before
+        off = {"url": "redis://r:6379/0", "nearCache": {"enabled": False, "maxItems": 5}}
+        assert "nearCache" not in render(
+            samples.spec(samples.REDIS_SPEC, redis=off)).config["config"]
+        on = {"url": "redis://r:6379/0", "nearCache": {"enabled": True, "maxBytes": "1Mi"}}
+        config = render(samples.spec(samples.REDIS_SPEC, redis=on)).config["config"]
+        assert config["nearCache"] == {
+            "enabled": True, "maxItems": rendering.DEFAULT_NEAR_MAX_ITEMS,
+            "maxBytes": 1 << 20, "maxTTL": rendering.DEFAULT_NEAR_MAX_TTL,
+        }
+
     def test_tls_with_ca_refers_to_the_mounted_file(self) -> None:
         redis = {
             "url": "redis://r:6379",

@@ -85,6 +85,26 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
             "must be a Prometheus duration",
         ),
         ({"sidecar": {"logLevel": "trace"}}, "spec.sidecar.logLevel", "unknown level"),
+        (
+            {"redis": {"cluster": {"nodes": ["r-0:6379"]}, "nearCache": {"enabled": True}}},
+            "spec.redis.nearCache.enabled",
+            "not supported with spec.redis.cluster",
+        ),
+        (
+            {"redis": {"url": "redis://a:1", "nearCache": {"enabled": True, "maxTTL": "0s"}}},
+            "spec.redis.nearCache.maxTTL",
+            "greater than zero",
+        ),
+        (
+            {"redis": {"url": "redis://a:1", "nearCache": {"enabled": True, "maxItems": 0}}},
+            "spec.redis.nearCache.maxItems",
+            ">= 1",
+        ),
+        (
+            {"redis": {"url": "redis://a:1", "nearCache": {"maxBytes": "lots"}}},
+            "spec.redis.nearCache.maxBytes",
+            "",
+        ),
     ],
 )
 def test_bad_redis_fields_name_the_field(changes: dict[str, Any], field: str, words: str) -> None:

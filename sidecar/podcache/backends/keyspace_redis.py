@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -31,6 +31,8 @@ from podcache import validation
 from podcache.backends.keyspace import ExpireCondition, Keyspace, KeyspaceError, SetCondition
 from podcache.backends.redis import RedisBackend, escape_glob
 from podcache.errors import BackendUnavailable
+
+T = TypeVar("T")
 
 Arg = bytes | str | int
 
@@ -127,24 +129,24 @@ class RedisKeyspace(Keyspace):
     async def pttl(self, key: str) -> int:
         return int(await self._command("PTTL", self._key(key)))
 
-    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
+    async def _pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
         args: list[Arg] = ["PEXPIRE", self._key(key), ms]
         if condition is not None:
             args.append(condition)
         return bool(await self._command(*args))
 
-    async def getdel(self, key: str) -> bytes | None:
+    async def _getdel(self, key: str) -> bytes | None:
         value: bytes | None = await self._command("GETDEL", self._key(key))
         return value
 
-    async def getex(self, key: str, ms: int | None) -> bytes | None:
+    async def _getex(self, key: str, ms: int | None) -> bytes | None:
         args: list[Arg] = ["GETEX", self._key(key)]
         if ms is not None:
             args += ["PX", ms]
         value: bytes | None = await self._command(*args)
         return value
 
-    async def set_with(
+    async def _set_with(
         self,
         key: str,
         value: bytes,
@@ -163,8 +165,48 @@ class RedisKeyspace(Keyspace):
         )
         return bool(stored), old
 
-    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+    async def _incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
         return int(await self._script(INCR_SCRIPT, [self._key(key)], [delta, default_ms]))
+
+    # Writes drop the near cache's copy before and after (see ``RedisBackend.set``).
+
+    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
+        return await self._written(key, self._pexpire(key, ms, condition))
+
+    async def getdel(self, key: str) -> bytes | None:
+        return await self._written(key, self._getdel(key))
+
+    async def getex(self, key: str, ms: int | None) -> bytes | None:
+        return await self._written(key, self._getex(key, ms))
+
+    async def set_with(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        ms: int | None,
+        default_ms: int,
+        keep_ttl: bool = False,
+        condition: SetCondition = None,
+        get: bool = False,
+    ) -> tuple[bool, bytes | None]:
+        return await self._written(key, self._set_with(
+            key, value, ms=ms, default_ms=default_ms, keep_ttl=keep_ttl, condition=condition,
+            get=get,
+        ))
+
+    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+        return await self._written(key, self._incr_by(key, delta, default_ms=default_ms))
+
+    async def _written(self, key: str, write: Awaitable[T]) -> T:
+        near = self._backend.near
+        if near is None:
+            return await write
+        near.forget(key)
+        try:
+            return await write
+        finally:
+            near.forget(key)
 
     async def exists(self, key: str) -> bool:
         return bool(await self._command("EXISTS", self._key(key)))

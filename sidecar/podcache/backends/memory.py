@@ -275,6 +275,55 @@ class MemoryBackend(Backend):
     async def count_items(self) -> int:
         return len(self._entries)
 
+    # -- synchronous access for a layer in front of another backend (near cache) ---
+    # No await between a check and its store: the caller's bookkeeping (e.g. an
+    # invalidation token) and the map change happen atomically on the event loop.
+
+    def peek(self, key: str) -> bytes | None:
+        """The live value of ``key`` (marked recently used), or None; no key validation.
+        ``_live`` and ``_value`` inlined: this is the near cache's hit path."""
+        entries = self._entries
+        stored = entries.get(key)
+        if stored is None:
+            return None
+        if type(stored) is bytes:
+            end = len(stored) - _EXPIRY_SIZE
+            if _EXPIRY.unpack_from(stored, end)[0] <= time.monotonic():
+                self._remove(key)
+                return None
+            entries.move_to_end(key)
+            return stored[:end]
+        assert isinstance(stored, _Large)
+        if stored.expires_at <= time.monotonic():
+            self._remove(key)
+            return None
+        entries.move_to_end(key)
+        return stored.value
+
+    def put(self, key: str, value: bytes, seconds: float) -> bool:
+        """Store for ``seconds`` (> 0); False, storing nothing, when it cannot fit at all."""
+        if seconds <= 0 or entry_size(key, len(value)) > self.settings.max_bytes:
+            return False
+        self._store(key, value, seconds)
+        return True
+
+    def discard(self, key: str) -> bool:
+        """Drop ``key`` if held; whether it was."""
+        held = key in self._entries
+        self._remove(key)
+        return held
+
+    def clear(self) -> int:
+        """Drop every entry (the reaper keeps running); how many were held."""
+        held = len(self._entries)
+        self._entries.clear()
+        self._wheel.clear()
+        self._due.clear()
+        self._wheel_items = 0
+        self._stale_bytes = 0
+        self._bytes = 0
+        return held
+
     # -- internals (no awaits: each runs atomically on the loop) ------------------
 
     def _checked(self, key: str, value: bytes, ttl: float) -> tuple[str, bytes, float]:

@@ -56,7 +56,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -216,7 +216,7 @@ class PipelinedConnection:
         self.timeout = settings.operation_timeout
         self.max_inflight = max_inflight
         self.client_name = client_name
-        self._ssl = _ssl_context(settings)
+        self._ssl = ssl_context(settings)
         self._link: _Link | None = None
         self._unsent: collections.deque[_Entry] = collections.deque()
         self._flush_scheduled = False
@@ -227,6 +227,9 @@ class PipelinedConnection:
         self._sentinel: Any = None  # redis-py's Sentinel, created on first use
         self.connects = 0
         """Connections opened so far (tests and debugging)."""
+        self.on_connect: Callable[[], None] | None = None
+        """Called on every new connection (the near cache drops its copies: the new one
+        may lead to another server, e.g. the new primary after a failover)."""
 
     # -- commands ---------------------------------------------------------------------
 
@@ -383,31 +386,15 @@ class PipelinedConnection:
             return
         self._link = link
         self.connects += 1
+        if self.on_connect is not None:
+            self.on_connect()  # before anything is written or read on the new connection
         self._flush()
 
     async def _open(self) -> _Link:
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        db = 0
-        if settings.sentinel is not None:
-            host, port = await self._discover_primary()
-            path = None
-        else:
-            if settings.url is None:
-                raise ConfigError("config.url", "required without sentinel or cluster")
-            # redis-py's own URL rules (unix://, ?db=, /db), so both connections agree.
-            parsed: dict[str, Any] = parse_url(settings.url)  # type: ignore[no-untyped-call]
-            db = int(parsed.get("db") or 0)
-            path = parsed.get("path")
-            host, port = parsed.get("host", "localhost"), int(parsed.get("port", 6379))
         link = _Link(self)
-        if path is not None:
-            await loop.create_unix_connection(lambda: link, path)
-        else:
-            await loop.create_connection(
-                lambda: link, host, port, ssl=self._ssl,
-                server_hostname=host if self._ssl is not None else None,
-            )
+        db = await open_transport(
+            self.settings, lambda: link, ssl_context=self._ssl, primary=self.primary_address
+        )
         try:
             await self._handshake(link, db)
         except BaseException:
@@ -436,7 +423,8 @@ class PipelinedConnection:
             except ReplyError as exc:
                 raise BackendUnavailable(f"redis refused {command[0]!r}: {exc.reply}") from exc
 
-    async def _discover_primary(self) -> tuple[str, int]:
+    async def primary_address(self) -> tuple[str, int]:
+        """The Sentinel primary's address, asked now (also for the near cache's channel)."""
         from redis.exceptions import RedisError
 
         from podcache.backends import redis_topologies
@@ -451,6 +439,39 @@ class PipelinedConnection:
         return str(host), int(port)
 
 
+async def open_transport(
+    settings: RedisSettings,
+    factory: Callable[[], asyncio.Protocol],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    primary: Callable[[], Awaitable[tuple[str, int]]],
+) -> int:
+    """Connect a protocol to the Redis ``settings`` name (``primary`` asks the sentinels);
+    return the database number to SELECT. Shared with ``near_cache``'s invalidation
+    channel so that both connections always reach the same server the same way."""
+    loop = asyncio.get_running_loop()
+    db = 0
+    if settings.sentinel is not None:
+        host, port = await primary()
+        path = None
+    else:
+        if settings.url is None:
+            raise ConfigError("config.url", "required without sentinel or cluster")
+        # redis-py's own URL rules (unix://, ?db=, /db), so both connections agree.
+        parsed: dict[str, Any] = parse_url(settings.url)  # type: ignore[no-untyped-call]
+        db = int(parsed.get("db") or 0)
+        path = parsed.get("path")
+        host, port = parsed.get("host", "localhost"), int(parsed.get("port", 6379))
+    if path is not None:
+        await loop.create_unix_connection(factory, path)
+    else:
+        await loop.create_connection(
+            factory, host, port, ssl=ssl_context,
+            server_hostname=host if ssl_context is not None else None,
+        )
+    return db
+
+
 class Script:
     """A Lua script and its SHA1, for ``PipelinedConnection.run_script``."""
 
@@ -459,7 +480,7 @@ class Script:
         self.sha = hashlib.sha1(self.source).hexdigest().encode()  # Redis names scripts by SHA1
 
 
-def _ssl_context(settings: RedisSettings) -> ssl.SSLContext | None:
+def ssl_context(settings: RedisSettings) -> ssl.SSLContext | None:
     """The TLS context redis-py would build from the same settings (or None without TLS)."""
     url = settings.url or ""
     if not (settings.tls.enabled or url.startswith("rediss://")):
