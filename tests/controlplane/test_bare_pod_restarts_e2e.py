@@ -43,9 +43,12 @@ def pods_of(cluster: Cluster, namespace: str, app: str) -> list[client.V1Pod]:
     return [p for p in found if p.metadata.deletion_timestamp is None]
 
 
-def test_a_bare_pod_of_a_deployment_is_replaced_with_the_sidecar(
-    cluster: Cluster, namespace: str
-) -> None:
+def test_a_bare_pod_of_a_deployment_is_replaced_with_the_sidecar(fresh_cluster: Cluster) -> None:
+    # A control plane of its own: the session's has the chart installed without the option.
+    cluster, namespace = fresh_cluster, "apps"
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    eventually(lambda: cluster.core.read_namespaced_service_account("default", namespace),
+               what="the default ServiceAccount")  # fmt: skip
     with installed_chart(cluster, "operator.restartPodsWithoutSidecar=true") as installation:
         create(cluster, namespace, cache_config("web", {}))
         eventually(lambda: ready(cluster, namespace, "web"), what="CacheConfig Ready")
