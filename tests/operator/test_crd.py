@@ -182,6 +182,7 @@ def test_spec_fields() -> None:
         "passwordSecretRef",
         "tls",
         "keyPrefix",
+        "waitPoolSize",
         "timeouts",
     }
     assert set(prop("sidecar")["properties"]) == {
@@ -190,5 +191,6 @@ def test_spec_fields() -> None:
         "logLevel",
         "native",
         "redisSocket",
+        "maxWatchStreams",
     }
     assert set(prop("metrics", "serviceMonitor")["properties"]) == {"enabled", "interval", "labels"}
