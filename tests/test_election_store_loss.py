@@ -5,6 +5,8 @@ Aspects tested:
   campaign than the leader to renew: sampled every ~2 ms, never two ``is_leader`` at
   once, and the follower leads after waiting out one lease duration
 - a lone leader whose lease was flushed waits a lease out before leading again
+- stopped while waiting: the held lease is resigned, no on_revoked for a leadership
+  never claimed
 - a first election on an empty Redis is led at once (no wait: nothing can be lost)
 - a campaign whose reply was lost reports the fresh counter on its idempotent retry
 """
@@ -152,3 +154,20 @@ async def test_lost_campaign_reply_still_reports_the_fresh_counter(
         assert next_lease.term_restarted == ""
     finally:
         await client.aclose()
+
+
+async def test_stop_while_waiting_resigns_without_callbacks(redis_server: RedisServer) -> None:
+    async with electors(redis_server.url) as (admin, (a, _)):
+        revoked: list[float] = []
+        a._on_revoked = lambda: revoked.append(time.monotonic())
+        await a.start()
+        await until(lambda: a.is_leader, within=1)
+        await admin.flushall()
+        await until(lambda: not a.is_leader, within=1)
+        await until(lambda: a.state.holder == "a", within=1)  # re-won, waiting to claim
+        assert not a.state.leader
+        assert await admin.exists("podcache:leader:{flushed}") == 1
+        await a.stop()
+        assert await admin.exists("podcache:leader:{flushed}") == 0
+        assert len(revoked) == 1  # the flushed leadership only
+        assert not a.is_leader

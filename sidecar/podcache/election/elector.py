@@ -299,7 +299,8 @@ class Elector:
     async def resign(self) -> bool:
         """Hand leadership over: step down, resign, campaign again after one retry period.
 
-        Returns False (and does nothing) when not leading.
+        Returns False (and does nothing) when neither leading nor holding a lease
+        while waiting to claim it (see the module docstring).
         """
         if not (self._leader or self._claim_at is not None) or self._task is None:
             return False
