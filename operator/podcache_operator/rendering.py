@@ -183,6 +183,11 @@ def sidecar_config(
         ],
         "logLevel": (spec.get("sidecar") or {}).get("logLevel") or DEFAULT_LOG_LEVEL,
     }
+    watch_streams = (spec.get("sidecar") or {}).get("maxWatchStreams")
+    if watch_streams is not None:
+        # Only when set, like the fields below: absent keeps the sidecar's default and
+        # the ConfigMaps (and their hashes) of existing CacheConfigs unchanged.
+        rendered["limits"] = {"maxWatchStreams": watch_streams}
     if not redis_socket_enabled(spec):
         # Only when off: left out means on, so existing ConfigMaps render as before.
         rendered["resp"] = {"enabled": False}
@@ -209,6 +214,8 @@ def _redis_config(redis: Mapping[str, Any], *, namespace: str, name: str) -> dic
         config["cluster"] = {"nodes": list(redis["cluster"].get("nodes") or [])}
     if redis.get("username"):
         config["username"] = redis["username"]  # the password stays in its Secret (injection)
+    if redis.get("waitPoolSize") is not None:
+        config["waitPoolSize"] = redis["waitPoolSize"]
     prefix = redis.get("keyPrefix")
     config["keyPrefix"] = (
         default_key_prefix(namespace=namespace, name=name) if prefix is None else prefix

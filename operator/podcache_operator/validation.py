@@ -42,6 +42,11 @@ INFLIGHT_BODY_BYTES = 32 * 1024 * 1024
 """Request bodies in memory at once: the sidecar's limits.maxInflightBytes default."""
 
 _REDIS_SOURCES = ("url", "sentinel", "cluster")
+MAX_WAIT_POOL_SIZE = 10_000
+"""``spec.redis.waitPoolSize`` at most (the CRD's maximum): each is a Redis connection
+per sidecar, and Redis serves 10,000 clients by default (``maxclients``)."""
+MAX_WATCH_STREAMS = 100_000
+"""``spec.sidecar.maxWatchStreams`` at most (the CRD's maximum)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,8 @@ def check_spec(
     problems += _check_sidecar_resources(spec, sidecar)
     problems += _check_elections((spec.get("leaderElection") or {}).get("elections"))
     problems += _check_metrics(spec.get("metrics") or {})
+    _count(problems, (spec.get("sidecar") or {}).get("maxWatchStreams"),
+           "spec.sidecar.maxWatchStreams", MAX_WATCH_STREAMS)
     log_level = (spec.get("sidecar") or {}).get("logLevel")
     if log_level is not None and log_level not in _LOG_LEVELS:
         problems.append(
@@ -168,6 +175,8 @@ def spec_field(config_field: str) -> str:
         return "spec.leaderElection." + head + (f".{rest}" if rest else "")
     if head == "logLevel":
         return "spec.sidecar.logLevel"
+    if config_field == "limits.maxWatchStreams":
+        return "spec.sidecar.maxWatchStreams"
     if head == "type":
         return "spec.backend"
     return f"spec.{config_field}"
@@ -187,6 +196,15 @@ def _duration(
         problems.append(Problem(field, f"must be greater than zero, got {value!r}"))
         return None
     return seconds
+
+
+def _count(problems: list[Problem], value: Any, field: str, maximum: int) -> None:
+    """A whole number from 1 to ``maximum`` (a spec from before the CRD's bounds)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        problems.append(Problem(field, f"must be a whole number from 1 to {maximum},"
+                                f" got {value!r}"))
 
 
 def _check_redis(redis: Any) -> list[Problem]:
@@ -222,6 +240,7 @@ def _check_redis(redis: Any) -> list[Problem]:
     if redis.get("keyPrefix") == "":  # a spec from before the CRD's minLength
         problems.append(Problem("spec.redis.keyPrefix", "must not be empty (omit it for the "
                                 "default <namespace>/<name>:)"))
+    _count(problems, redis.get("waitPoolSize"), "spec.redis.waitPoolSize", MAX_WAIT_POOL_SIZE)
     timeouts = redis.get("timeouts") or {}
     _duration(problems, timeouts.get("connect"), "spec.redis.timeouts.connect", positive=True)
     _duration(problems, timeouts.get("operation"), "spec.redis.timeouts.operation", positive=True)

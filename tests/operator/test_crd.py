@@ -187,6 +187,7 @@ def test_spec_fields() -> None:
         "passwordSecretRef",
         "tls",
         "keyPrefix",
+        "waitPoolSize",
         "timeouts",
         "nearCache",
     }
@@ -199,5 +200,6 @@ def test_spec_fields() -> None:
         "logLevel",
         "native",
         "redisSocket",
+        "maxWatchStreams",
     }
     assert set(prop("metrics", "serviceMonitor")["properties"]) == {"enabled", "interval", "labels"}

@@ -203,6 +203,7 @@ def connect_cluster(settings: RedisSettings) -> RedisCluster:
 # the caller to log; the scripts report it as an extra reply element.
 MONOTONIC_COUNTER_LUA = """
 local damage = ''
+local restarted = ''  -- why next_counter started the counter afresh ('' when it carried on)
 local function server_epoch()
   local server = redis.call('INFO', 'server')
   local replication = redis.call('INFO', 'replication')
@@ -241,11 +242,14 @@ local function next_counter(key)
   local n, kind = counter_value(key)
   if n == nil then
     n = reseed_counter(key, kind)
+    restarted = 'foreign'
   else
     local epoch = server_epoch()
-    if redis.call('HGET', key, 'epoch') ~= epoch then
+    local held = redis.call('HGET', key, 'epoch')
+    if held ~= epoch then
       n = math.max(n, clock_micros())
       redis.call('HSET', key, 'epoch', epoch)
+      restarted = held and 'epoch' or 'absent'  -- no epoch: no counter (new or lost)
     end
   end
   n = n + 1
@@ -267,7 +271,10 @@ local function foreign_key(key, expected)
 end
 """
 """Lua: ``next_counter(key)`` and ``current_counter(key)`` over a hash {n, epoch}, and
-``foreign_key(key, type)``; both note a replaced key in the string ``damage``."""
+``foreign_key(key, type)``; both note a replaced key in the string ``damage``.
+``next_counter`` also sets ``restarted`` when the counter did not carry on: 'absent' (no
+counter: never used, or lost with a FLUSHALL or an empty restart), 'epoch' (another
+server or history: a restart or failover) or 'foreign' (it held something else)."""
 
 
 async def eval_and_wait(

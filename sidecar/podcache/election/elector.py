@@ -13,6 +13,30 @@ The algorithm is client-go's leader election, on a ``LeaseStore``:
   so it holds however late the reply came.
 - ``stop()`` resigns, so a successor takes over at once instead of after the lease.
 
+Leases lost with the store (fencing by time). The above keeps one leader only while
+the store keeps its leases: a lease normally ends by resignation or by running out,
+and its leader has stepped down locally before that (``renew_deadline``). A FLUSHALL,
+a Redis restarted empty or a failover to a replica that missed writes ends a lease
+early, while its leader still believes it leads until its next renewal fails (up to
+``retry_period``; ``renew_deadline`` if it cannot reach Redis). A follower that took
+the vacant lease at once would lead beside it. So the *acquiring* side waits the old
+lease out, as client-go's candidates do: a campaign that wins a lease whose term counter
+was started afresh (``LeaseRecord.term_restarted``) holds and renews that lease but
+claims leadership (``is_leader``, ``state``, ``on_elected``, metrics) only one
+``lease_duration`` after the winning reply arrived. The old leader's last successful
+renewal was sent before that reply, so by then it has stepped down locally.
+The holder side cannot do it alone: it learns that its lease is gone only by asking
+Redis, and a leadership answer cannot wait for a round trip.
+
+When the wait applies: the counter came back from another server epoch (a restart or
+failover) or held a foreign type, or it is absent while this elector had already seen
+a term of the election (the keys were lost). An absent counter seen by an elector that
+never saw the election is taken as a new election and led at once, like a first
+Kubernetes Lease: one store that cannot tell "never used" from "lost" would otherwise
+delay every new election by a lease. The window left: an elector *joining* right after
+the loss, within the old leader's last ``retry_period``. All candidates of an election
+are assumed to use the same timings (as in client-go).
+
 BEWARE: leadership is a lease, not a lock on the world. A leader paused longer than
 ``lease_duration - renew_deadline`` (a stopped VM) can still act after a successor
 took over; protect writes with the ``term`` as a fencing token where that matters.
@@ -150,6 +174,9 @@ class Elector:
         our nonce that we never saw. Campaigns are idempotent per nonce, so the next one
         with the same nonce claims it; a stop resigns it."""
         self._campaign_failing = False
+        self._claim_at: float | None = None
+        """Set while we hold a lease but wait out a lease that may have been lost before
+        claiming leadership (monotonic time to claim at; see the module docstring)."""
         self._last_renew = 0.0
         self._last_attempt = 0.0
         self._resume_at = 0.0
@@ -272,9 +299,10 @@ class Elector:
     async def resign(self) -> bool:
         """Hand leadership over: step down, resign, campaign again after one retry period.
 
-        Returns False (and does nothing) when not leading.
+        Returns False (and does nothing) when neither leading nor holding a lease
+        while waiting to claim it (see the module docstring).
         """
-        if not self._leader or self._task is None:
+        if not (self._leader or self._claim_at is not None) or self._task is None:
             return False
         task, self._task = self._task, None
         await _cancel(task)
@@ -290,7 +318,7 @@ class Elector:
     async def _campaign(self) -> None:
         while True:
             try:
-                if self._leader:
+                if self._leader or self._claim_at is not None:
                     await self._lead_once()
                 else:
                     await self._follow_once()
@@ -324,7 +352,10 @@ class Elector:
             self._campaign_failing = False
         self._maybe_holding = False
         if won:
-            self._elected(term=record.term, renewed_at=sent)
+            if self._must_wait_out(record):
+                self._hold(term=record.term, renewed_at=sent, reason=record.term_restarted)
+            else:
+                self._elected(term=record.term, renewed_at=sent)
             return
         self._observe(record)
         wait = self.retry_period
@@ -340,9 +371,14 @@ class Elector:
                            self.name, now - self._last_renew)
             self._step_down("deadline", lingering=True)
             return
+        if self._claim_at is not None and now >= self._claim_at:
+            self._claim_at = None  # the lease that may have been lost has run out by now
+            self._announce()
+            return
         next_try = self._last_attempt + self.retry_period
         if now < next_try:
-            await asyncio.sleep(min(next_try, deadline) - now)
+            wake = min(next_try, deadline, self._claim_at or math.inf)
+            await asyncio.sleep(wake - now)
             return
         self._last_attempt = now
         try:
@@ -375,11 +411,33 @@ class Elector:
 
     # -- state changes -------------------------------------------------------------------
 
-    def _elected(self, *, term: int, renewed_at: float) -> None:
-        self._leader = True
+    def _must_wait_out(self, record: LeaseRecord) -> bool:
+        """Whether a won lease may have replaced one lost early (see the module docstring)."""
+        if record.term_restarted == "absent":
+            return self._term > 0  # we saw this election before: its keys were lost
+        return bool(record.term_restarted)
+
+    def _hold(self, *, term: int, renewed_at: float, reason: str) -> None:
         self._holder = self.identity
         self._term = term
         self._last_renew = self._last_attempt = renewed_at
+        self._claim_at = time.monotonic() + self.lease_duration
+        logger.warning(
+            "election %s: %s won term %d with a term counter started afresh (%s): a lease"
+            " may have been lost with it; leading only after waiting it out (%.3gs)",
+            self.name, self.identity, term, reason, self.lease_duration,
+        )
+        self._bump()
+
+    def _elected(self, *, term: int, renewed_at: float) -> None:
+        self._holder = self.identity
+        self._term = term
+        self._last_renew = self._last_attempt = renewed_at
+        self._announce()
+
+    def _announce(self) -> None:
+        self._leader = True
+        term = self._term
         labels = {"election": self.name}
         self._metrics.is_leader.labels(**labels).set(1)
         self._metrics.term.labels(**labels).set(term)
@@ -390,13 +448,17 @@ class Elector:
 
     def _step_down(self, reason: str, *, lingering: bool) -> None:
         """Stop leading locally (no I/O). ``lingering``: our lease may still be in the store."""
-        if lingering and (self._leader or self._maybe_holding):
+        holding, self._claim_at = self._claim_at is not None, None
+        if lingering and (self._leader or self._maybe_holding or holding):
             # A lease outlives its lease_duration by nothing: older nonces than a few
             # step-downs ago cannot hold anything any more.
             self._stale_nonces = [*self._stale_nonces[-(_MAX_STALE - 1):], self._nonce]
         self._nonce = _new_nonce()  # the next campaign is a new lease, with a new term
         self._maybe_holding = False
         if not self._leader:
+            if holding:  # never claimed: no callbacks, no metrics
+                self._holder = None
+                self._bump()
             return
         self._leader = False
         self._holder = None  # unknown until the store is read again

@@ -2,7 +2,8 @@
 
 Keys of one election share a Cluster hash tag, so every script touches one slot:
 
-- ``<prefix>podcache:leader:{<name>}``        hash {holder, nonce, term}; expires with the lease
+- ``<prefix>podcache:leader:{<name>}``        hash {holder, nonce, term, restarted}; expires
+  with the lease (``restarted``: see ``LeaseRecord.term_restarted``)
 - ``<prefix>podcache:leader:{<name>}:term``   term counter {n, epoch}; never expires, only grows
 - channel ``<prefix>podcache:leader:{<name>}:events``  "elected" / "resigned" notices
 
@@ -19,6 +20,7 @@ joining elections never takes connections from the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -63,24 +65,28 @@ class RedisLeaseStore(LeaseStore):
 -- ARGV[2] - candidate nonce (fresh for every campaign)
 -- ARGV[3] - lease duration in milliseconds
 -- ARGV[4] - notice channel
--- return {1, holder, term, pttl, damage} when the candidate became leader (term + 1) or
---        already holds the lease under this nonce (an earlier reply was lost; the lease is
---        extended), {0, holder, term, pttl, damage} when someone else holds the lease;
---        damage names keys of another type replaced ('' if none)
+-- return {1, holder, term, pttl, damage, restarted} when the candidate became leader
+--        (term + 1) or already holds the lease under this nonce (an earlier reply was
+--        lost; the lease is extended), {0, holder, term, pttl, damage, ''} when someone
+--        else holds the lease; damage names keys of another type replaced ('' if none),
+--        restarted why the term counter started afresh for this lease ('' if it did not;
+--        kept in the lease so that the idempotent path reports it too)
 foreign_key(KEYS[1], 'hash')  -- only a hash can be a lease: anything else is not one
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local term = next_counter(KEYS[2])
-  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'nonce', ARGV[2], 'term', term)
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'nonce', ARGV[2], 'term', term,
+             'restarted', restarted)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PUBLISH', ARGV[4], 'elected')
-  return {1, ARGV[1], term, tonumber(ARGV[3]), damage}
+  return {1, ARGV[1], term, tonumber(ARGV[3]), damage, restarted}
 end
 if redis.call('HGET', KEYS[1], 'nonce') == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3]), damage}
+  return {1, ARGV[1], tonumber(redis.call('HGET', KEYS[1], 'term')), tonumber(ARGV[3]), damage,
+          redis.call('HGET', KEYS[1], 'restarted') or ''}
 end
 local term = current_counter(KEYS[2])
-return {0, redis.call('HGET', KEYS[1], 'holder'), term, redis.call('PTTL', KEYS[1]), damage}
+return {0, redis.call('HGET', KEYS[1], 'holder'), term, redis.call('PTTL', KEYS[1]), damage, ''}
 """
 
     RENEW_LUA = """
@@ -153,10 +159,11 @@ return {holder, term, redis.call('PTTL', KEYS[1]), damage}
     ) -> tuple[bool, LeaseRecord]:
         call = self._campaign(keys=(self._lease_key, self._term_key),
                               args=(identity, nonce, _ms(duration), self._channel))
-        won, holder, term, pttl, damage = await bounded(call, seconds=self._timeout,
-                                                        what="campaign")
+        won, holder, term, pttl, damage, restarted = await bounded(
+            call, seconds=self._timeout, what="campaign")
         self._report_damage(damage)
-        return bool(int(won)), _record(holder, term, pttl)
+        record = _record(holder, term, pttl)
+        return bool(int(won)), dataclasses.replace(record, term_restarted=_text(restarted) or "")
 
     async def renew(self, *, nonce: str, duration: float) -> int | None:
         call = self._renew(keys=(self._lease_key,), args=(nonce, _ms(duration)))

@@ -8,7 +8,9 @@ both believe they lead. Every operation is atomic in the store:
 
 - ``try_acquire``: take the lease only if it is vacant; the term grows by one.
   Idempotent per nonce: if the lease is already held under this nonce (an earlier
-  attempt won but its reply was lost), it is ours, extended, same term.
+  attempt won but its reply was lost), it is ours, extended, same term. A lease taken
+  with a term counter started afresh says so (``LeaseRecord.term_restarted``), on the
+  idempotent path too.
 - ``renew``: extend the lease only if this nonce still holds it (never by
   release-then-reacquire: nobody can slip in between).
 - ``resign``: drop the lease only if this nonce holds it; the term stays, so the next
@@ -33,6 +35,13 @@ class LeaseRecord:
     """Term of the current leader, or of the last one while vacant (0: never held)."""
     expires_in: float | None
     """Seconds left on the current lease; None when vacant."""
+    term_restarted: str = ""
+    """Set by a won ``try_acquire`` whose lease started the term counter afresh: "absent"
+    (no counter: a new election, or its keys were lost with a FLUSHALL or an empty
+    restart), "epoch" (a restarted or failed-over server) or "foreign". Then an earlier
+    lease may have vanished before it ran out and its leader may still believe it leads
+    (see ``podcache.election.elector``). "" otherwise, and always in a store that cannot
+    lose leases (memory)."""
 
 
 class LeaseStore(abc.ABC):

@@ -13,6 +13,17 @@ and further clients wait in the kernel's listen backlog (nothing is refused). Wh
 a client waits there, the oldest idle keep-alive connection is closed to make room.
 The limit may change on a config reload. A watch stream leaves the count when it
 starts (``detach``): watches have a bound of their own (``podcache.sidecar.watches``).
+
+Known gap: with ``max_connections`` connections all *busy* (e.g. blocked lock acquires),
+``/healthz`` and ``/readyz`` wait in the backlog like any client, and the injected
+liveness probe (1 s) can fail. A reserve of extra slots for probes is not done here
+because a probe can only be told apart after accepting it and reading its request line:
+an accepted non-probe must then either be refused (503), which turns "wait in the
+backlog" into "refused" for every waiting client (the loop would accept and refuse the
+whole backlog), or wait inside the sidecar, which means a user-space wait queue that
+replaces the kernel backlog and the idle-eviction trigger above (shared with the RESP
+socket). The smaller way out is a separate listener for probes (a probe socket with a
+tiny limit, or the metrics port's ``/healthz``), which changes the operator's probe.
 """
 
 from __future__ import annotations
