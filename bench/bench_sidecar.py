@@ -21,7 +21,8 @@ per operation (``redis CPU us/op``); the CPU the rest of the machine used during
 trial (``others``, in cores: a trial above ``--max-others`` is repeated, up to
 ``--retries`` times, and the figure kept is the quietest); ``--large-size`` adds GETs
 of that many bytes at 1 connection; and ``redis-benchmark`` against the same Redis as
-the physical anchor.
+the physical anchor. ``--near-cache`` adds a Redis sidecar with the near cache (issue 13):
+its GETs of the one hot key are served from the copy after the first.
 
 The load generator is a separate process (this file with ``--loadgen``): a tight
 asyncio HTTP/1.1 client over raw Unix-socket connections, so its CPU never counts
@@ -491,6 +492,8 @@ def main() -> None:
     parser.add_argument("--max-others", type=float, default=0.25,
                         help="cores the rest of the machine may use before a trial is repeated")
     parser.add_argument("--retries", type=int, default=2, help="repeats of a busy trial")
+    parser.add_argument("--near-cache", action="store_true",
+                        help="also a Redis sidecar with the near cache (issue 13's targets)")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     parser.add_argument("--minimal-app", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -530,6 +533,12 @@ def main() -> None:
                 ("sidecar redis", "http", redis_socket, redis_sidecar.pid),
                 ("redis-py direct", "redis", None, None),
             ]
+            if args.near_cache:
+                near, near_socket, _ = start_sidecar(
+                    workdir, "redis-near", f"type: redis\nconfig: {{url: '{url}', defaultTTL: "
+                    f"5m, keyPrefix: 'bench-near:', nearCache: {{enabled: true}}}}\n")
+                processes.append(near)
+                targets.insert(3, ("sidecar redis+near", "http", near_socket, near.pid))
             if args.baseline_src:
                 source = str(Path(args.baseline_src) / "sidecar")
                 old_memory, old_memory_socket, _ = start_sidecar(
@@ -576,6 +585,21 @@ def main() -> None:
     _report(rows, levels=levels, args=args, memory_rss=memory_rss, redis_rss=redis_rss,
             rss_after=idle_after_load, memory_ready=memory_ready, redis_ready=redis_ready)
     _report_issue_11(rows, levels=levels, args=args, anchor=anchor)
+    if args.near_cache:
+        _report_issue_13(rows, levels=levels)
+
+
+def _report_issue_13(rows: list[tuple[str, str, int, dict[str, Any]]], *,
+                     levels: list[int]) -> None:
+    """Issue 13: a hot key through the near cache vs the memory backend and redis-py."""
+    by_case = {(label, op, level): result for label, op, level, result in rows}
+    print("\ntargets (issue 13, a hot key: one Redis GET, then the near cache)")
+    for level in levels:
+        near = by_case[("sidecar redis+near", "GET", level)]["ops_per_s"]
+        for other, target in (("sidecar memory", 0.9), ("redis-py direct", 1.5)):
+            base = by_case[(other, "GET", level)]["ops_per_s"]
+            print(f"  near-cache GET vs {other}, {level:>2} conns: {near:.0f} / {base:.0f} ops/s"
+                  f" = {near / base:.2f}x (>= {target}x)  {_verdict(near / base >= target)}")
 
 
 def _size(size: int) -> str:

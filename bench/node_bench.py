@@ -124,7 +124,7 @@ def main() -> None:
             f" p99 {histogram_quantile(0.99, before, after) * 1000:.0f} ms"
         )
         print(
-            "  kubelet probes during that run (each an exec of a new Python): "
+            "  kubelet probes during that run: "
             + ", ".join(f"{kind} {count:.0f}" for kind, count in sorted(probes.items()))
         )
         imported = import_seconds(nodes, injected_ns, some_pod)

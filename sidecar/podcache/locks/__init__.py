@@ -6,13 +6,24 @@ flavour. Both share ``LockService``'s API; see ``podcache.locks.base`` for seman
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from podcache.locks.base import Lease, LockService
 from podcache.locks.memory import MemoryLocks, table_for
-from podcache.locks.redis import RedisLocks
+
+if TYPE_CHECKING:
+    from podcache.locks.redis import RedisLocks
+
+
+def __getattr__(name: str) -> Any:
+    # redis-py is imported only when Redis is used (see podcache.election).
+    if name == "RedisLocks":
+        from podcache.locks.redis import RedisLocks
+
+        return RedisLocks
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_locks(backend: Any, *, registry: CollectorRegistry, namespace: str) -> LockService:
@@ -21,6 +32,8 @@ def build_locks(backend: Any, *, registry: CollectorRegistry, namespace: str) ->
 
     if isinstance(backend, MemoryBackend):
         return MemoryLocks(table_for(backend), registry=registry, namespace=namespace)
+    from podcache.locks.redis import RedisLocks
+
     settings = backend.settings
     return RedisLocks(
         backend.client,
