@@ -19,6 +19,10 @@ but the server, Redis and the load generator): the machine has 2 cores shared wi
 other engineers, so a case run while others used more than ``--max-others`` is
 repeated (``--retries``) and the quietest run kept; compare figures within one run.
 
+``--near-cache`` adds a Redis sidecar with the near cache (issue 13): redis-py GETs of one
+hot key on its RESP socket, next to the same client on the memory backend's RESP socket
+and on Redis directly.
+
 Run it under the shared lock, e.g.
 ``flock /tmp/podcache-bench.lock .venv/bin/python bench/bench_resp.py`` (about 4 min).
 """
@@ -48,6 +52,12 @@ TARGETS = (
     ("RESP GET memory vs HTTP GET memory (ops/s)", "resp-memory", "http-memory", 4.0),
     ("RESP GET memory -P 16 vs redis-server -P 16", "resp-memory-P16", "redis-server-P16", 0.3),
 )
+NEAR_TARGETS = (  # issue 13: a hot key, the same redis-py client on each path
+    ("hot-key GET, Redis + near cache vs memory backend", "redis-py -> RESP near",
+     "redis-py -> RESP memory", 0.9),
+    ("hot-key GET, Redis + near cache vs redis-py on Redis", "redis-py -> RESP near",
+     "redis-py -> redis", 1.5),
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -195,6 +205,9 @@ def main() -> None:
         help="cores the rest of the machine may use before a case is repeated",
     )
     parser.add_argument("--retries", type=int, default=2, help="repeats of a busy case")
+    parser.add_argument(
+        "--near-cache", action="store_true", help="also a Redis sidecar with the near cache"
+    )
     args = parser.parse_args()
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server and redis-benchmark on PATH")
@@ -214,6 +227,16 @@ def main() -> None:
                 f"type: redis\nconfig: {{url: '{url}', defaultTTL: 5m, keyPrefix: 'bench:'}}\n",
             )
             processes.append(backed)
+            near_resp = ""
+            if args.near_cache:
+                near, near_http, _ = base.start_sidecar(
+                    workdir,
+                    "near",
+                    f"type: redis\nconfig: {{url: '{url}', defaultTTL: 5m, keyPrefix: 'near:',"
+                    " nearCache: {enabled: true}}\n",
+                )
+                processes.append(near)
+                near_resp = near_http.replace(".sock", "-redis.sock")
             memory_resp = memory_http.replace(".sock", "-redis.sock")
             backed_resp = backed_http.replace(".sock", "-redis.sock")
             rpid = redis_process.pid
@@ -316,6 +339,15 @@ def main() -> None:
                         ),
                     ]
                 ]
+            if args.near_cache:
+                for op in ("set", "get"):  # set first: the GETs find the hot key
+                    cases.append((
+                        "redis-py -> RESP near", op,
+                        lambda op=op: python_load(
+                            {**py, "kind": "redis", "op": op, "redis_url": f"unix://{near_resp}"},
+                            server_pid=near.pid, redis_pid=rpid,
+                        ),
+                    ))  # fmt: skip
             for trial in range(args.trials):
                 for name, op, run in cases:
                     result = quietest(run, max_others=args.max_others, retries=args.retries)
@@ -329,7 +361,7 @@ def main() -> None:
         for process in processes:
             base.stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, clients=args.clients, trials=args.trials)
+    report(results, clients=args.clients, trials=args.trials, near_cache=args.near_cache)
 
 
 def _median(values: list[Any]) -> Any:
@@ -338,7 +370,11 @@ def _median(values: list[Any]) -> Any:
 
 
 def report(
-    results: dict[tuple[str, str], list[dict[str, Any]]], *, clients: int, trials: int
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    *,
+    clients: int,
+    trials: int,
+    near_cache: bool = False,
 ) -> None:
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {clients} connections, 100 B values, "
@@ -368,7 +404,7 @@ def report(
         )
     print("\n| target (GET) | measured | wanted | |")
     print("|---|---|---|---|")
-    for label, ours, theirs, wanted in TARGETS:
+    for label, ours, theirs, wanted in TARGETS + (NEAR_TARGETS if near_cache else ()):
         ratio = medians[ours, "get"]["ops_per_s"] / medians[theirs, "get"]["ops_per_s"]
         verdict = "met" if ratio >= wanted else "missed"
         print(f"| {label} | {ratio:.2f}x | ≥ {wanted}x | {verdict} |")
