@@ -14,10 +14,10 @@ Prints:
   interpolation within buckets, per trial and the median of trials) beside the
   client-side latency of the pod create.
 
-Each pod costs two webhook calls, and the histogram counts both: the ServiceAccount
-admission plugin re-runs after the webhook and mounts the token into the injected
-container, which makes the apiserver re-invoke the webhook (``reinvocationPolicy:
-IfNeeded``); the second call answers with an empty patch.
+Each pod costs one webhook call: the injected sidecar mounts an empty directory at the
+API token's path, so the ServiceAccount admission plugin, re-run after the webhook,
+changes nothing and the apiserver does not re-invoke it (``reinvocationPolicy:
+IfNeeded``). Before that, every pod cost two calls and the histogram counted both.
 
 No scheduler or kubelet runs: pods stay Pending, which is all admission needs. Run:
 
