@@ -141,3 +141,24 @@ def test_redis_glob() -> None:
     assert regex("a\\*").fullmatch("a*")
     assert not regex("a\\*").fullmatch("ab")
     assert regex("x\ny*").fullmatch("x\nyz")
+
+
+async def test_set_many_stores_every_pair_with_the_ttl(cache: Cache, space: Keyspace) -> None:
+    await space.set_with("m1", b"old", ms=None, default_ms=DEFAULT_MS)
+    await space.set_many([("m1", b"1"), ("m2", b"2"), ("m1", b"3")], ms=60_000)
+    assert await cache.get("m1") == b"3"  # a key given twice ends with its last value
+    assert await cache.get("m2") == b"2"
+    for key in ("m1", "m2"):
+        assert 59_000 < await space.pttl(key) <= 60_000
+
+
+async def test_set_many_stores_nothing_when_a_value_is_refused() -> None:
+    """Memory backend: every pair is checked (maxBytes) before any is stored."""
+    built = new_cache(Config(type="memory", config={"defaultTTL": "5m", "maxBytes": 1000}))
+    space = keyspace.for_backend(built.backend)
+    try:
+        with pytest.raises(Exception, match="maxBytes"):
+            await space.set_many([("n1", b"1"), ("n2", b"x" * 2000)], ms=60_000)
+        assert await space.pttl("n1") == -2
+    finally:
+        await built.stop()

@@ -17,6 +17,7 @@ import time
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
+from podcache.backends import keyspace
 from podcache.backends.redis import RedisBackend
 from podcache.cache import new_cache
 from podcache.config import Config
@@ -48,6 +49,23 @@ async def test_operations_and_item_count_span_all_primaries(
     finally:
         await backend.stop()
         await other.stop()
+
+
+async def test_mset_across_slots_and_in_one_slot(cluster_topology: ClusterTopology) -> None:
+    """MSET (the RESP socket's ``Keyspace.set_many``): keys of one slot go in one script,
+    keys of several slots one SET each; every pair stored with the TTL either way."""
+    backend = RedisBackend(cluster_topology.settings(keyPrefix="ms:"))
+    space = keyspace.for_backend(backend)
+    try:
+        spread = [(f"k{i}", str(i).encode()) for i in range(20)]  # several slots
+        together = [(f"{{tag}}k{i}", str(i).encode()) for i in range(5)]  # one slot
+        for pairs in (spread, together):
+            await space.set_many(pairs, ms=60_000)
+            for key, value in pairs:
+                assert await backend.get(key) == value
+                assert 59_000 < await space.pttl(key) <= 60_000
+    finally:
+        await backend.stop()
 
 
 async def test_locks_on_cluster_keep_one_slot_per_lock(cluster_topology: ClusterTopology) -> None:

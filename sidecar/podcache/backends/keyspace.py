@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import functools
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from podcache.backends.base import Backend
@@ -76,6 +77,11 @@ class Keyspace(abc.ABC):
 
         ``ms`` None means the default TTL, or the key's current TTL with ``keep_ttl``
         (a key that did not exist gets the default)."""
+
+    @abc.abstractmethod
+    async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
+        """MSET: every pair stored with ``ms`` to live, all at once (no reader sees some
+        stored and not others; Redis Cluster: only when the keys share a slot)."""
 
     @abc.abstractmethod
     async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:

@@ -20,6 +20,7 @@ import collections
 import itertools
 import math
 import time
+from collections.abc import Sequence
 
 from podcache.backends import keyspace, memory
 from podcache.backends.keyspace import ExpireCondition, Keyspace, KeyspaceError, SetCondition
@@ -107,6 +108,12 @@ class MemoryKeyspace(Keyspace):
         key, value, seconds = backend._checked(key, value, ms / 1000)  # maxBytes, as SET
         backend._store(key, value, seconds)
         return True, old
+
+    async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
+        backend = self._backend
+        checked = [backend._checked(key, value, ms / 1000) for key, value in pairs]
+        for key, value, seconds in checked:  # no await between: nothing interleaves
+            backend._store(key, value, seconds)
 
     async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
         backend = self._backend

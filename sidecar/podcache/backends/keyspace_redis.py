@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from podcache import validation
@@ -63,6 +64,16 @@ if ttl == '' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 return {1, old}
+""")
+
+MSET_SCRIPT = _Script("""
+-- MSET with a TTL, atomic: a script runs with nothing else in between.
+-- KEYS - the prefixed keys
+-- ARGV[1] - TTL in ms; ARGV[i + 1] - the value of KEYS[i]
+for i, key in ipairs(KEYS) do
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+end
+return #KEYS
 """)
 
 INCR_SCRIPT = _Script("""
@@ -194,6 +205,28 @@ class RedisKeyspace(Keyspace):
             key, value, ms=ms, default_ms=default_ms, keep_ttl=keep_ttl, condition=condition,
             get=get,
         ))
+
+    async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
+        near = self._backend.near
+        names = [name for name, _ in pairs]
+        keys = [self._key(name) for name in names]
+        values = [value for _, value in pairs]
+        if near is not None:
+            for name in names:
+                near.forget(name)
+        try:
+            if isinstance(self._backend.client, RedisCluster) and len(
+                {key_slot(key) for key in keys}
+            ) > 1:
+                # Keys in several slots cannot be in one script: one SET each, in order.
+                for key, value in zip(keys, values, strict=True):
+                    await self._command("SET", key, value, "PX", ms)
+                return
+            await self._script(MSET_SCRIPT, keys, [ms, *values])
+        finally:
+            if near is not None:
+                for name in names:
+                    near.forget(name)
 
     async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
         return await self._written(key, self._incr_by(key, delta, default_ms=default_ms))

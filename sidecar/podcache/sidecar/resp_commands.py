@@ -582,10 +582,8 @@ async def mset(session: Session, args: list[bytes]) -> bytes:
     pairs = [
         (key_of(session, args[i]), value_of(session, args[i + 1])) for i in range(1, len(args), 2)
     ]
-    cache = session.state.slot.cache
-    ttl = session.state.default_ttl
-    for key, value in pairs:  # in order: a key given twice ends with its last value
-        await cache.set(key, value, ttl)
+    # One write of every pair (a key given twice ends with its last value, as in Redis).
+    await _counted(session, "mset", session.keyspace().set_many(pairs, ms=default_ms(session)))
     return wire.OK
 
 
