@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
@@ -32,8 +32,6 @@ from podcache import validation
 from podcache.backends.keyspace import ExpireCondition, Keyspace, KeyspaceError, SetCondition
 from podcache.backends.redis import RedisBackend, escape_glob
 from podcache.errors import BackendUnavailable
-
-T = TypeVar("T")
 
 Arg = bytes | str | int
 
@@ -179,16 +177,27 @@ class RedisKeyspace(Keyspace):
     async def _incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
         return int(await self._script(INCR_SCRIPT, [self._key(key)], [delta, default_ms]))
 
-    # Writes drop the near cache's copy before and after (see ``RedisBackend.set``).
+    async def _set_many(self, pairs: Sequence[tuple[str, bytes]], ms: int) -> None:
+        keys = [self._key(key) for key, _ in pairs]
+        values = [value for _, value in pairs]
+        client = self._backend.client
+        if isinstance(client, RedisCluster) and len({key_slot(key) for key in keys}) > 1:
+            # Keys in several slots cannot be in one script: one SET each, in order.
+            for key, value in zip(keys, values, strict=True):
+                await self._command("SET", key, value, "PX", ms)
+            return
+        await self._script(MSET_SCRIPT, keys, [ms, *values])
+
+    # Writes drop the near cache's copy before and after (``RedisBackend.written``).
 
     async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
-        return await self._written(key, self._pexpire(key, ms, condition))
+        return await self._backend.written((key,), self._pexpire(key, ms, condition))
 
     async def getdel(self, key: str) -> bytes | None:
-        return await self._written(key, self._getdel(key))
+        return await self._backend.written((key,), self._getdel(key))
 
     async def getex(self, key: str, ms: int | None) -> bytes | None:
-        return await self._written(key, self._getex(key, ms))
+        return await self._backend.written((key,), self._getex(key, ms))
 
     async def set_with(
         self,
@@ -201,45 +210,16 @@ class RedisKeyspace(Keyspace):
         condition: SetCondition = None,
         get: bool = False,
     ) -> tuple[bool, bytes | None]:
-        return await self._written(key, self._set_with(
+        return await self._backend.written((key,), self._set_with(
             key, value, ms=ms, default_ms=default_ms, keep_ttl=keep_ttl, condition=condition,
             get=get,
         ))
 
     async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
-        near = self._backend.near
-        names = [name for name, _ in pairs]
-        keys = [self._key(name) for name in names]
-        values = [value for _, value in pairs]
-        if near is not None:
-            for name in names:
-                near.forget(name)
-        try:
-            if isinstance(self._backend.client, RedisCluster) and len(
-                {key_slot(key) for key in keys}
-            ) > 1:
-                # Keys in several slots cannot be in one script: one SET each, in order.
-                for key, value in zip(keys, values, strict=True):
-                    await self._command("SET", key, value, "PX", ms)
-                return
-            await self._script(MSET_SCRIPT, keys, [ms, *values])
-        finally:
-            if near is not None:
-                for name in names:
-                    near.forget(name)
+        await self._backend.written([key for key, _ in pairs], self._set_many(pairs, ms))
 
     async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
-        return await self._written(key, self._incr_by(key, delta, default_ms=default_ms))
-
-    async def _written(self, key: str, write: Awaitable[T]) -> T:
-        near = self._backend.near
-        if near is None:
-            return await write
-        near.forget(key)
-        try:
-            return await write
-        finally:
-            near.forget(key)
+        return await self._backend.written((key,), self._incr_by(key, delta, default_ms=default_ms))
 
     async def exists(self, key: str) -> bool:
         return bool(await self._command("EXISTS", self._key(key)))

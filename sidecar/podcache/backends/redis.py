@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -251,23 +251,27 @@ return 0
             near.forget(key)
 
     async def set_nx(self, key: str, value: bytes, ttl: float = 0) -> bool:
-        return await self._written(key, self._do_set_nx(key, value, ttl))
+        return await self.written((key,), self._do_set_nx(key, value, ttl))
 
     async def set_if_match(self, key: str, value: bytes, expected: bytes, ttl: float = 0) -> bool:
-        return await self._written(key, self._do_set_if_match(key, value, expected, ttl))
+        return await self.written((key,), self._do_set_if_match(key, value, expected, ttl))
 
     async def delete(self, key: str) -> bool:
-        return await self._written(key, self._do_delete(key))
+        return await self.written((key,), self._do_delete(key))
 
-    async def _written(self, key: str, write: Awaitable[T]) -> T:
+    async def written(self, keys: Sequence[str], write: Awaitable[T]) -> T:
+        """Await ``write`` of ``keys`` with their near-cache copies dropped around it (the
+        keyspace's writes use it too)."""
         near = self.near
         if near is None:
             return await write
-        near.forget(key)
+        for key in keys:
+            near.forget(key)
         try:
             return await write
         finally:
-            near.forget(key)
+            for key in keys:
+                near.forget(key)
 
     async def ping(self) -> None:
         pipe = self._pipe()
