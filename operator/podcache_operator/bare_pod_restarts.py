@@ -47,8 +47,6 @@ class BarePodRestarts:
         self._waiting: dict[Key, dict[str, None]] = {}  # insertion-ordered pod names
         self._next: dict[Key, float] = {}
         self._workers: dict[Key, asyncio.Task[None]] = {}
-        self.evicted: list[tuple[str, str]] = []
-        """(namespace, pod) evicted so far, oldest first (for logs and tests)."""
 
     def offer(self, key: Key, pod: str) -> None:
         """``pod`` lacks the sidecar and may be replaced."""
@@ -86,7 +84,6 @@ class BarePodRestarts:
                     continue  # it stays first in line
                 waiting.pop(pod, None)
                 if not gone:
-                    self.evicted.append((key[0], pod))
                     logger.warning(
                         "Evicted pod %s/%s (no webhook saw it, so it has no podcache sidecar;"
                         " its controller re-creates it with one)", key[0], pod,

@@ -35,19 +35,10 @@ async def problem(
     within: float = TIMEOUT,
 ) -> str | None:
     """Why a client could not use the sockets right now, or None when both answer."""
-    found = await _ask(http_socket, HEALTH_REQUEST, _http_ok, within)
-    if found == _TIMED_OUT and saturated():
-        found = None
-    elif found == _TIMED_OUT:
-        found = f"{http_socket} did not answer within {within:g} s"
+    found = await _ask(http_socket, HEALTH_REQUEST, _http_ok, within, busy=saturated)
     if found is None and resp_socket is not None:
         found = await _ask(resp_socket, PING, _resp_ok, within)
-        if found == _TIMED_OUT:
-            found = f"{resp_socket} did not answer within {within:g} s"
     return found
-
-
-_TIMED_OUT = "timed out"
 
 
 def _http_ok(line: bytes) -> bool:
@@ -60,8 +51,14 @@ def _resp_ok(line: bytes) -> bool:
 
 
 async def _ask(
-    path: str, request: bytes, ok: Callable[[bytes], bool], within: float
+    path: str,
+    request: bytes,
+    ok: Callable[[bytes], bool],
+    within: float,
+    *,
+    busy: Callable[[], bool] = lambda: False,
 ) -> str | None:
+    """Why ``path`` failed ``request``, or None; no answer while ``busy()`` is no failure."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(within):
@@ -69,7 +66,7 @@ async def _ask(
             writer.write(request)
             line = await reader.readline()
     except TimeoutError:
-        return _TIMED_OUT
+        return None if busy() else f"{path} did not answer within {within:g} s"
     except OSError as exc:
         return f"cannot connect to {path}: {exc.strerror or exc}"
     finally:
