@@ -266,6 +266,16 @@ def main() -> None:
                     redis_pid=rpid if with_redis else None,
                 )
 
+            def redis_py(
+                op: str, redis_url: str, server_pid: int | None, with_redis: bool
+            ) -> dict[str, Any]:
+                """redis-py (the Python load generator) on ``redis_url``."""
+                return python_load(
+                    {**py, "kind": "redis", "op": op, "redis_url": redis_url},
+                    server_pid=server_pid,
+                    redis_pid=rpid if with_redis else None,
+                )
+
             cases: list[tuple[str, str, Any]] = []
             for op in ("set", "get"):
                 cases += [
@@ -303,39 +313,14 @@ def main() -> None:
                                 redis_pid=rpid,
                             ),
                         ),
-                        (
-                            "redis-py -> redis",
-                            lambda op=op: python_load(
-                                {**py, "kind": "redis", "op": op, "redis_url": url},
-                                server_pid=None,
-                                redis_pid=rpid,
-                            ),
-                        ),
+                        ("redis-py -> redis", lambda op=op: redis_py(op, url, None, True)),
                         (
                             "redis-py -> RESP memory",
-                            lambda op=op: python_load(
-                                {
-                                    **py,
-                                    "kind": "redis",
-                                    "op": op,
-                                    "redis_url": f"unix://{memory_resp}",
-                                },
-                                server_pid=memory.pid,
-                                redis_pid=None,
-                            ),
+                            lambda op=op: redis_py(op, f"unix://{memory_resp}", memory.pid, False),
                         ),
                         (
                             "redis-py -> RESP redis",
-                            lambda op=op: python_load(
-                                {
-                                    **py,
-                                    "kind": "redis",
-                                    "op": op,
-                                    "redis_url": f"unix://{backed_resp}",
-                                },
-                                server_pid=backed.pid,
-                                redis_pid=rpid,
-                            ),
+                            lambda op=op: redis_py(op, f"unix://{backed_resp}", backed.pid, True),
                         ),
                     ]
                 ]
@@ -343,10 +328,7 @@ def main() -> None:
                 for op in ("set", "get"):  # set first: the GETs find the hot key
                     cases.append((
                         "redis-py -> RESP near", op,
-                        lambda op=op: python_load(
-                            {**py, "kind": "redis", "op": op, "redis_url": f"unix://{near_resp}"},
-                            server_pid=near.pid, redis_pid=rpid,
-                        ),
+                        lambda op=op: redis_py(op, f"unix://{near_resp}", near.pid, True),
                     ))  # fmt: skip
             for trial in range(args.trials):
                 for name, op, run in cases:

@@ -27,23 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
-from kubernetes import client
 from tests.controlplane.harness import (
     cache_config,
     cache_config_ready,
     create_cache_config,
+    create_namespace,
     eventually,
 )
 from tests.node.harness import NodeCluster, app_deployment, start_node, wait_pods_ready
 from tests.node.node import NODE_NAME
 
 from operator_apiserver_bench import bench_reconcile, histogram_quantile, webhook_buckets
-
-
-def namespace(nodes: NodeCluster, name: str) -> str:
-    nodes.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(lambda: nodes.core.read_namespaced_service_account("default", name), what="SA")
-    return name
 
 
 def all_ready(nodes: NodeCluster, ns: str, name: str, pods: int, config: str | None) -> float:
@@ -93,7 +87,7 @@ def main() -> None:
         print(f"node ready in {time.monotonic() - started:.1f} s (image build included)")
         print(f"helm install --wait: {nodes.install():.1f} s")
 
-        plain_ns = namespace(nodes, "bench-plain")
+        plain_ns = create_namespace(nodes.core, "bench-plain")
         plain = all_ready(nodes, plain_ns, "plain", args.pods, None)
         nodes.core.delete_namespace(plain_ns)
         eventually(
@@ -102,7 +96,7 @@ def main() -> None:
             what="the plain pods gone",
         )
 
-        injected_ns = namespace(nodes, "bench-injected")
+        injected_ns = create_namespace(nodes.core, "bench-injected")
         create_cache_config(nodes.cluster, injected_ns, cache_config("web", {}))
         eventually(lambda: cache_config_ready(nodes.cluster, injected_ns, "web"), what="Ready")
         before = webhook_buckets(nodes.cluster)
@@ -132,7 +126,8 @@ def main() -> None:
         nodes.core.delete_namespace(injected_ns)
 
         print(f"\n{args.configs} CacheConfigs created back to back:")
-        elapsed = bench_reconcile(nodes.cluster, namespace(nodes, "bench-configs"), args.configs)
+        configs_ns = create_namespace(nodes.core, "bench-configs")
+        elapsed = bench_reconcile(nodes.cluster, configs_ns, args.configs)
         print(f"  all Ready {elapsed:.2f} s after the first create")
 
 

@@ -47,6 +47,7 @@ from tests.controlplane.harness import (
     cache_config,
     cache_config_ready,
     create_cache_config,
+    create_namespace,
     eventually,
     installed_chart,
     start_cluster,
@@ -171,13 +172,7 @@ def main() -> None:
             print(f"chart installed, operator serving in {time.monotonic() - started:.1f} s")
             core = client.CoreV1Api(cluster.api)
             for namespace in ("bench-configs", "bench-pods"):
-                core.create_namespace(
-                    client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
-                )
-                eventually(
-                    lambda ns=namespace: core.read_namespaced_service_account("default", ns),
-                    what="default ServiceAccount",
-                )
+                create_namespace(core, namespace)
 
             print(f"\n{args.configs} CacheConfigs created back to back:")
             elapsed = bench_reconcile(cluster, "bench-configs", args.configs)

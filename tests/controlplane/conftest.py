@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from kubernetes import client
 
 from tests.availability import unavailable
 from tests.controlplane.cluster import ControlPlaneUnavailable
 from tests.controlplane.harness import (
     Cluster,
     Installation,
-    eventually,
+    create_namespace,
     installed_chart,
     start_cluster,
 )
@@ -64,11 +63,6 @@ def installation(cluster: Cluster) -> Iterator[Installation]:
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A namespace of this test's own, deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(
-        lambda: cluster.core.read_namespaced_service_account("default", name),
-        what=f"the default ServiceAccount of {name}",
-    )
+    name = create_namespace(cluster.core, f"t-{uuid.uuid4().hex[:10]}")
     yield name
     cluster.core.delete_namespace(name)

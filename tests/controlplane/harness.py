@@ -94,6 +94,17 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 20.0, what: st
     raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}: {last_error}")
 
 
+def create_namespace(core: client.CoreV1Api, name: str) -> str:
+    """Create namespace ``name`` and wait until it can take pods: the ServiceAccount
+    admission plugin refuses them until the controller made its default ServiceAccount."""
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    eventually(
+        lambda: core.read_namespaced_service_account("default", name),
+        what=f"the default ServiceAccount of {name}",
+    )
+    return name
+
+
 def wait_crds_established(cluster: Cluster, *names: str) -> None:
     def established() -> bool:
         for name in names:

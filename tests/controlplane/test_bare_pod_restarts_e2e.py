@@ -14,6 +14,7 @@ from kubernetes import client
 from tests.controlplane.harness import (
     Cluster,
     cache_config,
+    create_namespace,
     eventually,
     installed_chart,
 )
@@ -45,10 +46,8 @@ def pods_of(cluster: Cluster, namespace: str, app: str) -> list[client.V1Pod]:
 
 def test_a_bare_pod_of_a_deployment_is_replaced_with_the_sidecar(fresh_cluster: Cluster) -> None:
     # A control plane of its own: the session's has the chart installed without the option.
-    cluster, namespace = fresh_cluster, "apps"
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    eventually(lambda: cluster.core.read_namespaced_service_account("default", namespace),
-               what="the default ServiceAccount")  # fmt: skip
+    cluster = fresh_cluster
+    namespace = create_namespace(cluster.core, "apps")
     with installed_chart(cluster, "operator.restartPodsWithoutSidecar=true") as installation:
         create(cluster, namespace, cache_config("web", {}))
         eventually(lambda: ready(cluster, namespace, "web"), what="CacheConfig Ready")

@@ -22,6 +22,7 @@ from tests.controlplane.harness import (
     VERSION,
     Installation,
     cache_config,
+    create_namespace,
     eventually,
     wait_crds_established,
 )
@@ -112,11 +113,7 @@ def test_deleting_the_cacheconfig_collects_what_it_owned(
 def test_deleting_the_namespace_finishes(installation: Installation) -> None:
     """The operator's finalizer must not hold a namespace in Terminating."""
     cluster = installation.cluster
-    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="doomed")))
-    eventually(
-        lambda: cluster.core.read_namespaced_service_account("default", "doomed"),
-        what="default ServiceAccount",
-    )
+    create_namespace(cluster.core, "doomed")
     create(cluster, "doomed", cache_config("c", {}))
     eventually(lambda: ready(cluster, "doomed", "c"), what="Ready")
     cluster.core.delete_namespace("doomed")

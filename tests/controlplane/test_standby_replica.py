@@ -25,6 +25,7 @@ from tests.controlplane.harness import (
     cache_config,
     chart_operator,
     create_cache_config,
+    create_namespace,
     eventually,
     read_cache_config,
     wait_crds_established,
@@ -75,8 +76,7 @@ def test_the_standby_injects_the_cacheconfig_as_it_is_now(
 ) -> None:
     first, second = replicas
     core = fresh_cluster.core
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    eventually(lambda: core.read_namespaced_service_account("default", NAMESPACE), what="SA")
+    create_namespace(core, NAMESPACE)
     create_cache_config(fresh_cluster, NAMESPACE, cache_config("shop", {}))
     first.start()
     eventually(

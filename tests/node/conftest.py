@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
-from kubernetes import client
 
 from tests.availability import unavailable
 from tests.controlplane.cluster import ControlPlaneUnavailable
-from tests.controlplane.harness import RELEASE, RELEASE_NAMESPACE, eventually
+from tests.controlplane.harness import RELEASE, RELEASE_NAMESPACE, create_namespace
 from tests.node.harness import TIMINGS, NodeCluster, start_node
 from tests.node.images import ImageUnavailable
 from tests.node.netns import NetworkUnavailable
@@ -54,12 +53,7 @@ def release(nodes: NodeCluster) -> NodeCluster:
 @pytest.fixture
 def namespace(nodes: NodeCluster) -> Iterator[str]:
     """A namespace of this test's own, deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    nodes.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    eventually(
-        lambda: nodes.core.read_namespaced_service_account("default", name),
-        what=f"the default ServiceAccount of {name}",
-    )
+    name = create_namespace(nodes.core, f"t-{uuid.uuid4().hex[:10]}")
     yield name
     nodes.core.delete_namespace(name)
 
