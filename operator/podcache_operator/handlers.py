@@ -75,8 +75,10 @@ class RuntimeState:
     """Per CacheConfig, the pods already named in a PodWithoutSidecar Event (and still bare)."""
     bare_pod_restarts: bare_pod_restarts.BarePodRestarts | None = None
     """Evicts labelled pods no webhook saw (``Settings.restart_pods_without_sidecar``)."""
-    servicemonitor_crd: bool | None = None
-    """Whether the ServiceMonitor CRD is established; None until its first event."""
+    servicemonitor_crd: reconciling.CrdPresence = dataclasses.field(
+        default_factory=reconciling.CrdPresence
+    )
+    """Whether the ServiceMonitor CRD is established (its watch, else a GET remembered)."""
     metrics: podcache_metrics.OperatorMetrics = dataclasses.field(
         default_factory=podcache_metrics.OperatorMetrics
     )
@@ -265,9 +267,8 @@ async def servicemonitor_crd_changed(
     sidecar_pods: kopf.Index[Key, str] = kwargs["sidecar_pods"]
     present = type != "DELETED" and kubeapi.is_established(body)
     state: RuntimeState = memo.state
-    if state.servicemonitor_crd == present:
+    if not state.servicemonitor_crd.heard(present):
         return
-    state.servicemonitor_crd = present
     logger.info(
         "%s is %s; revisiting CacheConfigs",
         kubeapi.SERVICEMONITOR_CRD,
@@ -376,4 +377,9 @@ def _all(cacheconfigs: kopf.Index[Key, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _context(memo: Any, logger: kopf.Logger) -> reconciling.Context:
     config: podcache_settings.Settings = memo.config
-    return reconciling.Context(config=config, kopf_settings=memo.kopf_settings, logger=logger)
+    return reconciling.Context(
+        config=config,
+        kopf_settings=memo.kopf_settings,
+        logger=logger,
+        servicemonitor_crd=memo.state.servicemonitor_crd,
+    )

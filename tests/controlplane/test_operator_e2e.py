@@ -107,7 +107,11 @@ def test_deleting_the_cacheconfig_collects_what_it_owned(
         configs = cluster.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
         return "podcache-gone" not in names and not configs["items"]
 
-    eventually(collected, timeout=30, what="the garbage collector to remove owned objects")
+    # The garbage collector maps CacheConfig only after its discovery resync (every 30 s)
+    # sees the CRD the chart installed moments ago; until then it retries the owner with
+    # a doubling backoff (its log: "unable to get REST mapping"), so the first sweep can
+    # come a minute after the delete.
+    eventually(collected, timeout=120, what="the garbage collector to remove owned objects")
 
 
 def test_deleting_the_namespace_finishes(installation: Installation) -> None:

@@ -212,6 +212,37 @@ class TestServiceMonitor:
         await eventually(applied, what="ServiceMonitorReady=True")
         assert get(cluster, SERVICEMONITORS, "podcache-shop") is not None
 
+    async def test_the_crd_is_read_once_not_per_reconciliation(
+        self, cluster: ClusterEmulator, operator: Any
+    ) -> None:
+        # Absent: its watch sends nothing, so the first reconciliation asks and the
+        # answer is remembered; the watch corrects it when the CRD comes.
+        names = ["a", "b", "c", "d"]
+        for name in names:
+            await create(cluster, name, samples.MEMORY_SPEC)
+        for name in names:
+            body = await eventually(lambda n=name: ready(cluster, n), what=f"{name} Ready")
+            assert condition(body, "ServiceMonitorReady")["reason"] == "CRDNotInstalled"
+        reads = [
+            request
+            for request in list(cluster)
+            if request.resource is not None
+            and request.resource.plural == "customresourcedefinitions"
+            and request.name == "servicemonitors.monitoring.coreos.com"
+            and request.method.value == "GET"
+        ]
+        assert len(reads) <= 1
+        install_servicemonitor_crd(cluster)
+        response = await cluster.post(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=servicemonitor_crd()
+        )
+        assert response.status < 300
+        for name in names:
+            await eventually(
+                lambda n=name: get(cluster, SERVICEMONITORS, f"podcache-{n}"),
+                what=f"the ServiceMonitor of {name}",
+            )
+
     async def test_the_crd_going_away(self, cluster: ClusterEmulator, operator: Any) -> None:
         install_servicemonitor_crd(cluster)
         cluster.objects[CRDS, None, "servicemonitors.monitoring.coreos.com"] = servicemonitor_crd()
