@@ -10,7 +10,7 @@ Prints, from one run:
   ``apiserver_admission_webhook_admission_duration_seconds`` histogram (p50, p99);
 * the shares issue 18 names: the kubelet's probe count over that run (``prober_probe_total``)
   and what importing the sidecar costs in a pod (``python -X importtime``);
-* M CacheConfigs created back to back → seconds until all are Ready.
+* M CacheConfigs created at once (4 clients) → seconds until all are Ready.
 
 Issue 18's targets: opted-in ≤ 1.5x plain and ≤ 0.3 s per pod; webhook p99 ≤ 20 ms;
 200 CacheConfigs Ready ≤ 5 s. Needs root and what ``scripts/test`` sets up. Run:
@@ -125,7 +125,7 @@ def main() -> None:
         print(f"  import podcache.sidecar.runtime in a pod: {imported}")
         nodes.core.delete_namespace(injected_ns)
 
-        print(f"\n{args.configs} CacheConfigs created back to back:")
+        print(f"\n{args.configs} CacheConfigs created at once:")
         configs_ns = create_namespace(nodes.core, "bench-configs")
         elapsed = bench_reconcile(nodes.cluster, configs_ns, args.configs)
         print(f"  all Ready {elapsed:.2f} s after the first create")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import ssl
@@ -25,8 +26,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -295,6 +297,54 @@ class ControlPlane:
         with urllib.request.urlopen(request, context=self._ssl_context(), timeout=timeout) as r:
             body: bytes = r.read()
             return body
+
+    def watch_until(
+        self,
+        collection: str,
+        done: Callable[[dict[str, dict[str, Any]]], bool],
+        *,
+        timeout: float,
+        what: str,
+    ) -> dict[str, dict[str, Any]]:
+        """List ``collection`` (a path with its query) and follow it with a watch until
+        ``done(objects by name)`` holds; returns those objects (raw JSON).
+
+        A watch instead of polling: 30 pods listed every 0.1 s through the client's
+        models cost a benchmark about a tenth of the machine it was measuring. A watch
+        that ends (its timeout, a 410 Gone) is followed by a new list.
+        """
+        deadline = time.monotonic() + timeout
+        joiner = "&" if "?" in collection else "?"
+        while True:
+            listing = json.loads(self.get(collection, timeout=30))
+            objects = {item["metadata"]["name"]: item for item in listing["items"]}
+            if done(objects):
+                return objects
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            query = (
+                f"{joiner}watch=1&resourceVersion={listing['metadata']['resourceVersion']}"
+                f"&timeoutSeconds={max(1, int(remaining))}"
+            )
+            request = urllib.request.Request(self.url + collection + query)
+            try:
+                with urllib.request.urlopen(
+                    request, context=self._ssl_context(), timeout=remaining + 5
+                ) as stream:
+                    for line in stream:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            break  # e.g. 410 Gone: list again
+                        item = event["object"]
+                        if event["type"] == "DELETED":
+                            objects.pop(item["metadata"]["name"], None)
+                        elif event["type"] != "BOOKMARK":
+                            objects[item["metadata"]["name"]] = item
+                        if done(objects):
+                            return objects
+            except OSError:  # the stream broke or timed out: list again
+                pass
 
     def stop_process(self, name: str, timeout: float = 10.0) -> None:
         """Stop one component (SIGTERM, then SIGKILL after ``timeout``)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,17 +138,28 @@ def pod_ready(pod: client.V1Pod) -> bool:
 def wait_pods_ready(
     nodes: NodeCluster, namespace: str, selector: str, count: int, timeout: float = 120
 ) -> list[client.V1Pod]:
-    def ready() -> list[client.V1Pod] | None:
-        pods = [
-            p
-            for p in nodes.core.list_namespaced_pod(namespace, label_selector=selector).items
-            if p.metadata.deletion_timestamp is None
-        ]
-        if len(pods) == count and all(pod_ready(p) for p in pods):
-            return pods
-        return None
+    """Wait until exactly ``count`` live pods match ``selector``, all Ready (a watch,
+    see ``ControlPlane.watch_until``); returns them."""
 
-    return eventually(ready, timeout=timeout, what=f"{count} Ready pods {selector} in {namespace}")
+    def ready(pods: dict[str, dict[str, Any]]) -> bool:
+        live = [p for p in pods.values() if not p["metadata"].get("deletionTimestamp")]
+        return len(live) == count and all(
+            any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (p.get("status") or {}).get("conditions") or ()
+            )
+            for p in live
+        )
+
+    found = nodes.cluster.plane.watch_until(
+        f"/api/v1/namespaces/{namespace}/pods?labelSelector={urllib.parse.quote(selector)}",
+        ready,
+        timeout=timeout,
+        what=f"{count} Ready pods {selector} in {namespace}",
+    )
+    names = {name for name, p in found.items() if not p["metadata"].get("deletionTimestamp")}
+    pods = nodes.core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if p.metadata.name in names]
 
 
 def app_deployment(name: str, config_name: str | None, replicas: int = 1,
