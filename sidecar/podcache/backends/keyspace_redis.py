@@ -47,9 +47,11 @@ SET_SCRIPT = _Script("""
 -- KEYS[1] - the prefixed key
 -- ARGV[1] - the value
 -- ARGV[2] - TTL in ms, or '' to keep the key's TTL (KEEPTTL)
--- ARGV[3] - the default TTL in ms (KEEPTTL on a key that has none)
+-- ARGV[3] - the default TTL in ms (KEEPTTL on a key that is new, or has no TTL and
+--           ARGV[6] is not '1')
 -- ARGV[4] - 'NX', 'XX' or ''
 -- ARGV[5] - '1' to return the old value (GET)
+-- ARGV[6] - '1' when a key without a TTL keeps none (PERSIST allowed)
 -- return {1 if stored else 0, the old value or nil}
 local old = false
 if ARGV[5] == '1' then old = redis.call('GET', KEYS[1]) end
@@ -58,6 +60,10 @@ if (ARGV[4] == 'NX' and exists) or (ARGV[4] == 'XX' and not exists) then return 
 local ttl = ARGV[2]
 if ttl == '' then
     ttl = redis.call('PTTL', KEYS[1])
+    if ttl == -1 and ARGV[6] == '1' then
+        redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+        return {1, old}
+    end
     if ttl <= 0 then ttl = ARGV[3] end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
@@ -79,10 +85,14 @@ INCR_SCRIPT = _Script("""
 -- KEYS[1] - the prefixed key
 -- ARGV[1] - the increment
 -- ARGV[2] - the default TTL in ms
+-- ARGV[3] - '1' when an existing key without a TTL keeps none (PERSIST allowed)
 -- return the new value, or INCRBY's own error reply (not an integer, overflow)
+local existed = ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1
 local value = redis.pcall('INCRBY', KEYS[1], ARGV[1])
 if type(value) == 'table' and value.err then return value end
-if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not existed and redis.call('PTTL', KEYS[1]) == -1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return value
 """)
 
@@ -138,19 +148,21 @@ class RedisKeyspace(Keyspace):
     async def pttl(self, key: str) -> int:
         return int(await self._command("PTTL", self._key(key)))
 
-    async def _pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
-        args: list[Arg] = ["PEXPIRE", self._key(key), ms]
-        if condition is not None:
-            args.append(condition)
-        return bool(await self._command(*args))
+    async def _pexpire(self, key: str, ms: int, conditions: Sequence[ExpireCondition]) -> bool:
+        return bool(await self._command("PEXPIRE", self._key(key), ms, *conditions))
+
+    async def _persist(self, key: str) -> bool:
+        return bool(await self._command("PERSIST", self._key(key)))
 
     async def _getdel(self, key: str) -> bytes | None:
         value: bytes | None = await self._command("GETDEL", self._key(key))
         return value
 
-    async def _getex(self, key: str, ms: int | None) -> bytes | None:
+    async def _getex(self, key: str, ms: int | None, persist: bool) -> bytes | None:
         args: list[Arg] = ["GETEX", self._key(key)]
-        if ms is not None:
+        if persist:
+            args.append("PERSIST")
+        elif ms is not None:
             args += ["PX", ms]
         value: bytes | None = await self._command(*args)
         return value
@@ -165,17 +177,20 @@ class RedisKeyspace(Keyspace):
         keep_ttl: bool = False,
         condition: SetCondition = None,
         get: bool = False,
+        keep_persisted: bool = False,
     ) -> tuple[bool, bytes | None]:
         ttl: Arg = ms if ms is not None else ("" if keep_ttl else default_ms)
         stored, old = await self._script(
             SET_SCRIPT,
             [self._key(key)],
-            [value, ttl, default_ms, condition or "", "1" if get else ""],
+            [value, ttl, default_ms, condition or "", "1" if get else "",
+             "1" if keep_persisted else ""],
         )
         return bool(stored), old
 
-    async def _incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
-        return int(await self._script(INCR_SCRIPT, [self._key(key)], [delta, default_ms]))
+    async def _incr_by(self, key: str, delta: int, *, default_ms: int, keep_persisted: bool) -> int:
+        keep = "1" if keep_persisted else ""
+        return int(await self._script(INCR_SCRIPT, [self._key(key)], [delta, default_ms, keep]))
 
     async def _set_many(self, pairs: Sequence[tuple[str, bytes]], ms: int) -> None:
         keys = [self._key(key) for key, _ in pairs]
@@ -190,14 +205,17 @@ class RedisKeyspace(Keyspace):
 
     # Writes drop the near cache's copy before and after (``RedisBackend.written``).
 
-    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
-        return await self._backend.written((key,), self._pexpire(key, ms, condition))
+    async def pexpire(self, key: str, ms: int, *conditions: ExpireCondition) -> bool:
+        return await self._backend.written((key,), self._pexpire(key, ms, conditions))
+
+    async def persist(self, key: str) -> bool:
+        return await self._backend.written((key,), self._persist(key))
 
     async def getdel(self, key: str) -> bytes | None:
         return await self._backend.written((key,), self._getdel(key))
 
-    async def getex(self, key: str, ms: int | None) -> bytes | None:
-        return await self._backend.written((key,), self._getex(key, ms))
+    async def getex(self, key: str, ms: int | None, *, persist: bool = False) -> bytes | None:
+        return await self._backend.written((key,), self._getex(key, ms, persist))
 
     async def set_with(
         self,
@@ -209,17 +227,22 @@ class RedisKeyspace(Keyspace):
         keep_ttl: bool = False,
         condition: SetCondition = None,
         get: bool = False,
+        keep_persisted: bool = False,
     ) -> tuple[bool, bytes | None]:
         return await self._backend.written((key,), self._set_with(
             key, value, ms=ms, default_ms=default_ms, keep_ttl=keep_ttl, condition=condition,
-            get=get,
+            get=get, keep_persisted=keep_persisted,
         ))
 
     async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
         await self._backend.written([key for key, _ in pairs], self._set_many(pairs, ms))
 
-    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
-        return await self._backend.written((key,), self._incr_by(key, delta, default_ms=default_ms))
+    async def incr_by(
+        self, key: str, delta: int, *, default_ms: int, keep_persisted: bool = False
+    ) -> int:
+        return await self._backend.written(
+            (key,), self._incr_by(key, delta, default_ms=default_ms, keep_persisted=keep_persisted)
+        )
 
     async def exists(self, key: str) -> bool:
         return bool(await self._command("EXISTS", self._key(key)))
