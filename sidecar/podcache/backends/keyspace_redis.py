@@ -13,8 +13,14 @@ is ``BackendUnavailable``.
 
 SCAN passes the cursor through to Redis with ``MATCH <escaped prefix><pattern>`` and
 strips the prefix from what comes back; lock and election keys (``podcache:...``
-under the prefix) are dropped. On a Cluster a cursor would have to name a node too,
-so SCAN answers an error there (DBSIZE still counts).
+under the prefix) are dropped. On a Cluster every primary holds some of the keys, so
+the client's cursor carries two numbers: ``(node cursor << NODE_BITS) | node index``,
+the index into redis-py's list of primaries sorted by address. Each SCAN call is one
+SCAN step on that primary; when its cursor comes back 0 the next call starts on the
+next primary, and 0 is returned after the last. A client's ordinary SCAN loop so
+visits every primary in turn, and the cursor stays within 64 bits (go-redis reads it
+as a uint64). BEWARE: like redis-py's own ``scan_iter`` over a cluster, a failover or
+a slot migration during the loop may make it miss or repeat keys that moved.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -34,6 +40,13 @@ from podcache.backends.redis import RedisBackend, escape_glob
 from podcache.errors import BackendUnavailable
 
 Arg = bytes | str | int
+
+NODE_BITS = 10
+"""Low bits of a Cluster SCAN cursor naming the primary (up to 1024, Redis Cluster's
+recommended maximum of nodes); the node's own cursor takes the upper 54 bits, and a
+node's cursor never exceeds its hash table's size."""
+_NODE_MASK = (1 << NODE_BITS) - 1
+_UINT64_MAX = 2**64 - 1
 
 
 class _Script:
@@ -248,12 +261,15 @@ class RedisKeyspace(Keyspace):
         return bool(await self._command("EXISTS", self._key(key)))
 
     async def scan(self, cursor: int, match: str | None, count: int) -> tuple[int, list[str]]:
-        if isinstance(self._backend.client, RedisCluster):
-            raise KeyspaceError("ERR SCAN is not supported on a Redis Cluster backend")
         pattern = escape_glob(self._backend.key_prefix) + (match if match is not None else "*")
-        reply = await self._command("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        # redis-py's client parses SCAN into (int, list); the pipelined one gives it raw.
-        next_cursor, raw_keys = reply
+        client = self._backend.client
+        if isinstance(client, RedisCluster):
+            next_cursor, raw_keys = await self._scan_cluster(client, cursor, pattern, count)
+        else:
+            # redis-py's client parses SCAN into (int, list); the pipelined one gives it raw.
+            next_cursor, raw_keys = await self._command(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", count
+            )
         skip = len(self._prefix)
         keys = [
             key[skip:].decode("utf-8", "surrogateescape")
@@ -261,3 +277,42 @@ class RedisKeyspace(Keyspace):
             if not key.startswith(self._reserved)
         ]
         return int(next_cursor), keys
+
+    async def _scan_cluster(
+        self, client: RedisCluster, cursor: int, pattern: str, count: int
+    ) -> tuple[int, list[bytes]]:
+        """One SCAN step on the primary the cursor names (see the module's docstring)."""
+        if cursor > _UINT64_MAX:
+            raise KeyspaceError("ERR invalid cursor")
+        index, node_cursor = cursor & _NODE_MASK, cursor >> NODE_BITS
+        timeout = self._backend.settings.operation_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await client.initialize()  # a no-op once the slot map is known
+                primaries = _primaries(client)
+                if index >= len(primaries):
+                    raise KeyspaceError("ERR invalid cursor")
+                node = primaries[index]
+                cursors, raw_keys = await client.execute_command(
+                    "SCAN", node_cursor, "MATCH", pattern, "COUNT", count, target_nodes=node
+                )
+        except ResponseError as exc:
+            raise KeyspaceError(_error_text(exc)) from exc
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"redis did not answer 'SCAN' within {timeout:g}s") from exc
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis 'SCAN' failed: {exc}") from exc
+        node_next = int(cursors[node.name])
+        if node_next != 0:
+            if node_next >> (64 - NODE_BITS):
+                # A hash table of over 2**54 slots: not a real Redis.
+                raise BackendUnavailable(f"SCAN cursor {node_next} of {node.name} is too large")
+            return (node_next << NODE_BITS) | index, raw_keys
+        if index + 1 < len(primaries):
+            return index + 1, raw_keys  # the next primary, from its start
+        return 0, raw_keys
+
+
+def _primaries(client: RedisCluster) -> list[ClusterNode]:
+    """The primaries in an order that does not depend on discovery: by address."""
+    return sorted(client.get_primaries(), key=lambda node: (node.host, node.port))
