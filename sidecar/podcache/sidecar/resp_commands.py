@@ -602,6 +602,9 @@ async def mset(session: Session, args: list[bytes]) -> bytes:
 # -- expiry -------------------------------------------------------------------------
 
 
+_EXPIRE_FLAGS: dict[bytes, ExpireCondition] = {b"NX": "NX", b"XX": "XX", b"GT": "GT", b"LT": "LT"}
+
+
 def _expire(unit: bytes, name: str) -> Handler:
     async def handler(session: Session, args: list[bytes]) -> bytes:
         key = key_of(session, args[1])
@@ -637,9 +640,6 @@ def _ttl(milliseconds: bool, name: str) -> Handler:
         return wire.integer((left + 500) // 1000)  # rounded, as Redis does
 
     return handler
-
-
-_EXPIRE_FLAGS: dict[bytes, ExpireCondition] = {b"NX": "NX", b"XX": "XX", b"GT": "GT", b"LT": "LT"}
 
 
 async def persist(session: Session, args: list[bytes]) -> bytes:
