@@ -97,13 +97,15 @@ def test_config_file_round_trips() -> None:
 type: redis
 config: {url: "redis://r:6379/0", defaultTTL: 5m, keyPrefix: "shop:"}
 metrics: {namespace: shop, port: 9191}
-limits: {maxValueBytes: 2048}
+limits: {maxValueBytes: 2048, allowPersist: true}
 locks: {defaultTTL: 20s, maxTTL: 1m}
 elections: [{name: scheduler, leaseDuration: 15s, renewDeadline: 10s, retryPeriod: 2s}]
 """
     parsed = configfile.loads(text)
     assert parsed.metrics.namespace == "shop"
     assert parsed.limits.max_value_bytes == 2048
+    assert parsed.limits.allow_persist is True
+    assert configfile.loads("type: memory").limits.allow_persist is False  # off by default
     assert parsed.elections[0].lease_duration == 15.0
     assert configfile.parse(configfile.render(parsed)) == parsed
 
@@ -115,6 +117,7 @@ elections: [{name: scheduler, leaseDuration: 15s, renewDeadline: 10s, retryPerio
         ("type: disk", "type"),
         ("metrics: {namespace: '9bad'}", "metrics.namespace"),
         ("limits: {maxValueBytes: 0}", "limits.maxValueBytes"),
+        ("limits: {allowPersist: 'yes'}", "limits.allowPersist"),
         ("locks: {defaultTTL: 10m, maxTTL: 1m}", "locks.defaultTTL"),
         (
             "elections: [{name: a, leaseDuration: 5s, renewDeadline: 10s}]",

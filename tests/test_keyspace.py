@@ -9,6 +9,7 @@ EVAL after Redis lost its script cache.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +18,9 @@ import redis.asyncio
 from podcache import Config, new_cache
 from podcache.backends import keyspace
 from podcache.backends.keyspace import Keyspace, KeyspaceError
+from podcache.backends.memory import MemoryBackend, entry_size
 from podcache.cache import Cache
+from podcache.errors import CacheMiss
 
 DEFAULT_MS = 300_000
 
@@ -89,6 +92,74 @@ async def test_expiry(cache: Cache, space: Keyspace) -> None:
     assert await space.pexpire("k", 0) is True
     assert await space.exists("k") is False
     assert await space.pttl("k") == -2
+
+
+async def test_persist_and_what_follows(cache: Cache, space: Keyspace) -> None:
+    """PERSIST (the caller checks ``limits.allowPersist``): -1 from pttl, Redis's rules for
+    EXPIRE's flags on a key without a TTL, and ``keep_persisted`` for KEEPTTL and INCR."""
+    await cache.set("k", b"v", 100)
+    assert await space.persist("k") is True
+    assert await space.persist("k") is False
+    assert await space.persist("missing") is False
+    assert await space.pttl("k") == -1
+    assert await cache.get("k") == b"v"
+    assert await space.pexpire("k", 50_000, "XX") is False
+    assert await space.pexpire("k", 50_000, "GT") is False
+    assert await space.pexpire("k", 50_000, "XX", "LT") is False
+    assert await space.pttl("k") == -1
+    assert await space.pexpire("k", 50_000, "LT") is True
+    assert 49_000 < await space.pttl("k") <= 50_000
+    assert await space.getex("k", None, persist=True) == b"v"
+    assert await space.pttl("k") == -1
+    assert await space.pexpire("k", 50_000, "NX") is True
+    assert await space.pexpire("k", 60_000, "NX") is False
+    await space.persist("k")
+    await space.set_with("k", b"w", ms=None, default_ms=DEFAULT_MS, keep_ttl=True,
+                         keep_persisted=True)
+    assert await space.pttl("k") == -1
+    await space.set_with("k", b"x", ms=None, default_ms=DEFAULT_MS, keep_ttl=True)
+    assert 299_000 < await space.pttl("k") <= DEFAULT_MS  # not allowed: the default again
+    await cache.set("n", b"1", 100)
+    await space.persist("n")
+    assert await space.incr_by("n", 1, default_ms=DEFAULT_MS, keep_persisted=True) == 2
+    assert await space.pttl("n") == -1
+    assert await space.incr_by("n", 1, default_ms=DEFAULT_MS) == 3
+    assert 299_000 < await space.pttl("n") <= DEFAULT_MS
+    assert await space.incr_by("new", 1, default_ms=DEFAULT_MS, keep_persisted=True) == 1
+    assert 299_000 < await space.pttl("new") <= DEFAULT_MS
+
+
+async def test_persisted_memory_entries_live_until_evicted() -> None:
+    """Memory backend: no expiry, no wheel reference (nothing to reap, nothing charged
+    as stale when it goes), and the LRU bounds still evict it."""
+    built = new_cache(Config(type="memory", config={"defaultTTL": "5m", "maxItems": 3,
+                                                    "reapInterval": "10ms"}))
+    backend = built.backend
+    assert isinstance(backend, MemoryBackend)
+    space = keyspace.for_backend(backend)
+    try:
+        await built.set("p", b"v", 0.05)
+        stale = backend.stale_bytes
+        assert await space.persist("p") is True
+        assert backend.stale_bytes > stale  # its old wheel reference, until reaped
+        await asyncio.sleep(0.2)
+        await backend.reap_expired()
+        assert await built.get("p") == b"v"  # outlived its old TTL
+        assert backend.stale_bytes == 0
+        await space.getex("p", None, persist=True)  # already without: unchanged
+        assert await built.delete("p") is True
+        assert backend.stale_bytes == 0  # it had no reference to leave behind
+        await built.set("q", b"v")
+        await space.persist("q")
+        for key in ("a", "b", "c"):
+            await built.set(key, b"v")
+        with pytest.raises(CacheMiss):
+            await built.get("q")  # the least recently used, evicted all the same
+        assert backend.item_count == 3
+        backend._rebuild_wheel()  # a rebuild skips entries without expiry
+        assert backend.bytes_used == 3 * entry_size("a", 1)
+    finally:
+        await built.stop()
 
 
 async def test_getex_getdel(cache: Cache, space: Keyspace) -> None:

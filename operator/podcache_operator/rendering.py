@@ -183,11 +183,17 @@ def sidecar_config(
         ],
         "logLevel": (spec.get("sidecar") or {}).get("logLevel") or DEFAULT_LOG_LEVEL,
     }
+    limits: dict[str, Any] = {}
     watch_streams = (spec.get("sidecar") or {}).get("maxWatchStreams")
     if watch_streams is not None:
         # Only when set, like the fields below: absent keeps the sidecar's default and
         # the ConfigMaps (and their hashes) of existing CacheConfigs unchanged.
-        rendered["limits"] = {"maxWatchStreams": watch_streams}
+        limits["maxWatchStreams"] = watch_streams
+    allow_persist = spec.get("allowPersist")
+    if allow_persist is not None and allow_persist is not False:
+        limits["allowPersist"] = allow_persist  # not a bool: the sidecar's parser refuses it
+    if limits:
+        rendered["limits"] = limits
     if not redis_socket_enabled(spec):
         # Only when off: left out means on, so existing ConfigMaps render as before.
         rendered["resp"] = {"enabled": False}

@@ -99,6 +99,11 @@ def check_spec(
     problems += _check_metrics(spec.get("metrics") or {})
     _count(problems, (spec.get("sidecar") or {}).get("maxWatchStreams"),
            "spec.sidecar.maxWatchStreams", MAX_WATCH_STREAMS)
+    allow_persist = spec.get("allowPersist")
+    if allow_persist is not None and not isinstance(allow_persist, bool):
+        problems.append(
+            Problem("spec.allowPersist", f"expected true or false, got {allow_persist!r}")
+        )
     log_level = (spec.get("sidecar") or {}).get("logLevel")
     if log_level is not None and log_level not in _LOG_LEVELS:
         problems.append(
@@ -177,6 +182,8 @@ def spec_field(config_field: str) -> str:
         return "spec.sidecar.logLevel"
     if config_field == "limits.maxWatchStreams":
         return "spec.sidecar.maxWatchStreams"
+    if config_field == "limits.allowPersist":
+        return "spec.allowPersist"
     if head == "type":
         return "spec.backend"
     return f"spec.{config_field}"

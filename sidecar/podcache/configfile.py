@@ -52,6 +52,10 @@ class Limits:
     max_inflight_bytes: int = 32 * 1024 * 1024
     """Request bodies held in memory at once, all connections together (a body of n
     bytes counts 2n: it is joined from its chunks); a PUT beyond it answers 503."""
+    allow_persist: bool = False
+    """Let RESP ``PERSIST`` and ``GETEX ... PERSIST`` take a key's TTL away. Off, every
+    key has a TTL (an entry never outlives its use unnoticed); a SET without a TTL gets
+    the default TTL either way."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +184,7 @@ def render(config: SidecarConfig) -> dict[str, Any]:
             "maxWatchStreams": config.limits.max_watch_streams,
             "maxInflightBytes": config.limits.max_inflight_bytes,
             "requestTimeout": durations.format_duration(config.limits.request_timeout),
+            "allowPersist": config.limits.allow_persist,
         },
         "resp": {"enabled": config.resp.enabled, "socket": config.resp.socket},
         "locks": {
@@ -269,8 +274,12 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
             "maxWatchStreams",
             "requestTimeout",
             "maxInflightBytes",
+            "allowPersist",
         },
     )
+    allow_persist = raw.get("allowPersist", False)
+    if not isinstance(allow_persist, bool):
+        raise ConfigError("limits.allowPersist", f"expected true or false, got {allow_persist!r}")
     limits = Limits(
         max_value_bytes=_int(
             raw.get("maxValueBytes"), "limits.maxValueBytes", Limits.max_value_bytes
@@ -293,6 +302,7 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
         max_inflight_bytes=_int(
             raw.get("maxInflightBytes"), "limits.maxInflightBytes", Limits.max_inflight_bytes
         ),
+        allow_persist=allow_persist,
     )
     if limits.max_inflight_bytes < 2 * limits.max_value_bytes:
         # A body counts twice its size (see Limits): the largest value must fit.

@@ -155,8 +155,10 @@ def _redis_example() -> dict[str, Any]:
         lambda c: c["spec"].update(defaultTTL="five minutes"),
         lambda c: c["spec"].update(replicas=3),
         lambda c: c["spec"]["redis"]["passwordSecretRef"].pop("name"),
+        lambda c: c["spec"].update(allowPersist="yes"),
     ],
-    ids=["unknown-backend", "bad-duration", "unknown-field", "secret-ref-without-name"],
+    ids=["unknown-backend", "bad-duration", "unknown-field", "secret-ref-without-name",
+         "allow-persist-not-a-boolean"],
 )
 def test_schema_refuses_malformed_specs(mutate: Any) -> None:
     config = copy.deepcopy(_redis_example())

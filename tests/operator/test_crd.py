@@ -172,6 +172,7 @@ def test_spec_fields() -> None:
     assert set(SPEC) == {
         "backend",
         "defaultTTL",
+        "allowPersist",
         "memory",
         "redis",
         "locks",

@@ -1,10 +1,12 @@
-"""``spec.redis.waitPoolSize`` and ``spec.sidecar.maxWatchStreams``: CRD, validation, rendering.
+"""``spec.redis.waitPoolSize``, ``spec.sidecar.maxWatchStreams`` and ``spec.allowPersist``:
+CRD, validation, rendering.
 
-Aspects: both fields are in the CRD with the operator's bounds, and the CRD's schema
+Aspects: the fields are in the CRD with the operator's bounds, and the CRD's schema
 takes and refuses what the operator does; rendered into the sidecar config
-(``config.waitPoolSize``, ``limits.maxWatchStreams``) only when set, so existing
-CacheConfigs keep their ConfigMap and hash; what the sidecar parses back; out-of-range
-values refused naming the spec field, by the operator and by the sidecar's parser.
+(``config.waitPoolSize``, ``limits.maxWatchStreams``, ``limits.allowPersist``) only when
+set (allowPersist: when true), so existing CacheConfigs keep their ConfigMap and hash;
+what the sidecar parses back; bad values refused naming the spec field, by the operator
+and by the sidecar's parser.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ SPEC_SCHEMA = samples.load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Sche
     "properties"]["spec"]
 
 
-def with_fields(*, wait_pool: Any = None, watches: Any = None) -> dict[str, Any]:
+def with_fields(
+    *, wait_pool: Any = None, watches: Any = None, persist: Any = None
+) -> dict[str, Any]:
     spec = samples.spec(samples.REDIS_SPEC)
+    if persist is not None:
+        spec["allowPersist"] = persist
     if wait_pool is not None:
         spec["redis"]["waitPoolSize"] = wait_pool
     if watches is not None:
@@ -53,6 +59,9 @@ def test_crd_bounds_are_the_operators() -> None:
     assert watches["maximum"] == validation.MAX_WATCH_STREAMS
     assert "default" not in wait_pool  # absent: the sidecar's own default
     assert "default" not in watches
+    persist = SPEC_SCHEMA["properties"]["allowPersist"]
+    assert persist["type"] == "boolean"
+    assert "default" not in persist  # absent: off, and existing objects unchanged
 
 
 def test_rendered_only_when_set() -> None:
@@ -72,9 +81,22 @@ def test_rendered_only_when_set() -> None:
     assert rendered.config_hash != plain.config_hash
 
 
+def test_allow_persist_rendered_only_when_true() -> None:
+    plain = rendering.render(samples.REDIS_SPEC, namespace="shop", name="sessions",
+                             metrics_port=9090)
+    off = rendering.render(with_fields(persist=False), namespace="shop", name="sessions",
+                           metrics_port=9090)
+    assert off.config_hash == plain.config_hash  # false is the default: same ConfigMap
+    on = rendering.render(with_fields(persist=True, watches=10), namespace="shop",
+                          name="sessions", metrics_port=9090)
+    assert on.config["limits"] == {"maxWatchStreams": 10, "allowPersist": True}
+    assert configfile.parse(on.config).limits.allow_persist is True
+    assert configfile.parse(plain.config).limits.allow_persist is False
+
+
 @pytest.mark.parametrize("value", [1, 64])
 def test_valid_values_pass(value: int) -> None:
-    spec = with_fields(wait_pool=value, watches=value)
+    spec = with_fields(wait_pool=value, watches=value, persist=value == 1)
     assert problems(spec) == []
     assert schema_accepts(spec)
 
@@ -89,6 +111,8 @@ def test_valid_values_pass(value: int) -> None:
         ("spec.sidecar.maxWatchStreams", {"watches": 0}),
         ("spec.sidecar.maxWatchStreams", {"watches": validation.MAX_WATCH_STREAMS + 1}),
         ("spec.sidecar.maxWatchStreams", {"watches": 2.5}),
+        ("spec.allowPersist", {"persist": "true"}),
+        ("spec.allowPersist", {"persist": 1}),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(field: str, changes: dict[str, Any]) -> None:
@@ -101,3 +125,4 @@ def test_bad_values_are_refused_naming_the_field(field: str, changes: dict[str, 
 def test_sidecar_parser_errors_map_to_the_spec_fields() -> None:
     assert validation.spec_field("config.waitPoolSize") == "spec.redis.waitPoolSize"
     assert validation.spec_field("limits.maxWatchStreams") == "spec.sidecar.maxWatchStreams"
+    assert validation.spec_field("limits.allowPersist") == "spec.allowPersist"

@@ -4,7 +4,7 @@ Each test sends the same commands to the sidecar's RESP socket (memory and Redis
 backends, a sidecar process each) and to a real redis-server on its own Unix socket,
 and compares the parsed replies: values, integers, nulls, arrays, and error texts
 byte for byte. Where podcache differs on purpose (every key has a TTL, one database,
-PERSIST) the test says so and checks podcache's answer instead.
+PERSIST refused by default) the test says so and checks podcache's answer instead.
 
 Aspects: strings (GET/SET and its options, SETNX/SETEX/PSETEX, GETDEL/GETEX,
 MGET/MSET), counters, expiry and key commands, connection commands, transactions,
@@ -183,11 +183,12 @@ def test_expiry_and_keys(resp: RawClient, reference: RawClient, ns: str) -> None
 
 
 def test_differences_on_purpose(resp: RawClient, ns: str) -> None:
-    """A SET without TTL gets the default TTL; PERSIST is refused; one database."""
+    """A SET without TTL gets the default TTL; PERSIST is refused unless allowed
+    (``test_resp_persist``); one database."""
     resp.call("SET", ns + "k", "v")
     assert 299 <= resp.call("TTL", ns + "k") <= 300
-    assert str(resp.call("PERSIST", ns + "k")).startswith("ERR PERSIST is not supported")
-    assert str(resp.call("GETEX", ns + "k", "PERSIST")).startswith("ERR PERSIST is not supported")
+    assert str(resp.call("PERSIST", ns + "k")).startswith("ERR PERSIST is not allowed")
+    assert str(resp.call("GETEX", ns + "k", "PERSIST")).startswith("ERR PERSIST is not allowed")
     assert str(resp.call("SELECT", "1")) == "ERR DB index is out of range"
     assert resp.call("SELECT", "0") == b"OK"
 

@@ -3,6 +3,9 @@
 Aspects:
 - every cache operation works; keys spread over all primaries and the item count
   (``count_items``, the ``lab_cache_items`` source) spans all of them, this tenant only;
+- the RESP socket's SCAN (redis-py's ``scan_iter`` through a sidecar) visits every
+  primary in turn and returns exactly this tenant's keys, each once, MATCH honoured;
+  DBSIZE counts the same keys; a cursor naming no primary is ``ERR invalid cursor``;
 - locks work on Cluster: their keys share one hash tag (one slot), fences grow;
 - a replica-ack timeout makes acquire WAIT for the shard's replica and report it;
 - a slot migration under load (MOVED/ASK) is followed without a restart;
@@ -15,14 +18,16 @@ import asyncio
 import time
 
 import pytest
+import redis
 from redis.asyncio.cluster import RedisCluster
 
-from podcache.backends import keyspace
+from podcache.backends import keyspace, keyspace_redis
 from podcache.backends.redis import RedisBackend
 from podcache.cache import new_cache
 from podcache.config import Config
 from podcache.locks.redis import lock_keys
 from tests.redis_topologies import ClusterTopology
+from tests.sidecar.resp_support import RawClient, spawned
 from tests.topologies.probe import LoadProbe
 
 
@@ -49,6 +54,67 @@ async def test_operations_and_item_count_span_all_primaries(
     finally:
         await backend.stop()
         await other.stop()
+
+
+def test_resp_scan_visits_every_primary(cluster_topology: ClusterTopology) -> None:
+    """SCAN through the sidecar's RESP socket on a Cluster backend: the cursor carries the
+    primary's index and that primary's own cursor, so a client's loop walks them all."""
+    ours = {f"user:{i}" for i in range(300)} | {f"item:{i}" for i in range(40)}
+    theirs = {f"user:{i}" for i in range(500, 560)}
+    config = {"type": "redis", "config": cluster_topology.config(keyPrefix="tenant-a:")}
+    other = {"type": "redis", "config": cluster_topology.config(keyPrefix="tenant-b:")}
+    with spawned(config) as (_, path), spawned(other) as (_, other_path):
+        client = redis.Redis(unix_socket_path=path)
+        neighbour = redis.Redis(unix_socket_path=other_path)
+        try:
+            for key in sorted(ours):
+                client.set(key, "v")
+            for key in sorted(theirs):
+                neighbour.set(key, "v")
+            # Spread over every shard, so a SCAN of one node only would miss some.
+            owners = {cluster_topology.primary_for_key("tenant-a:" + key).port for key in ours}
+            assert len(owners) == len(cluster_topology.primaries()) == 3
+            for count in (None, 7, 1000):
+                found = [key.decode() for key in client.scan_iter(count=count)]
+                assert len(found) == len(set(found)), "a key came back twice"
+                assert set(found) == ours
+            matched = [key.decode() for key in client.scan_iter(match="item:*", count=50)]
+            assert sorted(matched) == sorted(f"item:{i}" for i in range(40))
+            assert sorted(k.decode() for k in client.scan_iter(match="user:1?")) == sorted(
+                f"user:{i}" for i in range(10, 20)
+            )
+            assert client.dbsize() == len(ours)
+            assert set(k.decode() for k in neighbour.scan_iter()) == theirs
+            assert neighbour.dbsize() == len(theirs)
+            cursors = _cursors(path)
+            mask = (1 << keyspace_redis.NODE_BITS) - 1
+            assert len({cursor & mask for cursor in cursors} | {0}) == 3  # each primary
+        finally:
+            client.close()
+            neighbour.close()
+        raw = RawClient(path)
+        try:
+            assert str(raw.call("SCAN", str(3))) == "ERR invalid cursor"  # no 4th primary
+            assert str(raw.call("SCAN", "x")) == "ERR invalid cursor"
+            assert str(raw.call("SCAN", str(2**64))) == "ERR invalid cursor"
+            assert raw.call("PING") == b"PONG"
+        finally:
+            raw.close()
+
+
+def _cursors(path: str) -> list[int]:
+    """The cursors a full SCAN loop goes through (after the first call)."""
+    raw = RawClient(path)
+    try:
+        cursors: list[int] = []
+        cursor = b"0"
+        while True:
+            cursor, _ = raw.call("SCAN", cursor, "COUNT", "20")
+            if cursor == b"0":
+                return cursors
+            cursors.append(int(cursor))
+    finally:
+        raw.close()
 
 
 async def test_mset_across_slots_and_in_one_slot(cluster_topology: ClusterTopology) -> None:

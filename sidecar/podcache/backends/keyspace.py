@@ -14,9 +14,13 @@ rather than growing the interface every library user and test double implements:
   there is one), so the tenant prefix and the operation timeout apply the same way.
 
 Semantics every implementation keeps: keys are the caller's (already validated, no
-prefix); every stored key has a TTL (a new key gets ``default_ms``), so ``pttl`` never
-answers -1; errors a Redis client must see verbatim are ``KeyspaceError`` carrying
-Redis's own text; an outage is ``BackendUnavailable``.
+prefix); every stored key has a TTL (a new key gets ``default_ms``) unless ``persist``
+took it away, which the caller allows only when the config does
+(``limits.allowPersist``): then ``pttl`` answers -1, as Redis does, and a key without a
+TTL keeps none through ``set_with(keep_ttl=True)`` and ``incr_by`` only when the caller
+says ``keep_persisted`` (else it gets ``default_ms``: with PERSIST not allowed, every
+key written has a TTL again). Errors a Redis client must see verbatim are
+``KeyspaceError`` carrying Redis's own text; an outage is ``BackendUnavailable``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Literal
 from podcache.backends.base import Backend
 
 SetCondition = Literal["NX", "XX"] | None
-ExpireCondition = Literal["NX", "XX", "GT", "LT"] | None
+ExpireCondition = Literal["NX", "XX", "GT", "LT"]
+"""EXPIRE's flags; Redis 7.0 takes XX with GT or LT, so ``pexpire`` takes several."""
 
 NOT_INTEGER = "ERR value is not an integer or out of range"
 OVERFLOW = "ERR increment or decrement would overflow"
@@ -47,19 +52,26 @@ class Keyspace(abc.ABC):
 
     @abc.abstractmethod
     async def pttl(self, key: str) -> int:
-        """Milliseconds left; -2 when the key does not exist."""
+        """Milliseconds left; -1 when the key has no TTL (``persist``); -2 when absent."""
 
     @abc.abstractmethod
-    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
-        """Give ``key`` ``ms`` to live (``ms <= 0`` deletes it); whether it was changed."""
+    async def pexpire(self, key: str, ms: int, *conditions: ExpireCondition) -> bool:
+        """Give ``key`` ``ms`` to live (``ms <= 0`` deletes it) when every condition
+        holds (Redis's: a key without a TTL has none for NX/XX, an infinite one for
+        GT/LT); whether it was changed."""
+
+    @abc.abstractmethod
+    async def persist(self, key: str) -> bool:
+        """Remove the TTL of ``key``; whether it had one (False when absent)."""
 
     @abc.abstractmethod
     async def getdel(self, key: str) -> bytes | None:
         """The value, removing the key; None when absent."""
 
     @abc.abstractmethod
-    async def getex(self, key: str, ms: int | None) -> bytes | None:
-        """The value, setting a new TTL first when ``ms`` is given; None when absent."""
+    async def getex(self, key: str, ms: int | None, *, persist: bool = False) -> bytes | None:
+        """The value, setting a new TTL first when ``ms`` is given (removing it with
+        ``persist``); None when absent."""
 
     @abc.abstractmethod
     async def set_with(
@@ -72,11 +84,13 @@ class Keyspace(abc.ABC):
         keep_ttl: bool = False,
         condition: SetCondition = None,
         get: bool = False,
+        keep_persisted: bool = False,
     ) -> tuple[bool, bytes | None]:
         """SET with Redis's options: (stored, the old value when ``get``).
 
         ``ms`` None means the default TTL, or the key's current TTL with ``keep_ttl``
-        (a key that did not exist gets the default)."""
+        (a key that did not exist gets the default; one without a TTL keeps none only
+        with ``keep_persisted``)."""
 
     @abc.abstractmethod
     async def set_many(self, pairs: Sequence[tuple[str, bytes]], *, ms: int) -> None:
@@ -84,9 +98,12 @@ class Keyspace(abc.ABC):
         stored and not others; Redis Cluster: only when the keys share a slot)."""
 
     @abc.abstractmethod
-    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+    async def incr_by(
+        self, key: str, delta: int, *, default_ms: int, keep_persisted: bool = False
+    ) -> int:
         """Add ``delta`` to the integer at ``key`` (0 when absent, then with the default
-        TTL; an existing key keeps its TTL); the new value."""
+        TTL; an existing key keeps its TTL, and one without a TTL keeps none only with
+        ``keep_persisted``); the new value."""
 
     @abc.abstractmethod
     async def exists(self, key: str) -> bool: ...

@@ -38,25 +38,40 @@ class MemoryKeyspace(Keyspace):
         self._scans: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
         self._scan_ids = itertools.count(1)
 
-    def _remaining_ms(self, stored: memory._Stored, now: float) -> int:
-        return max(1, math.ceil((memory._expires_at(stored) - now) * 1000))
+    def _remaining_ms(self, stored: memory._Stored, now: float) -> float:
+        """Milliseconds left (at least 1), ``math.inf`` for a key without a TTL."""
+        expires_at = memory._expires_at(stored)
+        if expires_at == math.inf:
+            return math.inf
+        return max(1, math.ceil((expires_at - now) * 1000))
+
+    def _kept_ms(self, stored: memory._Stored, now: float, default_ms: int, keep: bool) -> float:
+        """The TTL a write keeps: the key's own, or ``default_ms`` for a key without one
+        unless ``keep`` (PERSIST allowed)."""
+        left = self._remaining_ms(stored, now)
+        return default_ms if left == math.inf and not keep else left
 
     async def pttl(self, key: str) -> int:
         now = time.monotonic()
         stored = self._backend._live(key, now)
-        return -2 if stored is None else self._remaining_ms(stored, now)
+        if stored is None:
+            return -2
+        left = self._remaining_ms(stored, now)
+        return -1 if left == math.inf else int(left)
 
-    async def pexpire(self, key: str, ms: int, condition: ExpireCondition = None) -> bool:
+    async def pexpire(self, key: str, ms: int, *conditions: ExpireCondition) -> bool:
         backend = self._backend
         now = time.monotonic()
         stored = backend._live(key, now)
         if stored is None:
             return False
-        if condition is not None:
-            current = self._remaining_ms(stored, now)
-            # Every key has a TTL here, so NX ("only if none") never applies.
+        current = self._remaining_ms(stored, now)
+        has_ttl = current != math.inf
+        for condition in conditions:
+            # Redis's rules: no TTL is "none" for NX/XX and infinite for GT/LT.
             if (
-                condition == "NX"
+                (condition == "NX" and has_ttl)
+                or (condition == "XX" and not has_ttl)
                 or (condition == "GT" and ms <= current)
                 or (condition == "LT" and ms >= current)
             ):
@@ -67,6 +82,14 @@ class MemoryKeyspace(Keyspace):
             backend._store(key, memory._value(stored), ms / 1000)
         return True
 
+    async def persist(self, key: str) -> bool:
+        backend = self._backend
+        stored = backend._live(key, time.monotonic())
+        if stored is None or memory._expires_at(stored) == math.inf:
+            return False
+        backend._store(key, memory._value(stored), math.inf)
+        return True
+
     async def getdel(self, key: str) -> bytes | None:
         stored = self._backend._live(key, time.monotonic())
         if stored is None:
@@ -74,13 +97,15 @@ class MemoryKeyspace(Keyspace):
         self._backend._remove(key)
         return memory._value(stored)
 
-    async def getex(self, key: str, ms: int | None) -> bytes | None:
+    async def getex(self, key: str, ms: int | None, *, persist: bool = False) -> bytes | None:
         backend = self._backend
         stored = backend._live(key, time.monotonic())
         if stored is None:
             return None
         value = memory._value(stored)
-        if ms is not None:
+        if persist:
+            backend._store(key, value, math.inf)
+        elif ms is not None:
             backend._store(key, value, ms / 1000)
         else:
             backend._entries.move_to_end(key)
@@ -96,6 +121,7 @@ class MemoryKeyspace(Keyspace):
         keep_ttl: bool = False,
         condition: SetCondition = None,
         get: bool = False,
+        keep_persisted: bool = False,
     ) -> tuple[bool, bytes | None]:
         backend = self._backend
         now = time.monotonic()
@@ -103,9 +129,10 @@ class MemoryKeyspace(Keyspace):
         old = memory._value(stored) if get and stored is not None else None
         if (condition == "NX" and stored is not None) or (condition == "XX" and stored is None):
             return False, old
-        if ms is None:
-            ms = self._remaining_ms(stored, now) if keep_ttl and stored is not None else default_ms
-        key, value, seconds = backend._checked(key, value, ms / 1000)  # maxBytes, as SET
+        left: float = default_ms if ms is None else ms
+        if ms is None and keep_ttl and stored is not None:
+            left = self._kept_ms(stored, now, default_ms, keep_persisted)
+        key, value, seconds = backend._checked(key, value, left / 1000)  # maxBytes, as SET
         backend._store(key, value, seconds)
         return True, old
 
@@ -115,14 +142,18 @@ class MemoryKeyspace(Keyspace):
         for key, value, seconds in checked:  # no await between: nothing interleaves
             backend._store(key, value, seconds)
 
-    async def incr_by(self, key: str, delta: int, *, default_ms: int) -> int:
+    async def incr_by(
+        self, key: str, delta: int, *, default_ms: int, keep_persisted: bool = False
+    ) -> int:
         backend = self._backend
         now = time.monotonic()
         stored = backend._live(key, now)
+        ms: float
         if stored is None:
             current, ms = 0, default_ms
         else:
-            current, ms = keyspace.parse_int(memory._value(stored)), self._remaining_ms(stored, now)
+            current = keyspace.parse_int(memory._value(stored))
+            ms = self._kept_ms(stored, now, default_ms, keep_persisted)
         result = current + delta
         if not keyspace.INT64_MIN <= result <= keyspace.INT64_MAX:
             raise KeyspaceError(keyspace.OVERFLOW)

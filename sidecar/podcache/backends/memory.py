@@ -28,6 +28,10 @@ decides). BEWARE: such a stale reference keeps its key string alive, so it is ch
 against ``maxBytes`` too (``STALE_REF_OVERHEAD`` + key bytes) until the reaper drops it;
 when stale references hold a quarter of ``maxBytes`` (an eviction flood), the wheel is
 rebuilt from the live entries, which takes O(entries) at once (~0.5 us each).
+
+No expiry: an entry stored for ``math.inf`` seconds (RESP ``PERSIST``, when the
+config allows it) has no wheel reference; it lives until deleted or evicted by the
+LRU bounds. ``_persisted`` counts them, so the common case pays nothing for it.
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ class MemoryBackend(Backend):
         self._wheel_items = 0
         self._stale_bytes = 0
         """Charged for wheel references whose entry is gone or was overwritten."""
+        self._persisted = 0
+        """Entries without expiry (and so without a wheel reference)."""
         self._reaper: asyncio.Task[None] | None = None
         self._stopped = False
         self.evictions = 0
@@ -195,6 +201,7 @@ class MemoryBackend(Backend):
         self._wheel_items = 0
         self._stale_bytes = 0
         self._bytes = 0
+        self._persisted = 0
 
     async def ping(self) -> None:
         self._ensure_running()
@@ -322,6 +329,7 @@ class MemoryBackend(Backend):
         self._wheel_items = 0
         self._stale_bytes = 0
         self._bytes = 0
+        self._persisted = 0
         return held
 
     # -- internals (no awaits: each runs atomically on the loop) ------------------
@@ -358,7 +366,10 @@ class MemoryBackend(Backend):
             stored = _Large(value, expires_at)
         self._entries[key] = stored
         self._bytes += entry_size(key, len(value))
-        self._file(key, expires_at, now)
+        if expires_at == math.inf:
+            self._persisted += 1  # never due: no wheel reference
+        else:
+            self._file(key, expires_at, now)
         self._evict()
 
     def _file(self, key: str, expires_at: float, now: float) -> None:
@@ -374,7 +385,17 @@ class MemoryBackend(Backend):
         stored = self._entries.pop(key, None)
         if stored is not None:
             self._bytes -= _charged(key, stored)
-            self._stale_bytes += _stale_size(key)  # its wheel reference stays behind
+            if self._persisted and _expires_at(stored) == math.inf:  # _unfile, inlined
+                self._persisted -= 1
+            else:
+                self._stale_bytes += _stale_size(key)  # its wheel reference stays behind
+
+    def _unfile(self, key: str, stored: _Stored) -> None:
+        """Account for the wheel reference of an entry that just left the map."""
+        if self._persisted and _expires_at(stored) == math.inf:
+            self._persisted -= 1  # it had none
+        else:
+            self._stale_bytes += _stale_size(key)  # it stays behind until reaped
 
     def _evict(self) -> None:
         limits = self.settings
@@ -387,7 +408,7 @@ class MemoryBackend(Backend):
                 continue
             key, stored = self._entries.popitem(last=False)
             self._bytes -= _charged(key, stored)
-            self._stale_bytes += _stale_size(key)
+            self._unfile(key, stored)
             self.evictions += 1
 
     def _rebuild_wheel(self) -> None:
@@ -397,7 +418,9 @@ class MemoryBackend(Backend):
         self._stale_bytes = 0
         now = time.monotonic()
         for key, stored in self._entries.items():
-            self._file(key, _expires_at(stored), now)
+            expires_at = _expires_at(stored)
+            if expires_at != math.inf:
+                self._file(key, expires_at, now)
 
     def reap(self, *, limit: int = REAP_BATCH) -> int:
         """Remove expired entries, examining up to ``limit`` wheel references; return

@@ -12,8 +12,10 @@ Semantics underneath are the HTTP API's: keys go through the same validation
 (``limits.maxKeyBytes``, UTF-8, never empty, the reserved ``podcache:`` space), values
 through ``limits.maxValueBytes``, GET/SET/DEL through the ``Cache`` facade (its
 metrics, the backend's hot-path connection), the rest through
-``podcache.backends.keyspace``. Every key has a TTL: a SET without one gets the
-CacheConfig's default, and PERSIST is refused rather than silently ignored.
+``podcache.backends.keyspace``. A SET without a TTL gets the CacheConfig's default;
+PERSIST (and GETEX ... PERSIST) takes a key's TTL away only where the config allows it
+(``limits.allowPersist``, read per command so a reload applies to the next one), and
+is refused, naming that setting, rather than silently ignored elsewhere.
 
 Error texts were taken from redis-server 7.0 and are compared with a real one in
 ``tests/sidecar/test_resp_commands.py``; keep them byte for byte.
@@ -155,6 +157,10 @@ def integer_of(raw: bytes, error: str = NOT_INTEGER) -> int:
 
 def default_ms(session: Session) -> int:
     return max(1, round(session.state.default_ttl * 1000))
+
+
+def persist_allowed(session: Session) -> bool:
+    return session.state.config.limits.allow_persist
 
 
 def _unix_ms() -> int:
@@ -490,6 +496,7 @@ async def set_(session: Session, args: list[bytes]) -> bytes:
             keep_ttl=options.keep_ttl,
             condition=options.condition,
             get=options.get,
+            keep_persisted=persist_allowed(session),
         ),
     )
     if options.get:
@@ -524,20 +531,25 @@ async def getdel(session: Session, args: list[bytes]) -> bytes:
 async def getex(session: Session, args: list[bytes]) -> bytes:
     key = key_of(session, args[1])
     ms: int | None = None
+    persist = False
     if len(args) > 2:
         option = args[2].upper()
         if option == b"PERSIST" and len(args) == 3:
-            raise RespError(_NO_PERSIST)
-        if option not in (b"EX", b"PX", b"EXAT", b"PXAT") or len(args) != 4:
+            if not persist_allowed(session):
+                raise RespError(_NO_PERSIST)
+            persist = True
+        elif option not in (b"EX", b"PX", b"EXAT", b"PXAT") or len(args) != 4:
             raise RespError(SYNTAX)
-        ms = _ttl_ms(option, args[3], "getex")
-    value = await _counted(session, "getex", session.keyspace().getex(key, ms))
+        else:
+            ms = _ttl_ms(option, args[3], "getex")
+    value = await _counted(session, "getex", session.keyspace().getex(key, ms, persist=persist))
     return wire.bulk_or_null(value, session.proto)
 
 
 _NO_PERSIST = (
-    "ERR PERSIST is not supported: every key in this cache has a TTL "
-    "(the CacheConfig's defaultTTL when none is given)"
+    "ERR PERSIST is not allowed: every key in this cache has a TTL (the CacheConfig's "
+    "defaultTTL when none is given); set limits.allowPersist: true in the sidecar's "
+    "config (CacheConfig spec.allowPersist) to allow it"
 )
 
 
@@ -590,6 +602,9 @@ async def mset(session: Session, args: list[bytes]) -> bytes:
 # -- expiry -------------------------------------------------------------------------
 
 
+_EXPIRE_FLAGS: dict[bytes, ExpireCondition] = {b"NX": "NX", b"XX": "XX", b"GT": "GT", b"LT": "LT"}
+
+
 def _expire(unit: bytes, name: str) -> Handler:
     async def handler(session: Session, args: list[bytes]) -> bytes:
         key = key_of(session, args[1])
@@ -598,7 +613,6 @@ def _expire(unit: bytes, name: str) -> Handler:
             if abs(number) > keyspace_mod.INT64_MAX // 1000:
                 raise RespError(f"ERR invalid expire time in '{name}' command")
             number *= 1000
-        condition: ExpireCondition = None
         flags = {arg.upper() for arg in args[3:]}
         for flag in args[3:]:
             if flag.upper() not in (b"NX", b"XX", b"GT", b"LT"):
@@ -607,11 +621,11 @@ def _expire(unit: bytes, name: str) -> Handler:
             raise RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
         if b"GT" in flags and b"LT" in flags:
             raise RespError("ERR GT and LT options at the same time are not compatible")
-        for flag in (b"NX", b"GT", b"LT", b"XX"):  # GT/LT with XX: GT/LT decides for us
-            if flag in flags:
-                condition = flag.decode()  # type: ignore[assignment]
-                break
-        changed = await _counted(session, name, session.keyspace().pexpire(key, number, condition))
+        # XX with LT both count (a key without a TTL passes LT, not XX); once each.
+        conditions = [_EXPIRE_FLAGS[flag] for flag in (b"NX", b"XX", b"GT", b"LT") if flag in flags]
+        changed = await _counted(
+            session, name, session.keyspace().pexpire(key, number, *conditions)
+        )
         return wire.ONE if changed else wire.ZERO
 
     return handler
@@ -628,9 +642,12 @@ def _ttl(milliseconds: bool, name: str) -> Handler:
     return handler
 
 
-def persist(session: Session, args: list[bytes]) -> Reply:
-    key_of(session, args[1])
-    raise RespError(_NO_PERSIST)
+async def persist(session: Session, args: list[bytes]) -> bytes:
+    key = key_of(session, args[1])
+    if not persist_allowed(session):
+        raise RespError(_NO_PERSIST)
+    removed = await _counted(session, "persist", session.keyspace().persist(key))
+    return wire.ONE if removed else wire.ZERO
 
 
 async def type_(session: Session, args: list[bytes]) -> bytes:
@@ -653,7 +670,9 @@ def _incr(sign: int, with_argument: bool, name: str) -> Handler:
         result = await _counted(
             session,
             name,
-            session.keyspace().incr_by(key, delta, default_ms=default_ms(session)),
+            session.keyspace().incr_by(
+                key, delta, default_ms=default_ms(session), keep_persisted=persist_allowed(session)
+            ),
         )
         return wire.integer(result)
 
