@@ -122,7 +122,7 @@ return 0
         """The near cache (issue 13), when ``config.nearCache.enabled``; config validation
         refuses it where there is no pipelined connection or reads go to replicas."""
         if settings.near_cache.enabled and self._piped_reads is not None:
-            self.near = near_cache.NearCache(settings, self._piped_reads)
+            self.near = near_cache.on_pipeline(settings, self._piped_reads)
         self._set_if_match_piped = redis_pipeline.Script(self.SET_IF_MATCH_SCRIPT)
         self._internal = tuple((self.key_prefix + space).encode() for space in INTERNAL_KEY_SPACES)
         self._stopped = False
