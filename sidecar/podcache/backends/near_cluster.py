@@ -55,6 +55,7 @@ import logging
 import re
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.event import AsyncAfterSlotsCacheRefreshEvent, AsyncEventListenerInterface
 from redis.exceptions import AskError, ClusterDownError, MovedError, RedisError, TryAgainError
@@ -69,6 +70,7 @@ REFRESH_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 """Backoff between failed re-reads of the slot map; the last one repeats."""
 
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)  # as replies
 _EPOCH = re.compile(rb"cluster_current_epoch:(\d+)")
 
 
@@ -224,7 +226,8 @@ class ShardChannels:
                 self.stale(f"cluster epoch {known} -> {epoch} (seen on {node})")
 
     def redirected(self, exc: Exception) -> None:
-        """The near cache's own GET was redirected (MOVED, ASK) or the cluster is down."""
+        """The near cache's own GET was redirected (MOVED, ASK), the cluster is down or
+        the connection it went on was dead."""
         self.stale(f"a GET was answered {type(exc).__name__}")
 
     def covers(self, node: str) -> bool:
@@ -303,9 +306,11 @@ class ClusterReads:
             self.shards.stale(f"GET failed on the cluster: {exc}")
             raise BackendUnavailable(f"redis GET failed: {exc}") from exc
         value, pttl = commands[0].result, commands[1].result
-        if isinstance(value, _REDIRECTS):
-            # The slot moved (or is moving): drop the copies first, then let redis-py
-            # follow the redirect and patch its map; this value is served, not kept.
+        if isinstance(value, (*_REDIRECTS, *_CONNECTION_ERRORS)):
+            # The slot moved (or is moving), or the pooled connection died (a node
+            # restarted, CLIENT KILL): drop the copies first, then let redis-py follow
+            # the redirect or retry, as it does for every other command (and patch its
+            # map); this value is served, not kept.
             self.shards.redirected(value)
             return await self._followed(raw_key), -2
         if isinstance(value, Exception):
