@@ -10,13 +10,17 @@ Pieces:
 
 - ``NearCache.local(key)``: the local copy or None (no await; the hot path).
 - ``NearCache.fetch(key)``: GET and PTTL pipelined on the backend's one auto-pipelined
-  connection (``redis_pipeline``: the data path is not duplicated here), and the reply
-  kept when nothing could have invalidated it meanwhile (see "the race" below).
+  connection (``PipelinedReads`` on ``redis_pipeline``: the data path is not duplicated
+  here; on Cluster ``near_cluster.ClusterReads``), and the reply kept when nothing could
+  have invalidated it meanwhile (see "the race" below).
 - ``NearCache.forget(key)``: writes through this sidecar drop the local copy before
   they are sent and again when answered (read-your-writes within one pod).
 - ``InvalidationChannel``: one dedicated RESP3 connection (``HELLO 3``) with
   ``CLIENT TRACKING ON BCAST PREFIX <keyPrefix>``: Redis pushes ``invalidate`` messages
   on it. hiredis's ``Reader`` parses RESP3 pushes (as lists), so no second parser.
+  ``PrimaryChannel`` is the one channel of a standalone or Sentinel Redis; on Cluster,
+  ``near_cluster.ShardChannels`` keeps one per primary (a ``Watch`` either way: what
+  says whether copies may be served).
 
 Tracking mode, measured (``bench/bench_near_cache.py --only modes``: 20,000 SETs over
 20,000 keys while a reader holds 100 hot keys, Redis 7.0 on loopback, two runs): BCAST
@@ -54,10 +58,10 @@ SAFETY (a stale read is worse than a slow one):
   timeout after the channel silently died. A loop too busy to read the PING's answer
   in time also counts as a dead channel (safe: the copies go, reads go to Redis).
 
-Not handled: Redis Cluster (config validation refuses it: tracking would be needed per
-shard connection and re-made on every slot migration) and ``readFromReplicas`` (a
-lagging replica's reply could be kept after the primary's invalidation): refused too.
-Misses are not cached.
+Redis Cluster: ``near_cluster`` (a channel per primary, re-made as the slot map
+changes; what drops the copies there). Not handled: ``readFromReplicas`` (a lagging
+replica's reply could be kept after the primary's invalidation): refused by config
+validation. Misses are not cached.
 """
 
 from __future__ import annotations

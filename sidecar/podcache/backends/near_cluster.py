@@ -69,6 +69,10 @@ logger = logging.getLogger(__name__)
 REFRESH_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 """Backoff between failed re-reads of the slot map; the last one repeats."""
 
+REFRESH_INTERVAL = 0.1
+"""Seconds at least between two re-reads of the slot map: while a shard is down every
+GET of its keys asks for one, and one CLUSTER SLOTS per 100 ms is plenty."""
+
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)  # as replies
 _EPOCH = re.compile(rb"cluster_current_epoch:(\d+)")
@@ -120,13 +124,13 @@ class ShardChannel(near_cache.InvalidationChannel):
         self.shards.stale(f"the channel on {self.name} was lost", flushed=True)
 
     def retire(self) -> None:
-        """Stop counting this channel and close it (its node left the primaries)."""
+        """Stop counting this channel and close it (its node left the primaries); ``stop``
+        still awaits its task."""
         self.retired = True
         self.up = False
         self.drop()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class _SlotsRefreshed(AsyncEventListenerInterface):
@@ -256,6 +260,7 @@ class ShardChannels:
             if not self._wake.is_set():  # nothing changed meanwhile
                 self._stale = False
                 self.cache.serving = self.up
+            await asyncio.sleep(REFRESH_INTERVAL)
 
     async def _refresh(self) -> None:
         client = self.client
