@@ -13,7 +13,8 @@ test needs a second writer. Aspects:
   the copies well before the frozen channel's health probe would;
 - a slot migrated to another primary (``SETSLOT``/``MIGRATE``), and to a node added to
   the cluster: no stale read afterwards; the new primary gets a channel and its keys are
-  kept (and invalidated) like any other.
+  kept (and invalidated) like any other;
+- a tenant's ACL user without @admin commands: the channels' probes still work.
 """
 
 from __future__ import annotations
@@ -351,3 +352,23 @@ async def test_one_channel_per_primary_per_cache(cluster_topology: ClusterTopolo
             assert len(channels) == 2, listed
         for replica in set(cluster_topology.nodes) - set(cluster_topology.primaries()):
             assert b"name=podcache-near-cache" not in replica.command("CLIENT", "LIST")
+
+
+async def test_a_tenant_acl_user_without_admin_commands(
+    cluster_topology: ClusterTopology,
+) -> None:
+    """The channels' probes need no @admin command (ROLE is one): a tenant's ACL user
+    limited to its keys still gets a working near cache."""
+    for node in cluster_topology.nodes:
+        node.command("ACL", "SETUSER", "tenant", "on", ">tenant-secret",
+                     f"~{PREFIX}*", "+@all", "-@admin")
+    raw = cluster_topology.config(keyPrefix=PREFIX, nearCache={"enabled": True},
+                                  username="tenant", password="tenant-secret")
+    cache = new_cache(Config(type="redis", config=raw))
+    try:
+        await started(cache)
+        await wait_for(lambda: shards_of(cache).refreshes >= 1, what="slot map read")
+        write(cluster_topology.primary_for_key(PREFIX + "k0"), "k0", b"1")
+        await cached(cache, "k0", b"1")
+    finally:
+        await cache.stop()

@@ -20,13 +20,13 @@ SAFETY. Every copy is dropped, and nothing is served until the map is re-read an
 channel is up again, when:
 
 - a channel is lost or its health probe fails (``near_cache.InvalidationChannel``);
-- a channel's node is no longer a primary (``ROLE``, read when it opens and on every
-  health probe, every ``near_cache.HEALTH_INTERVAL``): a manual ``CLUSTER FAILOVER``
-  keeps the demoted primary's connections open, and writes now go to a server we may
-  not listen to;
-- the cluster's ``cluster_current_epoch`` (``CLUSTER INFO``, read with ``ROLE``) grows on
-  any node: every failover and every slot migration (``SETSLOT ... NODE`` bumps the
-  importing node's config epoch) raises it, gossiped to all nodes within milliseconds;
+- a channel's node is no longer a primary (its own line of ``CLUSTER NODES``, read when
+  the channel opens and on every health probe, every ``near_cache.HEALTH_INTERVAL``; not
+  ``ROLE``, which is ``@admin``): a manual ``CLUSTER FAILOVER`` keeps the demoted
+  primary's connections open, and writes now go to a server we may not listen to;
+- the highest config epoch in any channel's ``CLUSTER NODES`` grows: every failover gives
+  the promoted replica a new one and every slot migration (``SETSLOT ... NODE``) bumps
+  the importing node's, gossiped to all nodes within milliseconds (measured, Redis 7.0);
 - redis-py refreshed its slot map (a MOVED seen by its data path: our writes, locks);
 - our own GET got MOVED or ASK (its reply is then served, not kept).
 
@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -75,7 +74,24 @@ GET of its keys asks for one, and one CLUSTER SLOTS per 100 ms is plenty."""
 
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)  # as replies
-_EPOCH = re.compile(rb"cluster_current_epoch:(\d+)")
+
+
+def _node_view(nodes: bytes) -> tuple[bool, int]:
+    """From ``CLUSTER NODES``: whether the answering node is a primary, and the highest
+    config epoch it knows (a promoted replica gets a new one, and so does the node that
+    takes over a migrated slot)."""
+    primary = False
+    epoch = 0
+    for line in nodes.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        flags = fields[2].split(b",")
+        if b"myself" in flags:
+            primary = b"master" in flags
+        if fields[6].isdigit():
+            epoch = max(epoch, int(fields[6]))
+    return primary, epoch
 
 
 class ShardChannel(near_cache.InvalidationChannel):
@@ -99,16 +115,13 @@ class ShardChannel(near_cache.InvalidationChannel):
         )
 
     async def _probe(self, protocol: near_cache._ChannelProtocol) -> None:
-        role = protocol.send(b"ROLE")
-        info = protocol.send(b"CLUSTER", b"INFO")
-        reply, text = await role, await info
-        if not isinstance(reply, list) or not reply or reply[0] != b"master":
+        # CLUSTER NODES, not ROLE: ROLE is @admin, which a tenant's ACL user may lack.
+        reply = await protocol.send(b"CLUSTER", b"NODES")
+        primary, epoch = _node_view(reply if isinstance(reply, bytes) else str(reply).encode())
+        if not primary:
             self.shards.stale(f"{self.name} is no longer a primary")
             raise BackendUnavailable(f"{self.name} is no longer a primary")
-        raw = text if isinstance(text, bytes) else str(text).encode()
-        found = _EPOCH.search(raw)
-        if found is not None:
-            self.shards.saw_epoch(int(found.group(1)), self.name)
+        self.shards.saw_epoch(epoch, self.name)
 
     def _came_up(self) -> None:
         self.cache.serving = self.shards.up
@@ -154,7 +167,7 @@ class ShardChannels:
         self.channels: dict[str, ShardChannel] = {}
         """Node name (host:port) -> its channel, for the primaries of the last map read."""
         self.epoch: int | None = None
-        """The highest ``cluster_current_epoch`` seen (a rise is a topology change)."""
+        """The highest config epoch seen (a rise is a topology change)."""
         self.refreshes = 0
         """Times the slot map was re-read and the channels reconciled (tests)."""
         self._stale = True  # nothing read yet
