@@ -3,7 +3,8 @@
 Real clusters (three primaries, one replica each), two caches on one cluster where the
 test needs a second writer. Aspects:
 - a write through one cache is seen by the other within the bound, for keys on every
-  shard; a delete too; the second GET of a key is local;
+  shard; a delete too; the second GET of a key is local; the same through two sidecar
+  processes;
 - ``CLIENT KILL`` of the channel on one shard, writes made meanwhile on every shard:
   no stale read, and copies are served again once the channel is back;
 - a shard failed over (``CLUSTER FAILOVER`` on its replica, the old primary demoted):
@@ -21,10 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+from podcache import Client
 from podcache.backends.near_cache import HEALTH_INTERVAL, NearCache
 from podcache.backends.near_cluster import ShardChannels
 from podcache.backends.redis import RedisBackend
@@ -32,6 +37,7 @@ from podcache.cache import Cache, new_cache
 from podcache.config import Config
 from podcache.errors import BackendUnavailable, CacheMiss
 from tests.redis_topologies import ClusterTopology, Node, wait_until
+from tests.sidecar.conftest import SidecarProcess
 
 PREFIX = "near-cl:"
 BOUND = 1.0
@@ -372,3 +378,60 @@ async def test_a_tenant_acl_user_without_admin_commands(
         await cached(cache, "k0", b"1")
     finally:
         await cache.stop()
+
+
+@contextlib.contextmanager
+def sidecars(topology: ClusterTopology, count: int) -> Iterator[list[SidecarProcess]]:
+    config = {"type": "redis", "config": topology.config(
+        keyPrefix=PREFIX, nearCache={"enabled": True})}
+    with tempfile.TemporaryDirectory(dir="/tmp") as root:  # short: Unix socket paths
+        made: list[SidecarProcess] = []
+        try:
+            for i in range(count):
+                workdir = Path(root) / f"s{i}"
+                workdir.mkdir()
+                made.append(SidecarProcess(workdir, config))
+            for process in made:
+                process.wait_socket()
+            yield made
+        finally:
+            for process in made:
+                process.kill()
+
+
+def metric(process: SidecarProcess, name: str) -> float:
+    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_two_sidecar_processes(cluster_topology: ClusterTopology) -> None:
+    keys = [key for shard in keys_on_every_shard(cluster_topology).values() for key in shard]
+    with sidecars(cluster_topology, 2) as (a, b):
+        client_a, client_b = Client(a.socket_path), Client(b.socket_path)
+        try:
+            with contextlib.suppress(CacheMiss):
+                client_b.get("warm-up")  # opens b's channels (on first use)
+            deadline = time.monotonic() + 10
+            while metric(b, "lab_near_cache_channel_up") != 1.0:
+                assert time.monotonic() < deadline, b.log()
+                time.sleep(0.02)
+            for key in keys:
+                client_a.set(key, b"old")
+            for _ in range(5):
+                for key in keys:
+                    assert client_b.get(key) == b"old"
+            assert metric(b, "lab_near_cache_hits_total") >= 3 * len(keys)
+            for key in keys:
+                client_a.set(key, b"new")
+            written = time.monotonic()
+            for key in keys:
+                while (value := client_b.get(key)) != b"new":
+                    assert value == b"old"
+                    assert time.monotonic() - written < BOUND, f"b still serves old {key}"
+        finally:
+            client_a.stop()
+            client_b.stop()
