@@ -7,8 +7,11 @@ near cache keeps one ``ShardChannel`` (RESP3, ``CLIENT TRACKING ON BCAST PREFIX
 and serves copies only while all of them are up. BCAST (not OPTIN) matters even more
 here: a BCAST channel hears every write under the prefix on its server, whichever slot
 the key is in, so a slot that moves between two primaries we listen to needs no new
-registration, and nothing has to be re-enabled on redis-py's pooled data connections.
-Its cost: one connection per primary per sidecar (a 3-shard cluster: 3 channels).
+registration, and nothing has to be re-enabled on redis-py's pooled data connections
+(OPTIN would need ``CLIENT CACHING yes`` next to each GET on a connection of the right
+node, and a REDIRECT to a channel on that same node). No channel on replicas: reads never
+go there (``readFromReplicas`` stays refused). Its cost: one connection per primary per
+sidecar (a 3-shard cluster: 3 channels), each probed every ``HEALTH_INTERVAL``.
 
 The slot map is redis-py's (``RedisCluster.nodes_manager``), never our own: the channels
 follow ``get_primaries()``, re-read with ``nodes_manager.initialize()`` and reconciled
@@ -36,15 +39,22 @@ to that key after the GET reaches that node and so our channel, until the slot m
 and moving it deletes the key there (``MIGRATE``), which that node announces too.
 
 The bound of the unnoticed, as on one server: a failover or migration is seen within
-``HEALTH_INTERVAL`` + the operation timeout (the epoch poll); measured on loopback a
-demoted primary also keeps announcing the writes it replicates from the new one, so the
-window is mostly covered earlier. A copy of a key moved while every node we probe is
-partitioned from us is the partition case of the module docstring of ``near_cache``.
+``HEALTH_INTERVAL`` + the operation timeout (the epoch poll), also when the old primary
+froze (its own channel can say nothing; the other shards' channels see the epoch). A copy
+of a key moved while every node we probe is partitioned from us is the partition case of
+the module docstring of ``near_cache``. Redis covers much of this by itself, measured on
+7.0: a demoted primary keeps announcing the writes it replicates from the new one,
+``MIGRATE`` deletes the key at the source (announced), and a new primary's channel
+coming up flushes too (``channel_up``). The tests (``tests/topologies/
+test_near_cache_cluster.py``) showed stale reads for seconds with this module's topology
+handling disabled (a frozen primary failed over), none with only its flush disabled.
 
 The near cache's GETs go to the slot's primary as redis-py's map names it, GET and
 PTTL in one round trip on one of that node's pooled connections
-(``ClusterNode.execute_pipeline``); redirects, a ``TRYAGAIN`` or a down cluster fall
-back to ``RedisCluster`` (which follows them and refreshes its map).
+(``ClusterNode.execute_pipeline``); redirects, a ``TRYAGAIN``, a down cluster or a dead
+pooled connection fall back to ``RedisCluster`` (which follows them, retries and
+refreshes its map). Beware: redis-py's map is re-read at most every ``REFRESH_INTERVAL``
+and every re-read or topology change empties the whole near cache, not one shard's part.
 """
 
 from __future__ import annotations
