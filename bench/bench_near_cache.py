@@ -23,9 +23,12 @@ invalidation delay has passed. This prints one figure per question:
 
 Library level, one process, one event loop (not through the sidecar's socket): both
 "sidecars" are ``Cache`` objects, so scheduling between them is the event loop's.
+``--cluster`` runs the same on a Redis Cluster of three primaries started for the run
+(``tests.redis_topologies``: one invalidation channel per primary per cache; ``modes``
+is left out, it measures one server).
 Run it under the machine's bench lock:
 
-    flock /tmp/podcache-bench.lock .venv/bin/python bench/bench_near_cache.py [--quick]
+    flock /tmp/podcache-bench.lock .venv/bin/python bench/bench_near_cache.py [--quick] [--cluster]
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ sys.path.insert(0, str(ROOT))  # for tests.redis_server when run as a script
 import hiredis  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode  # noqa: E402
+from redis.cluster import ClusterNode  # noqa: E402
 from tests.redis_server import find_redis  # noqa: E402
+from tests.redis_topologies import ClusterTopology  # noqa: E402
 
 from podcache.backends.near_cache import NearCache  # noqa: E402
 from podcache.backends.redis import RedisBackend  # noqa: E402
@@ -62,8 +68,38 @@ from podcache.errors import CacheMiss  # noqa: E402
 PREFIX = "bench-near:"
 
 
-def redis_config(url: str, *, near: bool, **near_settings: Any) -> Config:
-    config: dict[str, Any] = {"url": url, "keyPrefix": PREFIX}
+class Target:
+    """The Redis under test: one server (``url``) or a cluster (``nodes``, host:port)."""
+
+    def __init__(self, *, url: str | None = None, nodes: list[str] | None = None) -> None:
+        self.url = url
+        self.nodes = [(host, int(port)) for host, _, port in
+                      (node.rpartition(":") for node in nodes or [])]
+        self.config: dict[str, Any] = {"url": url} if url else {"cluster": {"nodes": nodes}}
+
+    def client(self) -> Any:
+        """A synchronous redis-py client (close it after use)."""
+        if self.url:
+            return redis.Redis.from_url(self.url)
+        return redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes])
+
+    def async_client(self, *, max_connections: int) -> Any:
+        if self.url:
+            return redis.asyncio.Redis.from_url(self.url, max_connections=max_connections)
+        return redis.asyncio.RedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in self.nodes],
+            max_connections=max_connections)
+
+    def flushall(self) -> None:
+        with self.client() as raw:
+            if self.url:
+                raw.flushall()
+            else:
+                raw.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+
+
+def redis_config(target: Target, *, near: bool, **near_settings: Any) -> Config:
+    config: dict[str, Any] = {**target.config, "keyPrefix": PREFIX}
     if near:
         config["nearCache"] = {"enabled": True, **near_settings}
     return Config(type="redis", config=config)
@@ -84,8 +120,8 @@ async def started(cache: Cache) -> Cache:
     return cache
 
 
-def populate(url: str, keys: int, value: bytes) -> None:
-    with redis.Redis.from_url(url) as raw:
+def populate(target: Target, keys: int, value: bytes) -> None:
+    with target.client() as raw:
         pipe = raw.pipeline(transaction=False)
         for i in range(keys):
             pipe.set(f"{PREFIX}k{i}", value, px=600_000)
@@ -112,7 +148,7 @@ def modes(url: str, *, keys: int, writes: int, hot: int) -> None:
     for mode in ("bcast", "optin"):
         with redis.Redis.from_url(url) as raw, socket.create_connection((host, port)) as tracker:
             raw.flushall()
-            populate(url, keys, b"v")
+            populate(Target(url=url), keys, b"v")
             parser = hiredis.Reader()
             tracker.sendall(b"CLIENT ID\r\nSUBSCRIBE __redis__:invalidate\r\n")
             replies: list[Any] = []
@@ -167,14 +203,14 @@ def zipf_cumulative(keys: int, s: float) -> list[float]:
     return list(itertools.accumulate(1.0 / (rank ** s) for rank in range(1, keys + 1)))
 
 
-async def zipf(url: str, *, keys: int, reads: int, s: float, max_items: int) -> None:
+async def zipf(target: Target, *, keys: int, reads: int, s: float, max_items: int) -> None:
     print(f"\n== Zipf({s}) reads over {keys} keys, {reads} GETs, nearCache maxItems {max_items}")
-    populate(url, keys, b"x" * 100)
+    populate(target, keys, b"x" * 100)
     cumulative = zipf_cumulative(keys, s)
     total = cumulative[-1]
     rng = random.Random(2)
     draws = [bisect.bisect_left(cumulative, rng.random() * total) for _ in range(reads)]
-    cache = await started(new_cache(redis_config(url, near=True, maxItems=max_items)))
+    cache = await started(new_cache(redis_config(target, near=True, maxItems=max_items)))
     near = near_of(cache)
     try:
         async def worker(part: list[int]) -> None:
@@ -192,7 +228,7 @@ async def zipf(url: str, *, keys: int, reads: int, s: float, max_items: int) -> 
 # -- delay ---------------------------------------------------------------------------------
 
 
-async def delay(url: str, *, samples: int) -> list[float]:
+async def delay(target: Target, *, samples: int) -> list[float]:
     """B lives on its own event loop in a thread (as another sidecar would in its own
     process), so its invalidations are not processed in A's loop turns."""
     b_loop = asyncio.new_event_loop()
@@ -203,9 +239,9 @@ async def delay(url: str, *, samples: int) -> list[float]:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, b_loop))
 
     async def make_b() -> Cache:
-        return await started(new_cache(redis_config(url, near=True)))
+        return await started(new_cache(redis_config(target, near=True)))
 
-    a = await started(new_cache(redis_config(url, near=True)))
+    a = await started(new_cache(redis_config(target, near=True)))
     b: Cache = await on_b(make_b())
     near_b = near_of(b)
     dropped: dict[str, float] = {}
@@ -244,13 +280,13 @@ async def delay(url: str, *, samples: int) -> list[float]:
 # -- rate ----------------------------------------------------------------------------------
 
 
-async def rate(url: str, *, concurrency: int, hot: int, seconds: float, rounds: int) -> None:
+async def rate(target: Target, *, concurrency: int, hot: int, seconds: float, rounds: int) -> None:
     print(f"\n== hot-key GET ops/s: {concurrency} tasks, {hot} hot keys, {rounds} rounds"
           f" of {seconds:g}s, medians")
     memory = new_cache(Config(type="memory", config={}))
-    near = await started(new_cache(redis_config(url, near=True)))
-    plain = new_cache(redis_config(url, near=False))
-    raw = redis.asyncio.Redis.from_url(url, max_connections=concurrency)
+    near = await started(new_cache(redis_config(target, near=True)))
+    plain = new_cache(redis_config(target, near=False))
+    raw = target.async_client(max_connections=concurrency)
     for i in range(hot):
         await memory.set(f"h{i}", b"x" * 100, ttl=600)
         await plain.set(f"h{i}", b"x" * 100, ttl=600)
@@ -283,6 +319,11 @@ async def rate(url: str, *, concurrency: int, hot: int, seconds: float, rounds: 
         return done / (time.perf_counter() - started_at)
 
     try:
+        # Connections made before the clock runs; the first GET alone (redis-py 8.1's
+        # RedisCluster initialized by 32 tasks at once failed in send_packed_command).
+        for get in targets.values():
+            await get("h0")
+            await asyncio.gather(*(get(f"h{i % hot}") for i in range(concurrency)))
         for _ in range(rounds):
             for name, get in targets.items():
                 results[name].append(await run(get))
@@ -305,11 +346,11 @@ async def rate(url: str, *, concurrency: int, hot: int, seconds: float, rounds: 
 # -- check ---------------------------------------------------------------------------------
 
 
-async def check(url: str, *, seconds: float, keys: int, bound_ms: float) -> int:
+async def check(target: Target, *, seconds: float, keys: int, bound_ms: float) -> int:
     """Mixed load on two caches and the stale-read checker; returns the stale reads found."""
     print(f"\n== checker: 2 caches, {seconds:g}s mixed load on {keys} keys, bound {bound_ms} ms")
-    a = await started(new_cache(redis_config(url, near=True)))
-    b = await started(new_cache(redis_config(url, near=True)))
+    a = await started(new_cache(redis_config(target, near=True)))
+    b = await started(new_cache(redis_config(target, near=True)))
     caches = (a, b)
     bound = bound_ms / 1000
     acked: dict[int, list[tuple[float, int]]] = {k: [(0.0, 0)] for k in range(keys)}
@@ -380,27 +421,25 @@ async def check(url: str, *, seconds: float, keys: int, bound_ms: float) -> int:
 # -- main ----------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, url: str) -> int:
-    if "modes" in args.only:
-        modes(url, keys=args.mode_keys, writes=args.mode_writes, hot=args.hot)
+async def bench(args: argparse.Namespace, target: Target) -> int:
+    if "modes" in args.only and target.url:
+        modes(target.url, keys=args.mode_keys, writes=args.mode_writes, hot=args.hot)
     if "zipf" in args.only:
-        with redis.Redis.from_url(url) as raw:
-            raw.flushall()
-        await zipf(url, keys=args.keys, reads=args.reads, s=args.zipf, max_items=args.max_items)
+        target.flushall()
+        await zipf(target, keys=args.keys, reads=args.reads, s=args.zipf, max_items=args.max_items)
     if "delay" in args.only:
-        delays = sorted(await delay(url, samples=args.delay_samples))
+        delays = sorted(await delay(target, samples=args.delay_samples))
         p50 = delays[len(delays) // 2] * 1000
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
         print(f"\n== invalidation delay (write through A returns -> B dropped its copy), "
               f"{len(delays)} writes: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
               f"max {delays[-1] * 1000:.2f} ms (target p99 <= 5 ms)")
     if "rate" in args.only:
-        with redis.Redis.from_url(url) as raw:
-            raw.flushall()  # the items gauge's SCAN of 100k keys would weigh on the loop
-        await rate(url, concurrency=args.concurrency, hot=args.hot, seconds=args.seconds,
+        target.flushall()  # the items gauge's SCAN of 100k keys would weigh on the loop
+        await rate(target, concurrency=args.concurrency, hot=args.hot, seconds=args.seconds,
                    rounds=args.rounds)
     if "check" in args.only:
-        return await check(url, seconds=args.check_seconds, keys=1000, bound_ms=args.bound_ms)
+        return await check(target, seconds=args.check_seconds, keys=1000, bound_ms=args.bound_ms)
     return 0
 
 
@@ -421,12 +460,19 @@ def main() -> None:
     parser.add_argument("--check-seconds", type=float, default=5.0)
     parser.add_argument("--bound-ms", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="smaller figures, ~15 s")
+    parser.add_argument("--cluster", action="store_true",
+                        help="on a Redis Cluster of 3 primaries started for the run")
     args = parser.parse_args()
     if args.quick:
         args.reads, args.delay_samples, args.rounds, args.seconds = 50_000, 200, 2, 0.5
         args.check_seconds, args.mode_writes = 3.0, 5000
-    with find_redis() as url:
-        failures = asyncio.run(bench(args, url))
+    if args.cluster:
+        with ClusterTopology(primaries=3) as topology:
+            nodes = [node.address for node in topology.nodes]
+            failures = asyncio.run(bench(args, Target(nodes=nodes)))
+    else:
+        with find_redis() as url:
+            failures = asyncio.run(bench(args, Target(url=url)))
     sys.exit(1 if failures else 0)
 
 

@@ -336,20 +336,22 @@ class ClusterTopology:
             raise RedisUnavailable("redis-cli is not on PATH (apt-get install -y redis-tools)")
         self.password = password
         self.replicas_per_primary = replicas
-        self.nodes: list[Node] = []
-        for _ in range(primaries * (1 + replicas)):
-            self.nodes.append(Node(
-                port=_free_cluster_port(),
-                password=password,
-                extra_args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms),
-                    # A replica may be promoted even after a short link loss, so the fault tests
-                    # are not at the mercy of replica validity checks.
-                    "--cluster-replica-validity-factor", "0",
-                ),
-            ))
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[Node] = [self._new_node() for _ in range(primaries * (1 + replicas))]
+
+    def _new_node(self) -> Node:
+        return Node(
+            port=_free_cluster_port(),
+            password=self.password,
+            extra_args=(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                # A replica may be promoted even after a short link loss, so the fault tests
+                # are not at the mercy of replica validity checks.
+                "--cluster-replica-validity-factor", "0",
+            ),
+        )
 
     def start(self, *, timeout: float = 30.0) -> ClusterTopology:
         for node in self.nodes:
@@ -376,6 +378,17 @@ class ClusterTopology:
 
         for node in running:
             wait_until(lambda n=node: ok(n), timeout=timeout, what=f"node {node.address} ok")
+
+    def add_primary(self, *, timeout: float = 30.0) -> Node:
+        """Start one more node and join it to the cluster as a primary without slots
+        (``migrate_slot`` gives it some)."""
+        node = self._new_node()
+        self.nodes.append(node)
+        node.start()
+        seed = next(n for n in self.nodes if n.running and n is not node)
+        node.command("CLUSTER", "MEET", LOOPBACK, seed.port)
+        self.wait_healthy(timeout=timeout)
+        return node
 
     def _nodes_view(self, node: Node) -> list[dict[str, Any]]:
         raw = node.command("CLUSTER", "NODES")
@@ -470,7 +483,9 @@ class ClusterTopology:
             auth = ["AUTH", self.password] if self.password else []
             source.command("MIGRATE", LOOPBACK, target.port, "", 0, 5000, *auth, "KEYS", *keys,
                            timeout=10)
-        for node in self.primaries():
+        # The target first (as redis-cli does): it may own no slot yet, so primaries()
+        # would not list it.
+        for node in [target, *(p for p in self.primaries() if p.port != target.port)]:
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         # Replicas learn the new owner by gossip; until then they may still redirect back.
         for node in self.nodes:

@@ -1,8 +1,8 @@
 """The near cache in front of the Redis backend (issue 13), on a real redis-server.
 
 Aspects:
-- config: off by default; ``nearCache`` fields parsed; bad values, unknown keys,
-  Cluster and ``readFromReplicas`` refused naming the field;
+- config: off by default; ``nearCache`` fields parsed; bad values, unknown keys and
+  ``readFromReplicas`` refused naming the field; Cluster accepted (tests/topologies);
 - a second GET is served locally; a write through one backend instance is seen by
   another within the bound; a write through the same instance is seen at once
   (read-your-writes), also for RESP-socket writes (the keyspace);
@@ -118,17 +118,21 @@ def test_bad_fields_are_named(near: dict[str, Any], field: str) -> None:
     assert caught.value.field == field
 
 
-def test_cluster_and_replica_reads_refused() -> None:
-    with pytest.raises(ConfigError, match=r"not supported with config\.cluster") as caught:
-        Config(type="redis", config={"cluster": {"nodes": ["a:1"]},
-                                     "nearCache": {"enabled": True}})
-    assert caught.value.field == "config.nearCache.enabled"
-    with pytest.raises(ConfigError, match="readFromReplicas"):
+def test_cluster_accepted_and_replica_reads_refused() -> None:
+    # Cluster: one invalidation channel per primary (backends.near_cluster).
+    settings = Config(type="redis", config={"cluster": {"nodes": ["a:1"]},
+                                            "nearCache": {"enabled": True}}).settings
+    assert isinstance(settings, RedisSettings)
+    assert settings.near_cache.enabled
+    with pytest.raises(ConfigError, match="readFromReplicas") as caught:
         Config(type="redis", config={
             "sentinel": {"masterName": "m", "addresses": ["s:26379"], "readFromReplicas": True},
             "nearCache": {"enabled": True}})
-    # Disabled, both are fine.
-    Config(type="redis", config={"cluster": {"nodes": ["a:1"]}, "nearCache": {"enabled": False}})
+    assert caught.value.field == "config.nearCache.enabled"
+    # Disabled, it is fine.
+    Config(type="redis", config={
+        "sentinel": {"masterName": "m", "addresses": ["s:26379"], "readFromReplicas": True},
+        "nearCache": {"enabled": False}})
 
 
 # -- serving and coherence -----------------------------------------------------------------

@@ -265,9 +265,6 @@ def _check_near_cache(redis: Mapping[str, Any]) -> list[Problem]:
     enabled = near.get("enabled", False)
     if not isinstance(enabled, bool):
         problems.append(Problem("spec.redis.nearCache.enabled", "expected true or false"))
-    elif enabled and redis.get("cluster"):
-        problems.append(Problem("spec.redis.nearCache.enabled", "the near cache is not"
-                                " supported with spec.redis.cluster (standalone or sentinel only)"))
     max_items = near.get("maxItems")
     if max_items is not None and (
         isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1

@@ -295,7 +295,7 @@ def _parse_redis(raw: Mapping[str, Any]) -> RedisSettings:
             "itemsRefreshInterval", RedisSettings.items_refresh_interval, positive=True
         ),
         replica_ack_timeout=reader.duration("replicaAckTimeout", RedisSettings.replica_ack_timeout),
-        near_cache=_parse_near_cache(reader.optional_mapping("nearCache"), sentinel, cluster),
+        near_cache=_parse_near_cache(reader.optional_mapping("nearCache"), sentinel),
     )
     timeouts.reject_unknown()
     reader.reject_unknown()
@@ -318,7 +318,6 @@ def _key_prefix(reader: _Reader) -> str:
 def _parse_near_cache(
     raw: Mapping[str, Any] | None,
     sentinel: SentinelSettings | None,
-    cluster: ClusterSettings | None,
 ) -> NearCacheSettings:
     if raw is None:
         return NearCacheSettings()
@@ -330,13 +329,6 @@ def _parse_near_cache(
         max_ttl=reader.duration("maxTTL", NearCacheSettings.max_ttl, positive=True),
     )
     reader.reject_unknown()
-    if settings.enabled and cluster is not None:
-        # Invalidations would need one tracking connection per shard, re-made on every
-        # slot migration; not built yet, and a near cache that misses one is a stale one.
-        raise ConfigError(
-            "config.nearCache.enabled",
-            "the near cache is not supported with config.cluster (standalone or sentinel only)",
-        )
     if settings.enabled and sentinel is not None and sentinel.read_from_replicas:
         # A lagging replica's reply could be cached after the primary's invalidation.
         raise ConfigError(

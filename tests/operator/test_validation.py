@@ -29,6 +29,13 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
     assert problems(spec) == []
 
 
+def test_near_cache_with_cluster_passes() -> None:
+    """Issue 13: the near cache on Cluster (one invalidation channel per primary)."""
+    spec = {"backend": "redis", "redis": {
+        "cluster": {"nodes": ["r-0:6379"]}, "nearCache": {"enabled": True}}}
+    assert problems(spec) == []
+
+
 @pytest.mark.parametrize(
     ("changes", "field", "words"),
     [
@@ -85,11 +92,6 @@ def test_valid_specs_pass(spec: dict[str, Any]) -> None:
             "must be a Prometheus duration",
         ),
         ({"sidecar": {"logLevel": "trace"}}, "spec.sidecar.logLevel", "unknown level"),
-        (
-            {"redis": {"cluster": {"nodes": ["r-0:6379"]}, "nearCache": {"enabled": True}}},
-            "spec.redis.nearCache.enabled",
-            "not supported with spec.redis.cluster",
-        ),
         (
             {"redis": {"url": "redis://a:1", "nearCache": {"enabled": True, "maxTTL": "0s"}}},
             "spec.redis.nearCache.maxTTL",

@@ -10,13 +10,17 @@ Pieces:
 
 - ``NearCache.local(key)``: the local copy or None (no await; the hot path).
 - ``NearCache.fetch(key)``: GET and PTTL pipelined on the backend's one auto-pipelined
-  connection (``redis_pipeline``: the data path is not duplicated here), and the reply
-  kept when nothing could have invalidated it meanwhile (see "the race" below).
+  connection (``PipelinedReads`` on ``redis_pipeline``: the data path is not duplicated
+  here; on Cluster ``near_cluster.ClusterReads``), and the reply kept when nothing could
+  have invalidated it meanwhile (see "the race" below).
 - ``NearCache.forget(key)``: writes through this sidecar drop the local copy before
   they are sent and again when answered (read-your-writes within one pod).
 - ``InvalidationChannel``: one dedicated RESP3 connection (``HELLO 3``) with
   ``CLIENT TRACKING ON BCAST PREFIX <keyPrefix>``: Redis pushes ``invalidate`` messages
   on it. hiredis's ``Reader`` parses RESP3 pushes (as lists), so no second parser.
+  ``PrimaryChannel`` is the one channel of a standalone or Sentinel Redis; on Cluster,
+  ``near_cluster.ShardChannels`` keeps one per primary (a ``Watch`` either way: what
+  says whether copies may be served).
 
 Tracking mode, measured (``bench/bench_near_cache.py --only modes``: 20,000 SETs over
 20,000 keys while a reader holds 100 hot keys, Redis 7.0 on loopback, two runs): BCAST
@@ -54,10 +58,10 @@ SAFETY (a stale read is worse than a slow one):
   timeout after the channel silently died. A loop too busy to read the PING's answer
   in time also counts as a dead channel (safe: the copies go, reads go to Redis).
 
-Not handled: Redis Cluster (config validation refuses it: tracking would be needed per
-shard connection and re-made on every slot migration) and ``readFromReplicas`` (a
-lagging replica's reply could be kept after the primary's invalidation): refused too.
-Misses are not cached.
+Redis Cluster: ``near_cluster`` (a channel per primary, re-made as the slot map
+changes; what drops the copies there). Not handled: ``readFromReplicas`` (a lagging
+replica's reply could be kept after the primary's invalidation): refused by config
+validation. Misses are not cached.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Protocol, TypeVar
 
 import hiredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -82,9 +86,11 @@ from podcache.errors import BackendUnavailable, CacheMiss
 
 logger = logging.getLogger(__name__)
 
-FlushCause = Literal["channel_down", "channel_up", "redis_flush", "reconnect", "stop"]
+FlushCause = Literal[
+    "channel_down", "channel_up", "redis_flush", "reconnect", "stop", "topology",
+]
 FLUSH_CAUSES: tuple[FlushCause, ...] = (
-    "channel_down", "channel_up", "redis_flush", "reconnect", "stop",
+    "channel_down", "channel_up", "redis_flush", "reconnect", "stop", "topology",
 )
 
 HEALTH_INTERVAL = 0.5
@@ -159,14 +165,45 @@ class _ChannelProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-class InvalidationChannel:
-    """One RESP3 connection with BCAST tracking of the tenant's prefix, kept open."""
+class Watch(Protocol):
+    """What tells a ``NearCache`` when its copies may be served: one ``PrimaryChannel``
+    (standalone, Sentinel) or one channel per primary (``near_cluster.ShardChannels``)."""
 
-    def __init__(self, cache: NearCache, settings: RedisSettings,
-                 pipeline: redis_pipeline.PipelinedConnection) -> None:
+    @property
+    def up(self) -> bool:
+        """Every invalidation this cache needs is being received now."""
+
+    @property
+    def connects(self) -> int:
+        """Times a channel came up (tests and debugging)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Reads(Protocol):
+    """Where ``NearCache.fetch`` reads a key: the backend's own data path."""
+
+    async def read(self, raw_key: str) -> tuple[Any, int]:
+        """The key's value (None when absent) and its PTTL in ms (-1 none, -2 unknown:
+        serve the value, do not keep it)."""
+
+
+W = TypeVar("W", bound=Watch)
+
+
+class InvalidationChannel:
+    """One RESP3 connection with BCAST tracking of the tenant's prefix, kept open.
+
+    Subclasses say where it connects (``_open``), what a healthy connection answers
+    (``_probe``) and who is told when it comes up (``_came_up``); this class keeps it
+    open and drops every copy the moment it is lost.
+    """
+
+    def __init__(self, cache: NearCache, settings: RedisSettings) -> None:
         self.cache = cache
         self.settings = settings
-        self.pipeline = pipeline
         self.up = False
         self.opening = False
         """Between the start of a session and its tracking being on."""
@@ -188,6 +225,25 @@ class InvalidationChannel:
             self.up = False
             self.cache.serving = False
             self.cache.flush("channel_down")
+            self._went_down()
+
+    # -- what subclasses say --------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        """Before a session connects (the generation is read after it)."""
+
+    async def _open(self, protocol: asyncio.Protocol) -> None:
+        raise NotImplementedError
+
+    async def _probe(self, protocol: _ChannelProtocol) -> None:
+        """Raise unless the channel still hears every write it must (a PING by default)."""
+        await protocol.send(b"PING")
+
+    def _came_up(self) -> None:
+        self.cache.serving = True
+
+    def _went_down(self) -> None:
+        """After ``lost`` dropped the copies."""
 
     def drop(self) -> None:
         """Close the connection now (it is reopened); the caller has flushed the copies."""
@@ -217,15 +273,10 @@ class InvalidationChannel:
         self._protocol = protocol
         self.opening = True
         try:
-            # The data connection first: a reconnect of it after this point (a failover)
-            # voids this session (``generation``) and drops the copies.
-            await self.pipeline.execute(b"PING")
-            generation = self.generation
+            await self._prepare()
+            generation = self.generation  # a drop() from here on voids this session
             async with asyncio.timeout(settings.connect_timeout):
-                await redis_pipeline.open_transport(
-                    settings, lambda: protocol, ssl_context=self._ssl,
-                    primary=self.pipeline.primary_address,
-                )
+                await self._open(protocol)
                 hello: list[redis_pipeline.Arg] = [b"HELLO", b"3"]
                 password = redis_connection.read_password(settings)
                 if password is not None:
@@ -241,6 +292,7 @@ class InvalidationChannel:
                 ]
                 for reply in replies:
                     await reply
+                await self._probe(protocol)  # e.g. a cluster node that is no longer a primary
             if generation != self.generation:
                 raise BackendUnavailable("the data connection reconnected meanwhile")
             # Tracking is on from here: whatever changes from now on is announced.
@@ -248,17 +300,18 @@ class InvalidationChannel:
             self.cache.flush("channel_up")
             self.connects += 1
             self.up = True
-            self.cache.serving = True
+            self._came_up()
             while not protocol.closed.done():
                 await asyncio.wait([protocol.closed], timeout=HEALTH_INTERVAL)
                 if protocol.closed.done():
                     break
                 try:
                     async with asyncio.timeout(settings.operation_timeout):
-                        await protocol.send(b"PING")
-                except TimeoutError:
-                    logger.warning("near cache: invalidation channel unanswered for %gs",
-                                   settings.operation_timeout)
+                        await self._probe(protocol)
+                except (TimeoutError, BackendUnavailable) as exc:
+                    if not protocol.closed.done():
+                        logger.warning("near cache: invalidation channel: %s", exc or
+                                       f"unanswered for {settings.operation_timeout:g}s")
                     self.lost()  # before anything else can read a copy
                     protocol.transport.abort()
         finally:
@@ -276,14 +329,80 @@ class InvalidationChannel:
         self.lost()
 
 
+class PrimaryChannel(InvalidationChannel):
+    """The one channel of a standalone or Sentinel Redis: on the server the backend's
+    pipelined connection reaches, reopened whenever that connection reconnects."""
+
+    def __init__(self, cache: NearCache, settings: RedisSettings,
+                 pipeline: redis_pipeline.PipelinedConnection) -> None:
+        super().__init__(cache, settings)
+        self.pipeline = pipeline
+        pipeline.on_connect = self.data_reconnected
+
+    async def _prepare(self) -> None:
+        # The data connection first: a reconnect of it after this point (a failover)
+        # voids this session (``generation``) and drops the copies.
+        await self.pipeline.execute(b"PING")
+
+    async def _open(self, protocol: asyncio.Protocol) -> None:
+        await redis_pipeline.open_transport(
+            self.settings, lambda: protocol, ssl_context=self._ssl,
+            primary=self.pipeline.primary_address,
+        )
+
+    def data_reconnected(self) -> None:
+        # The data connection (re)connected, maybe to a new primary after a failover,
+        # while the channel may still hang on the old one: trust neither the copies nor it.
+        if self.pipeline.connects == 1 or not (self.up or self.opening):
+            return  # the first connection (nothing kept before it), or nothing to re-open
+        self.cache.serving = False
+        self.cache.flush("reconnect")
+        self.drop()
+
+
+class PipelinedReads:
+    """GET and PTTL on the backend's one auto-pipelined connection (standalone, Sentinel)."""
+
+    def __init__(self, pipeline: redis_pipeline.PipelinedConnection) -> None:
+        self.pipeline = pipeline
+
+    async def read(self, raw_key: str) -> tuple[Any, int]:
+        value_reply = self.pipeline.execute(b"GET", raw_key)
+        ttl_reply = self.pipeline.execute(b"PTTL", raw_key)
+        try:
+            value = await value_reply
+        except BaseException as exc:
+            ttl_reply.add_done_callback(_quiet)
+            if isinstance(exc, redis_pipeline.ReplyError):
+                raise BackendUnavailable(f"redis GET failed: {exc.reply}") from exc
+            if isinstance(exc, BackendUnavailable):
+                raise BackendUnavailable(f"redis GET: {exc}") from exc
+            raise
+        try:
+            pttl = await ttl_reply
+        except BackendUnavailable:
+            pttl = -2  # the value is good, its lifetime unknown: serve it, do not keep it
+        return value, pttl if isinstance(pttl, int) else -2
+
+
+def on_pipeline(settings: RedisSettings, pipeline: redis_pipeline.PipelinedConnection,
+                ) -> NearCache:
+    """The near cache of a standalone or Sentinel backend (reads on ``pipeline``)."""
+    cache = NearCache(settings, lambda cache: PrimaryChannel(cache, settings, pipeline),
+                      lambda _: PipelinedReads(pipeline))
+    cache.pipeline = pipeline
+    return cache
+
+
 class NearCache:
     """The local copies, their invalidation bookkeeping and their counters."""
 
-    def __init__(self, settings: RedisSettings, pipeline: redis_pipeline.PipelinedConnection,
-                 ) -> None:
+    def __init__(self, settings: RedisSettings, watch: Callable[[NearCache], W],
+                 reads: Callable[[W], Reads]) -> None:
         near = settings.near_cache
         self.settings = near
-        self.pipeline = pipeline
+        self.pipeline: redis_pipeline.PipelinedConnection | None = None
+        """The standalone/Sentinel data connection (``on_pipeline``); None on Cluster."""
         self.prefix = settings.key_prefix
         self._raw_prefix = settings.key_prefix.encode()
         self.store = MemoryBackend(MemorySettings(
@@ -292,10 +411,12 @@ class NearCache:
         self._pending: dict[str, object] = {}
         """Key -> token of the latest GET in flight whose reply may be kept."""
         self.serving = False
-        """Copies may be served and kept: the channel is up and the data connection has
-        not reconnected since (both cleared synchronously, before any other GET)."""
-        self.channel = InvalidationChannel(self, settings, pipeline)
-        pipeline.on_connect = self._reconnected
+        """Copies may be served and kept: the channel (every channel, on Cluster) is up and
+        nothing since could have hidden an invalidation (cleared synchronously, before any
+        other GET, by whatever says so: ``Watch`` implementations)."""
+        channel = watch(self)
+        self.channel: Watch = channel
+        self.reads = reads(channel)
         self._started = False
         self.hits = 0
         self.misses = 0
@@ -324,34 +445,15 @@ class NearCache:
             self._pending[key] = token
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        raw_key = self.prefix + key
         try:
-            value_reply = self.pipeline.execute(b"GET", raw_key)
-            ttl_reply = self.pipeline.execute(b"PTTL", raw_key)
-        except BaseException:
-            self._release(key, token)
-            raise
-        try:
-            value = await value_reply
-        except BaseException as exc:
-            ttl_reply.add_done_callback(_quiet)
-            self._release(key, token)
-            if isinstance(exc, redis_pipeline.ReplyError):
-                raise BackendUnavailable(f"redis GET failed: {exc.reply}") from exc
-            if isinstance(exc, BackendUnavailable):
-                raise BackendUnavailable(f"redis GET: {exc}") from exc
-            raise
-        try:
-            pttl = await ttl_reply
-        except BackendUnavailable:
-            pttl = -2  # the value is good, its lifetime unknown: serve it, do not keep it
+            value, pttl = await self.reads.read(self.prefix + key)
         finally:
             kept = self._release(key, token)
         if value is None:
             raise CacheMiss(key)
         if not isinstance(value, bytes):
             value = str(value).encode()
-        if kept and self.serving and isinstance(pttl, int) and pttl != -2:
+        if kept and self.serving and pttl != -2:
             seconds = self.settings.max_ttl if pttl == -1 else min(pttl / 1000,
                                                                    self.settings.max_ttl)
             # Counted from when the GET was sent: Redis's clock started no later.
@@ -394,15 +496,6 @@ class NearCache:
         self._pending.clear()
         self.store.clear()
         self.flushes[cause] += 1
-
-    def _reconnected(self) -> None:
-        # The data connection (re)connected, maybe to a new primary after a failover,
-        # while the channel may still hang on the old one: trust neither the copies nor it.
-        if self.pipeline.connects == 1 or not (self.channel.up or self.channel.opening):
-            return  # the first connection (nothing kept before it), or nothing to re-open
-        self.serving = False
-        self.flush("reconnect")
-        self.channel.drop()
 
     # -- lifecycle ---------------------------------------------------------------------
 

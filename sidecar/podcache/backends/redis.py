@@ -20,7 +20,8 @@ Connections, by kind of traffic, so that no kind can starve another:
 - ``pipeline``: one auto-pipelined connection (``redis_pipeline``, issue 11) for the
   hot path: GET, SET (plain, NX, compare-and-set), DEL and ``/readyz``'s PING.
   Standalone and Sentinel only; on Cluster it is None and these go through ``client``
-  (redis-py's slot routing), and with ``readFromReplicas`` GETs stay on ``_reader``.
+  (redis-py's slot routing; the near cache's GETs too, see ``near_cluster``), and with
+  ``readFromReplicas`` GETs stay on ``_reader``.
 - ``client`` (and ``_reader``): a pool of ``poolSize`` for short commands: lock and
   election scripts, the item count's SCAN, and the hot path on Cluster. Nothing holds
   one of its connections longer than one command.
@@ -48,6 +49,7 @@ from redis.exceptions import RedisError
 from podcache import validation
 from podcache.backends import (
     near_cache,
+    near_cluster,
     redis_connection,
     redis_notices,
     redis_pipeline,
@@ -119,10 +121,14 @@ return 0
         # Replicas lag: reads go to them only through redis-py's replica pool.
         self._piped_reads = self.pipeline if self._reader is self.client else None
         self.near: near_cache.NearCache | None = None
-        """The near cache (issue 13), when ``config.nearCache.enabled``; config validation
-        refuses it where there is no pipelined connection or reads go to replicas."""
-        if settings.near_cache.enabled and self._piped_reads is not None:
-            self.near = near_cache.NearCache(settings, self._piped_reads)
+        """The near cache (issue 13), when ``config.nearCache.enabled``: on the pipelined
+        connection, or on Cluster one invalidation channel per primary (``near_cluster``);
+        config validation refuses it where reads go to replicas."""
+        if settings.near_cache.enabled:
+            if isinstance(self.client, RedisCluster):
+                self.near = near_cluster.new_near_cache(settings, self.client)
+            elif self._piped_reads is not None:
+                self.near = near_cache.on_pipeline(settings, self._piped_reads)
         self._set_if_match_piped = redis_pipeline.Script(self.SET_IF_MATCH_SCRIPT)
         self._internal = tuple((self.key_prefix + space).encode() for space in INTERNAL_KEY_SPACES)
         self._stopped = False
