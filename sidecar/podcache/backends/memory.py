@@ -275,6 +275,22 @@ class MemoryBackend(Backend):
     async def count_items(self) -> int:
         return len(self._entries)
 
+    # -- synchronous GET/SET for callers that validated the key (the RESP batch loop) --
+    # The same checks and effects as ``get``/``set`` without a coroutine: a pipelined
+    # batch of commands runs in one pass instead of one coroutine per command.
+
+    def lookup(self, key: str) -> bytes | None:
+        """``get`` without the coroutine and the key check: the value, or None on a miss.
+        Raises ``BackendUnavailable`` once stopped, as ``get`` does."""
+        self._ensure_running()
+        return self.peek(key)
+
+    def store(self, key: str, value: bytes, ttl: float = 0) -> None:
+        """``set`` without the coroutine (it validates like ``set``)."""
+        key, value, seconds = self._checked(key, value, ttl)
+        self._ensure_running()
+        self._store(key, value, seconds)
+
     # -- synchronous access for a layer in front of another backend (near cache) ---
     # No await between a check and its store: the caller's bookkeeping (e.g. an
     # invalidation token) and the map change happen atomically on the event loop.
