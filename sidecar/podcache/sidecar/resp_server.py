@@ -15,9 +15,9 @@ plain call (``resp_fast``), so a pipelined batch of them runs in one pass with o
 write and one update of the cache metrics. Any other command on the memory backend
 never waits either, so its coroutine is driven by hand (``send(None)``) and finishes
 without a Task or an event loop turn. Otherwise (Redis) it runs in a Task; commands
-that arrive meanwhile wait in the connection's queue. BEWARE: a coroutine driven by hand has no current Task,
-so it must not use ``asyncio.timeout``; should one suspend anyway, ``_Resume``
-hands it to a Task mid-flight instead of failing.
+that arrive meanwhile wait in the connection's queue. BEWARE: a coroutine driven by
+hand has no current Task, so it must not use ``asyncio.timeout``; should one suspend
+anyway, ``_Resume`` hands it to a Task mid-flight instead of failing.
 
 Bad input, answered as Redis answers it: a frame hiredis refuses, a nested array or
 more than ``max_request_bytes`` of one unfinished command gets ``-ERR Protocol
