@@ -38,11 +38,15 @@ class MemoryFast:
     """One memory backend's fast GET/SET and the counts of the batch in progress."""
 
     __slots__ = (
-        "backend", "config", "hits", "max_key", "max_value", "metrics", "misses", "sets", "ttl",
+        "backend", "config", "hits", "max_key", "max_value", "metrics", "misses", "peek", "sets",
+        "ttl",
     )
 
     def __init__(self, backend: MemoryBackend, metrics: CacheMetrics) -> None:
         self.backend = backend
+        self.peek = backend.peek
+        """``MemoryBackend.lookup`` without its running check, which ``ready`` makes once
+        per batch (nothing can stop the backend in the middle of a synchronous batch)."""
         self.metrics = metrics
         self.hits = self.misses = self.sets = 0
         self.max_key = self.max_value = 0
@@ -58,6 +62,14 @@ class MemoryFast:
         self.max_key = min(limits.max_key_bytes, validation.MAX_KEY_BYTES)
         self.max_value = limits.max_value_bytes
         self.ttl = state.config.backend.default_ttl
+
+    def ready(self) -> bool:
+        """Whether the backend serves (and its reaper runs); False once it is stopped."""
+        try:
+            self.backend.start()
+        except Exception:  # stopped: every command takes the general path and its error
+            return False
+        return True
 
     def command(self, args: list[bytes], proto: int) -> bytes | None:
         """The reply to ``args`` if it is a plain GET or SET that succeeds, else None."""
@@ -83,7 +95,7 @@ class MemoryFast:
                 self.backend.store(key, args[2], self.ttl)
                 self.sets += 1
                 return _OK
-            value = self.backend.lookup(key)
+            value = self.peek(key)
         except Exception:  # bad UTF-8, a stopped backend, over maxBytes: nothing changed
             return None
         if value is None:

@@ -250,15 +250,22 @@ class RespProtocol(asyncio.Protocol):
         # once per batch (resp_fast); everything else goes through _dispatch.
         fast = self._server.memory_fast(self._state)
         started = time.perf_counter() if fast is not None else 0.0
+        command = fast.command if fast is not None else _no_fast
+        # Only a command through _dispatch can change these (MULTI, AUTH, RESET, HELLO, a
+        # write that pauses): they are read again after each such command, not per GET.
+        quick = fast is not None and session.multi is None and session.authenticated
+        proto = session.proto
         try:
             while queue and not self._paused and not self._closed:
                 args = queue.popleft()
-                if fast is not None and session.multi is None and session.authenticated:
-                    done = fast.command(args, session.proto)
+                if quick:
+                    done = command(args, proto)
                     if done is not None:
                         out.append(done)
                         continue
                 reply = dispatch(args)
+                quick = fast is not None and session.multi is None and session.authenticated
+                proto = session.proto
                 if type(reply) is bytes:
                     out.append(reply)
                 else:
@@ -433,6 +440,10 @@ class RespProtocol(asyncio.Protocol):
         return wire.array(replies)
 
 
+def _no_fast(args: list[bytes], proto: int) -> bytes | None:
+    return None
+
+
 def _arity_ok(entry: commands.Command, args: list[bytes]) -> bool:
     arity = entry.arity
     return len(args) == arity if arity > 0 else len(args) >= -arity
@@ -514,8 +525,11 @@ class RespServer:
             )
             found = self._fast = (slot, fast)
         fast = found[1]
-        if fast is not None and fast.config is not state.config:
-            fast.begin(state)  # a reload replaced the config: its limits and TTL
+        if fast is not None:
+            if fast.config is not state.config:
+                fast.begin(state)  # a reload replaced the config: its limits and TTL
+            if not fast.ready():
+                return None
         return fast
 
     async def start(self) -> None:
