@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry
 
 from podcache import tasks
 from podcache.backends.base import Backend
-from podcache.backends.memory import MemoryBackend
 from podcache.config import Config, MemorySettings, RedisSettings
 from podcache.errors import CacheMiss
 from podcache.metrics import CacheMetrics, Operation
@@ -62,8 +61,6 @@ class Cache:
         self._electors: list[Elector] = []
         self._items_task: asyncio.Task[None] | None = None
         self._stopped = False
-        self.stores_now = type(backend) is MemoryBackend
-        """``set_now`` works: the backend stores without waiting (the memory backend)."""
         near = getattr(backend, "near", None)
         if near is not None:  # the Redis backend's near cache (issue 13): its own figures
             from podcache.backends import near_cache
@@ -122,18 +119,6 @@ class Cache:
         started = time.perf_counter()
         try:
             await self.backend.set(key, value, ttl)
-        except Exception:
-            self.metrics.observe("set", "error", time.perf_counter() - started)
-            raise
-        self.metrics.observe("set", "ok", time.perf_counter() - started)
-
-    def set_now(self, key: str, value: bytes, ttl: float = 0) -> None:
-        """``set`` without a coroutine, when ``stores_now`` (the memory backend): the
-        sidecar's PUT skips two coroutines per request. Counted exactly like ``set``."""
-        assert isinstance(self.backend, MemoryBackend)
-        started = time.perf_counter()
-        try:
-            self.backend.store(key, value, ttl)
         except Exception:
             self.metrics.observe("set", "error", time.perf_counter() - started)
             raise

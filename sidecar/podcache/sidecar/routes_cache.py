@@ -102,8 +102,6 @@ async def _store(
         return web.Response(status=201, headers={"ETag": etag})
     if if_match is not None:
         await _compare_and_set(cache, key=key, value=value, if_match=if_match, ttl=ttl)
-    elif cache.stores_now:
-        cache.set_now(key, value, ttl)  # the memory backend: no coroutine to await
     else:
         await cache.set(key, value, ttl)
     return web.Response(status=204, headers={"ETag": etag})
