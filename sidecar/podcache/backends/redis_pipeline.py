@@ -6,9 +6,9 @@ timeout set it wraps each read and write in ``asyncio.timeout``/``wait_for`` (a 
 per command). Measured on the sidecar (bench/bench_sidecar.py) that is two thirds of
 a cache GET's CPU, and concurrent requests never share a write. hiredis is only a
 reply parser. Neither multiplexes: this module does, and nothing more. Every command
-issued during one event-loop tick (and the next: ``_flush_after_next``) goes out in one
-write on one connection; replies are parsed by ``hiredis.Reader`` and matched to their
-callers in order (Redis answers a connection's commands in the order it received them).
+issued during one event-loop tick goes out in one write on one connection; replies are
+parsed by ``hiredis.Reader`` and matched to their callers in order (Redis answers a
+connection's commands in the order it received them).
 
 What it does itself, and what it delegates:
 
@@ -251,7 +251,7 @@ class PipelinedConnection:
         if link is not None:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                loop.call_soon(self._flush_after_next)
+                loop.call_soon(self._flush)
         elif self._connecting is None:
             self._connecting = loop.create_task(self._connect(), name="podcache-redis-pipeline")
         if self._timer is None:
@@ -293,14 +293,6 @@ class PipelinedConnection:
                 await sentinel.aclose()
 
     # -- writing ----------------------------------------------------------------------
-
-    def _flush_after_next(self) -> None:
-        # One loop turn more before the write: the requests whose data arrived with the
-        # first commands' (their handlers run a turn later) join the same write. At 32
-        # connections Redis CPU per GET fell in each of 6 paired trials, median 2.4 -> 2.0
-        # us; the sidecar's CPU and throughput did not move beyond the noise.
-        assert self._loop is not None
-        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
