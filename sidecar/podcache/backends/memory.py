@@ -275,15 +275,8 @@ class MemoryBackend(Backend):
     async def count_items(self) -> int:
         return len(self._entries)
 
-    # -- synchronous GET/SET for callers that validated the key (the RESP batch loop) --
-    # The same checks and effects as ``get``/``set`` without a coroutine: a pipelined
-    # batch of commands runs in one pass instead of one coroutine per command.
-
-    def lookup(self, key: str) -> bytes | None:
-        """``get`` without the coroutine and the key check: the value, or None on a miss.
-        Raises ``BackendUnavailable`` once stopped, as ``get`` does."""
-        self._ensure_running()
-        return self.peek(key)
+    # -- synchronous SET for the RESP batch loop (its GET is ``start`` once per batch,
+    # then ``peek``): a pipelined batch runs in one pass, not a coroutine per command.
 
     def store(self, key: str, value: bytes, ttl: float = 0) -> None:
         """``set`` without the coroutine (it validates like ``set``)."""

@@ -45,8 +45,8 @@ class MemoryFast:
     def __init__(self, backend: MemoryBackend, metrics: CacheMetrics) -> None:
         self.backend = backend
         self.peek = backend.peek
-        """``MemoryBackend.lookup`` without its running check, which ``ready`` makes once
-        per batch (nothing can stop the backend in the middle of a synchronous batch)."""
+        """``get`` without the coroutine, the key check (done here) and the running check,
+        which ``ready`` makes once per batch (nothing stops the backend mid-batch)."""
         self.metrics = metrics
         self.hits = self.misses = self.sets = 0
         self.max_key = self.max_value = 0
