@@ -19,6 +19,10 @@ but the server, Redis and the load generator): the machine has 2 cores shared wi
 other engineers, so a case run while others used more than ``--max-others`` is
 repeated (``--retries``) and the quietest run kept; compare figures within one run.
 
+``--baseline-src DIR`` also runs a memory sidecar from another source tree (e.g. ``git
+worktree add /tmp/before <commit>``) as ``before:`` cases of the same run, interleaved
+with the others: its RESP GET/SET with and without ``-P 16`` and its HTTP GET/SET.
+
 ``--near-cache`` adds a Redis sidecar with the near cache (issue 13): redis-py GETs of one
 hot key on its RESP socket, next to the same client on the memory backend's RESP socket
 and on Redis directly.
@@ -208,6 +212,9 @@ def main() -> None:
     parser.add_argument(
         "--near-cache", action="store_true", help="also a Redis sidecar with the near cache"
     )
+    parser.add_argument(
+        "--baseline-src", default=None, help="another tree's root: its memory sidecar as 'before:'"
+    )
     args = parser.parse_args()
     if shutil.which("redis-benchmark") is None or shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server and redis-benchmark on PATH")
@@ -237,6 +244,15 @@ def main() -> None:
                 )
                 processes.append(near)
                 near_resp = near_http.replace(".sock", "-redis.sock")
+            if args.baseline_src:
+                old, old_http, _ = base.start_sidecar(
+                    workdir,
+                    "before-memory",
+                    "type: memory\nconfig: {defaultTTL: 5m}\n",
+                    source=str(Path(args.baseline_src) / "sidecar"),
+                )
+                processes.append(old)
+                old_resp = old_http.replace(".sock", "-redis.sock")
             memory_resp = memory_http.replace(".sock", "-redis.sock")
             backed_resp = backed_http.replace(".sock", "-redis.sock")
             rpid = redis_process.pid
@@ -324,6 +340,21 @@ def main() -> None:
                         ),
                     ]
                 ]
+            if args.baseline_src:
+                for op in ("set", "get"):
+                    cases += [
+                        (name, op, run)
+                        for name, run in [
+                            ("before: resp-memory",
+                             lambda op=op: bench(old_resp, old.pid, op, n)),
+                            ("before: resp-memory-P16",
+                             lambda op=op: bench(old_resp, old.pid, op, 4 * n, pipeline=16)),
+                            ("before: http-memory",
+                             lambda op=op: python_load(
+                                 {**py, "kind": "http", "op": op, "socket": old_http},
+                                 server_pid=old.pid, redis_pid=None)),
+                        ]
+                    ]  # fmt: skip
             if args.near_cache:
                 for op in ("set", "get"):  # set first: the GETs find the hot key
                     cases.append((
@@ -343,7 +374,13 @@ def main() -> None:
         for process in processes:
             base.stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, clients=args.clients, trials=args.trials, near_cache=args.near_cache)
+    report(
+        results,
+        clients=args.clients,
+        trials=args.trials,
+        near_cache=args.near_cache,
+        baseline=bool(args.baseline_src),
+    )
 
 
 def _median(values: list[Any]) -> Any:
@@ -357,6 +394,7 @@ def report(
     clients: int,
     trials: int,
     near_cache: bool = False,
+    baseline: bool = False,
 ) -> None:
     print(
         f"\n{time.strftime('%Y-%m-%d')}, {clients} connections, 100 B values, "
@@ -390,6 +428,17 @@ def report(
         ratio = medians[ours, "get"]["ops_per_s"] / medians[theirs, "get"]["ops_per_s"]
         verdict = "met" if ratio >= wanted else "missed"
         print(f"| {label} | {ratio:.2f}x | ≥ {wanted}x | {verdict} |")
+    if baseline:
+        print("\n| target (GET), before: the baseline tree's memory sidecar | measured |")
+        print("|---|---|")
+        for label, ours, theirs, _ in TARGETS:
+            if ours == "resp-memory" and theirs == "redis-server":
+                continue  # the anchor is the same process; only the sidecar differs
+            if ("before: " + ours, "get") in medians:
+                mine = medians["before: " + ours, "get"]["ops_per_s"]
+                other = medians.get(("before: " + theirs, "get"), medians.get((theirs, "get")))
+                assert other is not None
+                print(f"| {label} | {mine / other['ops_per_s']:.2f}x |")
     http, resp = medians["http-memory", "get"], medians["resp-memory", "get"]
     print(
         f"\nServer CPU per GET, memory backend: HTTP {http['cpu_us_per_op']:.1f} µs, RESP "

@@ -108,6 +108,17 @@ class CacheMetrics:
         self._buckets[operation][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         self._sums[operation] += seconds
 
+    def observe_many(
+        self, operation: Operation, status: Status, count: int, seconds: float
+    ) -> None:
+        """Count ``count`` finished calls that took ``seconds`` together (a batch run in
+        one pass, e.g. a RESP pipeline on the memory backend): each is observed at the
+        batch's mean duration, so counts, sums and buckets stay consistent."""
+        self._counts[operation, status] += count
+        each = seconds / count
+        self._buckets[operation][bisect.bisect_left(DURATION_BUCKETS, each)] += count
+        self._sums[operation] += seconds
+
     def merged(self) -> list[Metric]:
         """The four metrics with the lock-free counts added (what a scrape shows)."""
         counts = self._counts

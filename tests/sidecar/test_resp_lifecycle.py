@@ -72,6 +72,45 @@ async def test_metrics_count_resp_traffic(
         await client.aclose()
 
 
+async def test_pipelined_batch_counts_and_answers_in_order(start_sidecar: StartSidecar) -> None:
+    """One write of plain GET/SETs (the memory backend's one-pass path, counted per batch)
+    mixed with commands that take the general path (options, MULTI, a bad key, an error):
+    every reply in order, and the cache metrics count each call exactly once."""
+    sidecar, _ = await start_sidecar({"type": "memory", "config": {"defaultTTL": "5m"}})
+    client = _client(sidecar)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(16):
+            pipe.set(f"k{i}", f"v{i}")
+        for i in range(16):
+            pipe.get(f"k{i}")
+        pipe.get("absent")
+        pipe.set("opt", "x", ex=100)  # an option: the general path
+        pipe.execute_command("MULTI")
+        pipe.get("k0")  # queued, not run here
+        pipe.execute_command("EXEC")
+        pipe.get("podcache:reserved")  # refused like before
+        pipe.get("k1")
+        replies = await pipe.execute(raise_on_error=False)
+        assert replies[:16] == [True] * 16
+        assert replies[16:32] == [f"v{i}".encode() for i in range(16)]
+        assert replies[32] is None
+        assert replies[33] is True
+        assert replies[34:37] == [b"OK", b"QUEUED", [b"v0"]]
+        assert "invalid key" in str(replies[37])
+        assert replies[38] == b"v1"
+        assert await client.ttl("k3") > 200  # the default TTL applied on the fast path
+        text = _scrape(sidecar)
+        assert 'lab_cache_requests_total{operation="get",status="hit"} 18.0' in text
+        assert 'lab_cache_requests_total{operation="get",status="miss"} 1.0' in text
+        assert 'lab_cache_requests_total{operation="get",status="error"} 0.0' in text  # key_of
+        assert 'lab_cache_requests_total{operation="set",status="ok"} 17.0' in text
+        assert 'lab_cache_operation_duration_seconds_count{operation="get"} 19.0' in text
+        assert 'lab_cache_operation_duration_seconds_count{operation="set"} 17.0' in text
+    finally:
+        await client.aclose()
+
+
 async def test_reload_applies_default_ttl_and_limits(start_sidecar: StartSidecar) -> None:
     config: dict[str, Any] = {"type": "memory", "config": {"defaultTTL": "5m"}}
     sidecar, _ = await start_sidecar(config, config_file=True)

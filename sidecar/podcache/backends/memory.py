@@ -282,6 +282,15 @@ class MemoryBackend(Backend):
     async def count_items(self) -> int:
         return len(self._entries)
 
+    # -- synchronous SET for the RESP batch loop (its GET is ``start`` once per batch,
+    # then ``peek``): a pipelined batch runs in one pass, not a coroutine per command.
+
+    def store(self, key: str, value: bytes, ttl: float = 0) -> None:
+        """``set`` without the coroutine (it validates like ``set``)."""
+        key, value, seconds = self._checked(key, value, ttl)
+        self._ensure_running()
+        self._store(key, value, seconds)
+
     # -- synchronous access for a layer in front of another backend (near cache) ---
     # No await between a check and its store: the caller's bookkeeping (e.g. an
     # invalidation token) and the map change happen atomically on the event loop.

@@ -10,12 +10,14 @@ A plain ``asyncio.Protocol``, no framework: requests are parsed by ``hiredis.Rea
 order, as Redis runs them. The replies of everything parsed from one read go out in
 one write, so a pipeline costs one syscall per batch, not per command.
 
-How a command runs: on the memory backend no call ever waits, so the command's
-coroutine is driven by hand (``send(None)``) and finishes without a Task or an event
-loop turn. Otherwise (Redis) it runs in a Task; commands that arrive meanwhile wait
-in the connection's queue. BEWARE: a coroutine driven by hand has no current Task,
-so it must not use ``asyncio.timeout``; should one suspend anyway, ``_Resume``
-hands it to a Task mid-flight instead of failing.
+How a command runs: on the memory backend a plain ``GET key``/``SET key value`` is a
+plain call (``resp_fast``), so a pipelined batch of them runs in one pass with one
+write and one update of the cache metrics. Any other command on the memory backend
+never waits either, so its coroutine is driven by hand (``send(None)``) and finishes
+without a Task or an event loop turn. Otherwise (Redis) it runs in a Task; commands
+that arrive meanwhile wait in the connection's queue. BEWARE: a coroutine driven by
+hand has no current Task, so it must not use ``asyncio.timeout``; should one suspend
+anyway, ``_Resume`` hands it to a Task mid-flight instead of failing.
 
 Bad input, answered as Redis answers it: a frame hiredis refuses, a nested array or
 more than ``max_request_bytes`` of one unfinished command gets ``-ERR Protocol
@@ -48,9 +50,10 @@ from prometheus_client import Gauge
 
 from podcache.backends import keyspace as keyspace_mod
 from podcache.backends.keyspace import Keyspace
+from podcache.backends.memory import MemoryBackend
 from podcache.sidecar import resp_commands as commands
+from podcache.sidecar import resp_fast, socket_site
 from podcache.sidecar import resp_wire as wire
-from podcache.sidecar import socket_site
 from podcache.sidecar.state import CacheSlot, SidecarState
 
 logger = logging.getLogger(__name__)
@@ -243,28 +246,49 @@ class RespProtocol(asyncio.Protocol):
         out = self._out
         session = self.session
         dispatch = self._dispatch
-        while queue and not self._paused and not self._closed:
-            reply = dispatch(queue.popleft())
-            if type(reply) is bytes:
-                out.append(reply)
-            else:
-                assert not isinstance(reply, bytes)
-                slot = self._state.slot
-                if not slot.never_blocks:
-                    self._start(reply, slot)
-                    return  # the Task continues with the queue when it is done
-                # Inlined from _start: the memory backend's hot path.
-                try:
-                    yielded = reply.send(None)
-                except StopIteration as stop:
-                    out.append(stop.value)
-                except Exception as exc:
-                    out.append(commands.error_reply(exc))
+        # The memory backend's plain GET/SET run without a coroutine and are counted
+        # once per batch (resp_fast); everything else goes through _dispatch.
+        fast = self._server.memory_fast(self._state)
+        started = time.perf_counter() if fast is not None else 0.0
+        command = fast.command if fast is not None else _no_fast
+        # Only a command through _dispatch can change these (MULTI, AUTH, RESET, HELLO, a
+        # write that pauses): they are read again after each such command, not per GET.
+        quick = fast is not None and session.multi is None and session.authenticated
+        proto = session.proto
+        try:
+            while queue and not self._paused and not self._closed:
+                args = queue.popleft()
+                if quick:
+                    done = command(args, proto)
+                    if done is not None:
+                        out.append(done)
+                        continue
+                reply = dispatch(args)
+                quick = fast is not None and session.multi is None and session.authenticated
+                proto = session.proto
+                if type(reply) is bytes:
+                    out.append(reply)
                 else:
-                    self._start(reply, slot, yielded=(yielded,))
-                    return
-            if session.closing:
-                break
+                    assert not isinstance(reply, bytes)
+                    slot = self._state.slot
+                    if not slot.never_blocks:
+                        self._start(reply, slot)
+                        return  # the Task continues with the queue when it is done
+                    # Inlined from _start: the memory backend's hot path.
+                    try:
+                        yielded = reply.send(None)
+                    except StopIteration as stop:
+                        out.append(stop.value)
+                    except Exception as exc:
+                        out.append(commands.error_reply(exc))
+                    else:
+                        self._start(reply, slot, yielded=(yielded,))
+                        return
+                if session.closing:
+                    break
+        finally:
+            if fast is not None:
+                fast.flush(time.perf_counter() - started)
         self._flush()
 
     def _start(
@@ -314,10 +338,13 @@ class RespProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         """Write the replies so far; close if QUIT, a protocol error or a shutdown is due
         and nothing is left to answer (so never while a command is about to start)."""
-        self._write_out()
-        transport = self._transport
         if self._closed:
             return
+        out = self._out
+        transport = self._transport
+        if out:  # _write_out inlined: this runs once per batch
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         if self.session.closing:
             transport.close()
         elif self._broken is not None and not self._queue and self._task is None:
@@ -413,6 +440,10 @@ class RespProtocol(asyncio.Protocol):
         return wire.array(replies)
 
 
+def _no_fast(args: list[bytes], proto: int) -> bytes | None:
+    return None
+
+
 def _arity_ok(entry: commands.Command, args: list[bytes]) -> bool:
     arity = entry.arity
     return len(args) == arity if arity > 0 else len(args) >= -arity
@@ -448,6 +479,7 @@ class RespServer:
         self._open: set[RespProtocol] = set()
         self._gone = asyncio.Event()
         self._keyspace: tuple[CacheSlot, Keyspace] | None = None
+        self._fast: tuple[CacheSlot, resp_fast.MemoryFast | None] | None = None
         self._gauge = Gauge(
             "resp_connections",
             "Redis-protocol socket connections open now",
@@ -478,6 +510,27 @@ class RespServer:
         if found is None or found[0] is not slot:
             found = self._keyspace = (slot, keyspace_mod.for_backend(slot.cache.backend))
         return found[1]
+
+    def memory_fast(self, state: SidecarState) -> resp_fast.MemoryFast | None:
+        """The fast GET/SET of the current slot's memory backend, its limits read for
+        one batch; None on another backend (rebuilt after a backend swap)."""
+        slot = state.slot
+        found = self._fast
+        if found is None or found[0] is not slot:
+            backend = slot.cache.backend
+            fast = (
+                resp_fast.MemoryFast(backend, slot.cache.metrics)
+                if type(backend) is MemoryBackend
+                else None
+            )
+            found = self._fast = (slot, fast)
+        fast = found[1]
+        if fast is not None:
+            if fast.config is not state.config:
+                fast.begin(state)  # a reload replaced the config: its limits and TTL
+            if not fast.ready():
+                return None
+        return fast
 
     async def start(self) -> None:
         sock = socket_site.bind(self.path)  # refuses a live socket, sets mode 0660

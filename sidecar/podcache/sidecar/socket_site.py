@@ -169,19 +169,19 @@ def remove(path: str, inode: int | None) -> None:
 class _Counted(asyncio.Protocol):
     """Forwards to aiohttp's protocol and reports when the connection is gone."""
 
-    __slots__ = ("_on_lost", "detached", "inner")
+    __slots__ = ("_on_lost", "data_received", "detached", "inner")
 
     def __init__(self, inner: asyncio.Protocol, on_lost: Callable[[_Counted], None]) -> None:
         self.inner = inner
         self._on_lost = on_lost
         self.detached = False
         """Taken off the connection limit (a watch stream, see ``_Listener.detach``)."""
+        # The inner protocol's own bound method, not a forwarding one: the event loop
+        # calls it once per read, and a frame less per read is ~5% of a RESP GET.
+        self.data_received = inner.data_received  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
