@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -131,8 +132,38 @@ class ControlPlane:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start etcd, the apiserver and the controller-manager.
+
+        Their ports are picked free beforehand, so another process can take one in the
+        meantime (a CI run saw the apiserver fail with "address already in use"). Then
+        everything is stopped and started again on new ports, with the failed
+        attempt's logs kept beside (``<name>.log.<attempt>``). The apiserver keeps its
+        port under a launcher: the node forwards that port into its own network
+        namespace, where nothing else can take it.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(time.monotonic() + timeout)
+                return
+            except ControlPlaneUnavailable:
+                if attempt == attempts or not self._lost_a_port():
+                    raise
+            self.stop()
+            for log in self.logs.glob("*.log"):
+                log.rename(log.with_name(f"{log.name}.{attempt}"))
+            shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+            if not self.launcher:
+                self.port = free_port()
+                self.url = f"https://127.0.0.1:{self.port}"
+
+    def _lost_a_port(self) -> bool:
+        return any(
+            "address already in use" in log.read_text(errors="replace")
+            for log in self.logs.glob("*.log")
+        )
+
+    def _start_once(self, deadline: float) -> None:
         serving = self.ca.issue(
             "apiserver",
             common_name="kube-apiserver",
