@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -242,6 +243,21 @@ class SidecarProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def metric(self, sample: str) -> float:
+        """The value of one sample (name with its labels, as exposed) on ``/metrics``."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(sample + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"{sample} not exposed")
+
+    def wait_metric(self, sample: str, value: float, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.metric(sample) != value:
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.02)
 
 
 def _healthz(path: str) -> bool:

@@ -11,7 +11,6 @@ Aspects:
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,22 +23,6 @@ Spawn = Callable[..., SidecarProcess]
 PREFIX = "near-proc:"
 BOUND = 1.0
 """Seconds: slack for a busy 2-core machine (the bench measures the real delay)."""
-
-
-def metric(process: SidecarProcess, name: str) -> float:
-    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
-
-
-def until_channel_up(process: SidecarProcess) -> None:
-    deadline = time.monotonic() + 10
-    while metric(process, "lab_near_cache_channel_up") != 1.0:
-        assert time.monotonic() < deadline, process.log()
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -55,7 +38,7 @@ def sidecars(
     client_a, client_b = Client(a.socket_path), Client(b.socket_path)
     with pytest.raises(CacheMiss):
         client_b.get("warm-up")  # opens B's channel (on first use)
-    until_channel_up(b)
+    b.wait_metric("lab_near_cache_channel_up", 1.0)
     yield client_a, client_b, b
     client_a.stop()
     client_b.stop()
@@ -76,7 +59,7 @@ def test_write_through_a_seen_through_b(sidecars: tuple[Client, Client, SidecarP
     a.set("k", b"v1", ttl=60)
     for _ in range(20):
         assert b.get("k") == b"v1"
-    assert metric(process_b, "lab_near_cache_hits_total") >= 19
+    assert process_b.metric("lab_near_cache_hits_total") >= 19
     a.set("k", b"v2", ttl=60)
     delay = read_until(b, b"v2", old=b"v1")
     print(f"\nwrite through A -> B serves it: {delay * 1000:.1f} ms")
@@ -97,7 +80,7 @@ def test_channel_killed_no_stale_read(
     read_until(b, b"v2", old=b"v1")
     for _ in range(20):
         assert b.get("k") == b"v2"
-    assert metric(process_b, 'lab_near_cache_flushes_total{cause="channel_down"}') >= 1
+    assert process_b.metric('lab_near_cache_flushes_total{cause="channel_down"}') >= 1
 
 
 def test_flushall_no_stale_read(

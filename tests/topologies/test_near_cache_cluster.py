@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -399,15 +398,6 @@ def sidecars(topology: ClusterTopology, count: int) -> Iterator[list[SidecarProc
                 process.kill()
 
 
-def metric(process: SidecarProcess, name: str) -> float:
-    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not exposed")
-
-
 def test_two_sidecar_processes(cluster_topology: ClusterTopology) -> None:
     keys = [key for shard in keys_on_every_shard(cluster_topology).values() for key in shard]
     with sidecars(cluster_topology, 2) as (a, b):
@@ -415,16 +405,13 @@ def test_two_sidecar_processes(cluster_topology: ClusterTopology) -> None:
         try:
             with contextlib.suppress(CacheMiss):
                 client_b.get("warm-up")  # opens b's channels (on first use)
-            deadline = time.monotonic() + 10
-            while metric(b, "lab_near_cache_channel_up") != 1.0:
-                assert time.monotonic() < deadline, b.log()
-                time.sleep(0.02)
+            b.wait_metric("lab_near_cache_channel_up", 1.0)
             for key in keys:
                 client_a.set(key, b"old")
             for _ in range(5):
                 for key in keys:
                     assert client_b.get(key) == b"old"
-            assert metric(b, "lab_near_cache_hits_total") >= 3 * len(keys)
+            assert b.metric("lab_near_cache_hits_total") >= 3 * len(keys)
             for key in keys:
                 client_a.set(key, b"new")
             written = time.monotonic()
