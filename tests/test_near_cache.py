@@ -30,6 +30,7 @@ from prometheus_client import generate_latest
 from podcache.backends.keyspace_redis import RedisKeyspace
 from podcache.backends.near_cache import NearCache
 from podcache.backends.redis import RedisBackend
+from podcache.backends.redis_pipeline import PipelinedConnection
 from podcache.cache import Cache, new_cache
 from podcache.config import Config, NearCacheSettings, RedisSettings
 from podcache.errors import BackendUnavailable, CacheMiss, ConfigError
@@ -54,6 +55,13 @@ def near_of(cache: Cache) -> NearCache:
     assert isinstance(backend, RedisBackend)
     assert backend.near is not None
     return backend.near
+
+
+def pipeline_of(cache: Cache) -> PipelinedConnection:
+    backend = cache.backend
+    assert isinstance(backend, RedisBackend)
+    assert backend.pipeline is not None
+    return backend.pipeline
 
 
 async def wait_for(predicate: Callable[[], Any], *, within: float = 5.0, what: str = "") -> None:
@@ -274,10 +282,11 @@ async def test_data_connection_reconnect_drops_copies(
     for client in await redis_client.client_list():
         if client.get("name") == "podcache-pipeline":
             await redis_client.client_kill_filter(_id=int(client["id"]))
-    await wait_for(lambda: near.pipeline._link is None, what="data connection loss seen")
+    pipeline = pipeline_of(b)
+    await wait_for(lambda: pipeline._link is None, what="data connection loss seen")
     with pytest.raises(CacheMiss):
         await b.get("absent")  # reconnects the data connection (maybe to a new primary)
-    assert near.pipeline.connects == 2
+    assert pipeline.connects == 2
     assert await b.get("k") == b"1"
     assert near.flushes["reconnect"] == 1
     assert near.item_count == 0 or near.channel.up
@@ -298,7 +307,7 @@ async def test_get_reply_after_invalidation_is_not_kept(
     await redis_client.set(PREFIX + "r", b"old", px=60_000)
     with pytest.raises(CacheMiss):
         await b.get("warm-up")  # connects the data link
-    link = near.pipeline._link
+    link = pipeline_of(b)._link
     assert link is not None
     held: list[bytes] = []
     deliver = link.data_received

@@ -394,10 +394,7 @@ class MemoryBackend(Backend):
         stored = self._entries.pop(key, None)
         if stored is not None:
             self._bytes -= _charged(key, stored)
-            if self._persisted and _expires_at(stored) == math.inf:  # _unfile, inlined
-                self._persisted -= 1
-            else:
-                self._stale_bytes += _stale_size(key)  # its wheel reference stays behind
+            self._unfile(key, stored)
 
     def _unfile(self, key: str, stored: _Stored) -> None:
         """Account for the wheel reference of an entry that just left the map."""

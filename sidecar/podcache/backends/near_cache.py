@@ -388,10 +388,8 @@ class PipelinedReads:
 def on_pipeline(settings: RedisSettings, pipeline: redis_pipeline.PipelinedConnection,
                 ) -> NearCache:
     """The near cache of a standalone or Sentinel backend (reads on ``pipeline``)."""
-    cache = NearCache(settings, lambda cache: PrimaryChannel(cache, settings, pipeline),
-                      lambda _: PipelinedReads(pipeline))
-    cache.pipeline = pipeline
-    return cache
+    return NearCache(settings, lambda cache: PrimaryChannel(cache, settings, pipeline),
+                     lambda _: PipelinedReads(pipeline))
 
 
 class NearCache:
@@ -401,8 +399,6 @@ class NearCache:
                  reads: Callable[[W], Reads]) -> None:
         near = settings.near_cache
         self.settings = near
-        self.pipeline: redis_pipeline.PipelinedConnection | None = None
-        """The standalone/Sentinel data connection (``on_pipeline``); None on Cluster."""
         self.prefix = settings.key_prefix
         self._raw_prefix = settings.key_prefix.encode()
         self.store = MemoryBackend(MemorySettings(

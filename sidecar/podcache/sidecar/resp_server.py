@@ -338,13 +338,10 @@ class RespProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         """Write the replies so far; close if QUIT, a protocol error or a shutdown is due
         and nothing is left to answer (so never while a command is about to start)."""
+        self._write_out()
         if self._closed:
             return
-        out = self._out
         transport = self._transport
-        if out:  # _write_out inlined: this runs once per batch
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
         if self.session.closing:
             transport.close()
         elif self._broken is not None and not self._queue and self._task is None:
