@@ -51,6 +51,7 @@ from tests.controlplane.harness import (
     create_namespace,
     eventually,
     installed_chart,
+    is_ready,
     start_cluster,
 )
 
@@ -105,17 +106,9 @@ def bench_reconcile(cluster: Cluster, namespace: str, configs: int, clients: int
             pass
     created = time.monotonic() - start
 
-    def ready(item: dict[str, Any]) -> bool:
-        status = item.get("status") or {}
-        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-        return (
-            conditions.get("Ready") == "True"
-            and status.get("observedGeneration") == item["metadata"]["generation"]
-        )
-
     cluster.plane.watch_until(
         f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}",
-        lambda items: len(items) == configs and all(ready(i) for i in items.values()),
+        lambda items: len(items) == configs and all(is_ready(i) for i in items.values()),
         timeout=300,
         what=f"{configs} CacheConfigs Ready",
     )

@@ -146,13 +146,17 @@ def read_cache_config(cluster: Cluster, namespace: str, name: str) -> dict[str, 
 def cache_config_ready(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
     """The CacheConfig once Ready=True at its current generation, else None."""
     body = read_cache_config(cluster, namespace, name)
+    return body if is_ready(body) else None
+
+
+def is_ready(body: dict[str, Any]) -> bool:
+    """Whether a CacheConfig's status says Ready=True for its current generation."""
     status = body.get("status") or {}
     conditions = {c["type"]: c for c in status.get("conditions", [])}
-    if conditions.get("Ready", {}).get("status") != "True":
-        return None
-    if status.get("observedGeneration") != body["metadata"]["generation"]:
-        return None
-    return body
+    return (
+        conditions.get("Ready", {}).get("status") == "True"
+        and status.get("observedGeneration") == body["metadata"]["generation"]
+    )
 
 
 @contextmanager
