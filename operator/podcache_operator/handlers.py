@@ -32,6 +32,7 @@ import kopf
 from podcache_operator import (
     bare_pod_restarts,
     bare_pods,
+    bookkeeping,
     cacheconfig_mirror,
     drift,
     injection,
@@ -157,6 +158,8 @@ async def reconcile_cacheconfig(
         kopf.warn(body, reason=exc.reason, message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
     patch.status.update(status)
+    for stale in bookkeeping.stale_annotations(body.metadata.annotations):
+        patch.metadata.annotations[stale] = None
     memo.state.pod_counts[key] = pods
     logger.info("Reconciled: config %s, %d pod(s) with the sidecar", status.get("configHash"), pods)
 

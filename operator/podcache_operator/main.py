@@ -3,10 +3,10 @@
 ``main()`` parses a small CLI, reads ``Settings`` from the environment and runs
 kopf in this process (no ``kopf run`` subprocess, no module path to remember).
 The one ``@kopf.on.startup()`` handler, ``configure``, copies our settings into
-kopf's: where kopf keeps its bookkeeping (annotations under ``podcache.io``, never
-in our status), peering, watch and request timeouts, event posting, and the
-admission webhook server. Tests run ``kopf.operator(...)`` with a ``memo`` holding
-their own ``Settings``; ``configure`` uses those instead of the environment.
+kopf's: where kopf keeps its bookkeeping (``status.kopf``, see ``bookkeeping``),
+peering, watch and request timeouts, event posting, and the admission webhook server.
+Tests run ``kopf.operator(...)`` with a ``memo`` holding their own ``Settings``;
+``configure`` uses those instead of the environment.
 
 ``serve_metrics`` (registered after ``configure``, so kopf runs it after) serves the
 operator's Prometheus metrics for as long as the operator runs; ``stop_metrics``
@@ -27,6 +27,7 @@ import kopf
 from podcache import tasks
 from podcache_operator import (
     bare_pod_restarts,
+    bookkeeping,
     cacheconfig_mirror,
     handlers,
     kubeapi,
@@ -37,8 +38,6 @@ from podcache_operator import (
     webhook_serving,
 )
 from podcache_operator import settings as podcache_settings
-
-PREFIX = "podcache.io"
 
 
 @kopf.on.startup()
@@ -53,12 +52,7 @@ def configure(
     state = memo["state"] = handlers.RuntimeState()
     memo["kopf_settings"] = settings  # resource handlers are not given kopf's settings
 
-    # Kopf's bookkeeping goes into annotations: our status schema stays ours.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    bookkeeping.configure(settings)
 
     settings.watching.server_timeout = config.watch.server_timeout
     settings.watching.client_timeout = config.watch.client_timeout

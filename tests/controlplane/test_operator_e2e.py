@@ -75,6 +75,49 @@ def test_a_spec_change_moves_the_configmap_and_observed_generation(
     assert "defaultTTL: 2m" in config_map.data["config.yaml"]
 
 
+def test_a_reconciliation_writes_the_cacheconfig_once(
+    installation: Installation, namespace: str
+) -> None:
+    """Kopf's diff base lives in status.kopf: Ready and the diff base are one status
+    write, and the object itself is written by its creator only (before: kopf also
+    merge-patched an annotation, a second write and a second event per reconcile)."""
+    cluster = installation.cluster
+    create(cluster, namespace, cache_config("shop", {"defaultTTL": "1m"}))
+    body = eventually(lambda: ready(cluster, namespace, "shop"), what="CacheConfig Ready")
+    object_writers = [
+        entry["manager"]
+        for entry in body["metadata"]["managedFields"]
+        if entry.get("subresource") != "status"
+    ]
+    assert len(object_writers) == 1, body["metadata"]["managedFields"]
+    assert not [k for k in body["metadata"].get("annotations", {}) if "podcache.io" in k]
+    assert "spec" in body["status"]["kopf"]["last-handled-configuration"]
+
+
+def test_an_older_operators_annotation_is_replaced_by_status(
+    installation: Installation, namespace: str
+) -> None:
+    """A CacheConfig last handled by an operator that kept kopf's diff base in an
+    annotation: handled once more, then the annotation is gone."""
+    cluster = installation.cluster
+    old = cache_config("shop", {"defaultTTL": "1m"})
+    old["metadata"]["annotations"] = {
+        "podcache.io/last-handled-configuration": '{"spec":{"defaultTTL":"1m"}}\n'
+    }
+    create(cluster, namespace, old)
+
+    def migrated() -> dict[str, Any] | None:
+        body = ready(cluster, namespace, "shop")
+        if body is None or "podcache.io/last-handled-configuration" in (
+            body["metadata"].get("annotations") or {}
+        ):
+            return None
+        return body
+
+    body = eventually(migrated, what="Ready, the old annotation removed")
+    assert "last-handled-configuration" in body["status"]["kopf"]
+
+
 def test_the_operator_peers_through_the_charts_peering_object(
     installation: Installation,
 ) -> None:

@@ -157,7 +157,10 @@ def test_status_schema() -> None:
         "pods",
         "podsWithoutSidecar",
         "conditions",
+        "kopf",
     }
+    # Kopf's diff base and progress: free-form, kept by the apiserver (not pruned).
+    assert status["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
     condition = status["conditions"]["items"]
     assert set(condition["required"]) == {
         "type",

@@ -117,15 +117,14 @@ class TestConfigure:
         main.configure(settings=kopf_settings, memo=memo, logger=logging.getLogger("test"))
         return kopf_settings, memo
 
-    def test_bookkeeping_goes_into_our_annotations(self) -> None:
+    def test_bookkeeping_goes_into_status_kopf(self) -> None:
         kopf_settings, memo = self.configure(settings.Settings())
-        assert isinstance(
-            kopf_settings.persistence.progress_storage, kopf.AnnotationsProgressStorage
-        )
-        assert kopf_settings.persistence.progress_storage.prefix == "podcache.io"
-        assert isinstance(
-            kopf_settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage
-        )
+        progress = kopf_settings.persistence.progress_storage
+        diffbase = kopf_settings.persistence.diffbase_storage
+        assert isinstance(progress, kopf.StatusProgressStorage)
+        assert progress.field == ("status", "kopf", "progress")
+        assert isinstance(diffbase, kopf.StatusDiffBaseStorage)
+        assert diffbase.field == ("status", "kopf", "last-handled-configuration")
         assert kopf_settings.persistence.finalizer == "podcache.io/finalizer"
         assert memo["kopf_settings"] is kopf_settings
         assert memo["state"].pod_counts == {}

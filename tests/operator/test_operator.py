@@ -305,13 +305,21 @@ class TestPodCount:
         await eventually(lambda: self.pods(cluster) == 2, what="status.pods == 2 after a delete")
 
 
-async def test_kopf_keeps_its_bookkeeping_out_of_our_status(
+async def test_kopf_keeps_its_bookkeeping_in_status_kopf(
     cluster: ClusterEmulator, operator: Any
 ) -> None:
     await create(cluster, "shop", samples.MEMORY_SPEC)
     body = await eventually(lambda: ready(cluster, "shop"), what="Ready")
-    assert set(body["status"]) == {"observedGeneration", "conditions", "pods", "configHash"}
-    assert any(key.startswith("podcache.io/") for key in body["metadata"]["annotations"])
+    assert set(body["status"]) == {
+        "observedGeneration",
+        "conditions",
+        "pods",
+        "configHash",
+        "kopf",
+    }
+    assert "last-handled-configuration" in body["status"]["kopf"]
+    annotations = body["metadata"].get("annotations") or {}
+    assert not any(key.startswith("podcache.io/") for key in annotations)
 
 
 async def test_a_restarted_operator_repairs_what_drifted(
