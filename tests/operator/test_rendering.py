@@ -299,3 +299,24 @@ class TestQuantities:
     def test_refuse(self, text: object) -> None:
         with pytest.raises(ValueError, match="f"):
             rendering.parse_quantity(text, field="f")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"defaultTTL": "5m", "memory": {"maxItems": 10}},
+        {"a": 1},
+        {"a": 1.0},
+        {"a": True},
+        {"a": "1"},
+        {"a": [1, "x", None], "b": {"c": "é"}},
+    ],
+)
+def test_dump_config_is_pyyaml_text_however_often_it_is_asked(config: dict[str, Any]) -> None:
+    """The text is remembered by the config's JSON, which must tell 1, 1.0, true and
+    "1" apart as YAML does: each is asked twice after all the others were seen."""
+    expected = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    for _ in range(2):
+        for other in ({"a": 1}, {"a": 1.0}, {"a": True}, {"a": "1"}):
+            rendering.dump_config(other)
+        assert rendering.dump_config(config) == expected
