@@ -80,12 +80,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=30)
     parser.add_argument("--configs", type=int, default=200)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="a helm value for the chart, e.g. operator.resources.requests.cpu=500m",
+    )
+    parser.add_argument("--skip-configs", action="store_true", help="pods and webhook only")
     args = parser.parse_args()
 
     started = time.monotonic()
     with start_node() as nodes:
         print(f"node ready in {time.monotonic() - started:.1f} s (image build included)")
-        print(f"helm install --wait: {nodes.install():.1f} s")
+        print(f"helm install --wait: {nodes.install(*args.set):.1f} s", *args.set)
 
         plain_ns = create_namespace(nodes.core, "bench-plain")
         plain = all_ready(nodes, plain_ns, "plain", args.pods, None)
@@ -124,6 +132,8 @@ def main() -> None:
         imported = import_seconds(nodes, injected_ns, some_pod)
         print(f"  import podcache.sidecar.runtime in a pod: {imported}")
         nodes.core.delete_namespace(injected_ns)
+        if args.skip_configs:
+            return
 
         print(f"\n{args.configs} CacheConfigs created at once:")
         configs_ns = create_namespace(nodes.core, "bench-configs")
