@@ -51,8 +51,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -492,6 +494,9 @@ def main() -> None:
     parser.add_argument("--max-others", type=float, default=0.25,
                         help="cores the rest of the machine may use before a trial is repeated")
     parser.add_argument("--retries", type=int, default=2, help="repeats of a busy trial")
+    parser.add_argument("--ops", default="set,get,lock",
+                        help="which cases of --value-size to run (set, get, lock; comma-"
+                             "separated, may be empty): a shorter A/B run of one figure")
     parser.add_argument("--near-cache", action="store_true",
                         help="also a Redis sidecar with the near cache (issue 13's targets)")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
@@ -556,11 +561,14 @@ def main() -> None:
             # Trials are interleaved (every case once, then again) so a burst of other work
             # on the machine hits all cases alike instead of skewing one of them.
             trials: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+            ops = {op.strip() for op in args.ops.split(",") if op.strip()}
             cases = [(level, target, op, args.value_size) for level in levels
-                     for target in targets for op in ("set", "get")]  # set first: get finds it
+                     for target in targets for op in ("set", "get")  # set first: get finds it
+                     if op in ops]
             # Lock acquire + release through the socket (Redis) next to redis-py's Lock.
             cases += [(level, target, "lock", args.value_size) for level in levels
-                      for target in targets if target[0].endswith(("sidecar redis", "direct"))]
+                      for target in targets if target[0].endswith(("sidecar redis", "direct"))
+                      and "lock" in ops]
             if args.large_size:
                 cases += [(1, target, op, args.large_size) for target in targets
                           if target[0] != "minimal aiohttp app" for op in ("set", "get")]
@@ -575,7 +583,7 @@ def main() -> None:
             rows = [(label, op, level, _median_of(results))
                     for (label, op, level), results in trials.items()]
             anchor = {level: redis_benchmark(url, clients=level, value_size=args.value_size)
-                      for level in levels}
+                      for level in levels if "get" in ops}
             idle_after_load = {"memory": rss_mib(memory.pid), "redis": rss_mib(redis_sidecar.pid)}
     finally:
         for process in processes:
@@ -602,6 +610,20 @@ def _report_issue_13(rows: list[tuple[str, str, int, dict[str, Any]]], *,
                   f" = {near / base:.2f}x (>= {target}x)  {_verdict(near / base >= target)}")
 
 
+_NOT_RUN = {name: math.nan for name in ("ops_per_s", "p50", "p99", "cpu_us_per_op",
+                                         "redis_us_per_op")}
+
+
+def _by_case(rows: list[tuple[str, str, int, dict[str, Any]]]
+             ) -> collections.defaultdict[tuple[str, str, int], dict[str, Any]]:
+    """Results by (label, op, conns); a case left out by ``--ops`` reads as nan figures."""
+    by_case: collections.defaultdict[tuple[str, str, int], dict[str, Any]] = (
+        collections.defaultdict(lambda: _NOT_RUN))
+    for label, op, level, result in rows:
+        by_case[(label, op, level)] = result
+    return by_case
+
+
 def _size(size: int) -> str:
     return f"{size // (1 << 20)}MiB" if size >= 1 << 20 else f"{size}B"
 
@@ -617,7 +639,7 @@ def _report(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels: list[in
     print(f"{'case':<24}{'op':<11}{'conns':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'server CPU us/op':>18}{'redis CPU us/op':>17}{'loadgen CPU':>13}{'others':>8}"
           f"{'repeats':>8}{'errors':>7}")
-    by_case: dict[tuple[str, str, int], dict[str, Any]] = {}
+    by_case = _by_case([])
     for label, op, level, result in rows:
         by_case[(label, op, level)] = result
         cpu = result["cpu_us_per_op"]
@@ -662,7 +684,7 @@ def _report(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels: list[in
 def _report_issue_11(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels: list[int],
                      args: argparse.Namespace, anchor: dict[int, float | None]) -> None:
     """Issue 11's targets, and the same figures of the baseline when one ran."""
-    by_case = {(label, op, level): result for label, op, level, result in rows}
+    by_case = _by_case(rows)
     prefixes = [""] + (["before: "] if args.baseline_src else [])
 
     def figure(name: str, value: float | None, target: str, ok: bool | None) -> None:

@@ -170,7 +170,7 @@ class LockService(abc.ABC):
                     self._on_acquired(name, attempt)
                     if contended:
                         self._metrics.contention_wait.observe(now - started)
-                    self._metrics.acquisitions.labels(outcome="acquired").inc()
+                    self._metrics.acquired.inc()
                     return attempt
                 remaining = deadline - now
                 if remaining <= 0 or self._stopped:
@@ -212,7 +212,7 @@ class LockService(abc.ABC):
             held.expires_at = lease.deadline
         else:  # acquired through another instance (e.g. before a config reload)
             self._held[(name, token)] = _held_from(lease)
-        self._metrics.refreshes.labels(outcome="refreshed").inc()
+        self._metrics.refreshed.inc()
         return lease
 
     async def release(self, name: str, token: str) -> bool:
@@ -229,7 +229,7 @@ class LockService(abc.ABC):
         if released:
             if held is not None:
                 self._metrics.hold.observe(time.monotonic() - held.acquired_at)
-            self._metrics.releases.labels(outcome="released").inc()
+            self._metrics.released.inc()
         else:
             self._metrics.releases.labels(outcome="not_owner").inc()
         return released

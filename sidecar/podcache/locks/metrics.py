@@ -60,6 +60,11 @@ class LockMetrics:
         )
         self._services: weakref.WeakSet[_Counts] = weakref.WeakSet()
         self.held.set_function(self._held_now)
+        # The children of every call's common outcome, bound once: ``labels()`` takes a
+        # lock and builds a key on each call.
+        self.acquired = self.acquisitions.labels(outcome="acquired")
+        self.released = self.releases.labels(outcome="released")
+        self.refreshed = self.refreshes.labels(outcome="refreshed")
         for outcome in ("acquired", "contended", "timeout", "error"):
             self.acquisitions.labels(outcome=outcome)  # export zeros, so rate() works at once
         for outcome in ("released", "not_owner", "error"):

@@ -218,10 +218,16 @@ return 0
     async def _try_acquire(self, name: str, *, token: str, ttl: float) -> Lease | Busy:
         owner, fence, signal = lock_keys(self._prefix, name)
         sent_at = time.monotonic()
-        reply, replicated = await self._write(
-            self._acquire_script, keys=(owner, fence, signal), args=(token, _ms(ttl)),
-            what="acquire",
-        )
+        if self._pipeline is not None:  # the common case, without _write's frame
+            reply = await self._piped(
+                "acquire", keys=(owner, fence, signal), args=(token, _ms(ttl))
+            )
+            replicated = None
+        else:
+            reply, replicated = await self._write(
+                self._acquire_script, keys=(owner, fence, signal), args=(token, _ms(ttl)),
+                what="acquire",
+            )
         acquired, number = int(reply[0]), int(reply[1])
         _report_damage(reply[2], lock=name)
         if not acquired:
@@ -252,9 +258,14 @@ return 0
     async def _refresh(self, name: str, *, token: str, ttl: float) -> Lease | None:
         owner, fence, _ = lock_keys(self._prefix, name)
         sent_at = time.monotonic()
-        reply, replicated = await self._write(
-            self._refresh_script, keys=(owner, fence), args=(token, _ms(ttl)), what="refresh",
-        )
+        if self._pipeline is not None:  # the common case, without _write's frame
+            reply = await self._piped("refresh", keys=(owner, fence), args=(token, _ms(ttl)))
+            replicated = None
+        else:
+            reply, replicated = await self._write(
+                self._refresh_script, keys=(owner, fence), args=(token, _ms(ttl)),
+                what="refresh",
+            )
         if reply is None:
             return None
         _report_damage(reply[1], lock=name)

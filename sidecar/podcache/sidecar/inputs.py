@@ -180,7 +180,8 @@ async def json_object(
 
 def token_field(payload: dict[str, Any], request: web.Request) -> str:
     """The lock token from the body, else from ``?token=``; a 400 when missing or not a string."""
-    token = payload.get("token", request.query.get("token"))
+    # The query is parsed only when the body has no token (most requests carry it there).
+    token = payload["token"] if "token" in payload else request.query.get("token")
     if not isinstance(token, str) or not token:
         raise ApiError(400, "invalid_request", "a non-empty string 'token' is required")
     return token

@@ -5,11 +5,16 @@ Bodies are JSON with durations as strings ("10s") or seconds. A missing ttl mean
 lock for an hour. A blocking acquire's ``wait`` is cut to leave the request time to
 answer before the request timeout. Every lease handed out is noted in the slot's
 ``LeaseBook`` so the sidecar can release it at shutdown; it never refreshes one.
+
+The ``serve_*`` functions do the work once the name and body are parsed; the router's
+handlers here and the lean path (``fast_locks``, which answers most lock requests
+before aiohttp's router) both call them, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import time
+from json.encoder import encode_basestring_ascii as encode_string  # json.dumps's own, in C
 from typing import Any
 
 from aiohttp import web
@@ -24,9 +29,10 @@ ROUTE = PREFIX + "{name:[^/]*}"
 REFRESH_SUFFIX = "/refresh"
 REFRESH_ROUTE = ROUTE + REFRESH_SUFFIX
 
-_ACQUIRE_FIELDS = frozenset({"ttl", "wait"})
-_REFRESH_FIELDS = frozenset({"token", "ttl"})
-_RELEASE_FIELDS = frozenset({"token"})
+ACQUIRE_FIELDS = frozenset({"ttl", "wait"})
+REFRESH_FIELDS = frozenset({"token", "ttl"})
+RELEASE_FIELDS = frozenset({"token"})
+JSON = "application/json"
 
 
 def _name(request: web.Request, *, suffix: str = "") -> str:
@@ -56,14 +62,27 @@ def _wait(payload: dict[str, Any], state: SidecarState) -> float:
     return min(wait, max(0.0, timeout - min(1.0, timeout / 4)))
 
 
-def _lease_json(lease: Any, *, waited: float = 0.0) -> dict[str, Any]:
-    return {
-        "token": lease.token,
-        "fence": int(lease.fence),
-        "ttl_ms": round(float(lease.ttl) * 1000),
+_LEASE_JSON = '{"token": %s, "fence": %d, "ttl_ms": %d, "waited_ms": %d}'
+"""A lease as ``json.dumps`` writes it (same keys, order and separators), without its
+generic encoder: the fields are a string and three ints."""
+
+
+def lease_body(lease: Any, *, waited: float = 0.0) -> bytes:
+    """The JSON of a lease: ``{"token", "fence", "ttl_ms", "waited_ms"}``."""
+    return (_LEASE_JSON % (
+        encode_string(lease.token),  # the client's text on a refresh: escaped as json.dumps does
+        int(lease.fence),
+        round(float(lease.ttl) * 1000),
         # Rounded down: the client adds it to its send time, which must never overshoot.
-        "waited_ms": int(waited * 1000),
-    }
+        int(waited * 1000),
+    )).encode()
+
+
+def lease_response(lease: Any, *, waited: float = 0.0) -> web.Response:
+    # The same Content-Type as web.json_response ("application/json; charset=utf-8").
+    return web.Response(
+        body=lease_body(lease, waited=waited), content_type=JSON, charset="utf-8"
+    )
 
 
 async def acquire(request: web.Request) -> web.Response:
@@ -72,7 +91,14 @@ async def acquire(request: web.Request) -> web.Response:
     received = time.monotonic()
     state = request.app[STATE]
     name = _name(request)
-    payload = await inputs.json_object(request, allowed=_ACQUIRE_FIELDS)
+    payload = await inputs.json_object(request, allowed=ACQUIRE_FIELDS)
+    return await serve_acquire(state, name, payload, received=received)
+
+
+async def serve_acquire(
+    state: SidecarState, name: str, payload: dict[str, Any], *, received: float
+) -> web.Response:
+    """Acquire ``name`` as the parsed body asks; ``received`` is when the request came in."""
     ttl = _ttl(payload, state)
     wait = _wait(payload, state)
     slot = state.slot
@@ -80,13 +106,20 @@ async def acquire(request: web.Request) -> web.Response:
     if lease is None:
         raise LockNotAcquired(f"lock {name!r} is held by someone else", lock_name=name)
     slot.leases.held(name, lease)
-    return web.json_response(_lease_json(lease, waited=max(0.0, lease.acquired_at - received)))
+    return lease_response(lease, waited=max(0.0, lease.acquired_at - received))
 
 
 async def refresh(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = _name(request, suffix=REFRESH_SUFFIX)
-    payload = await inputs.json_object(request, allowed=_REFRESH_FIELDS)
+    payload = await inputs.json_object(request, allowed=REFRESH_FIELDS)
+    return await serve_refresh(state, request, name, payload)
+
+
+async def serve_refresh(
+    state: SidecarState, request: web.Request, name: str, payload: dict[str, Any]
+) -> web.Response:
+    """Refresh ``name`` as the parsed body asks (the token may also come in the query)."""
     token = inputs.token_field(payload, request)
     ttl = _ttl(payload, state)
     slot = state.slot
@@ -97,14 +130,22 @@ async def refresh(request: web.Request) -> web.Response:
             f"lock {name!r} is not held with this token (expired or taken over)", lock_name=name
         )
     slot.leases.held(name, lease)
-    return web.json_response(_lease_json(lease))
+    return lease_response(lease)
 
 
 async def release(request: web.Request) -> web.Response:
+    state = request.app[STATE]
     name = _name(request)
-    payload = await inputs.json_object(request, allowed=_RELEASE_FIELDS)
+    payload = await inputs.json_object(request, allowed=RELEASE_FIELDS)
+    return await serve_release(state, request, name, payload)
+
+
+async def serve_release(
+    state: SidecarState, request: web.Request, name: str, payload: dict[str, Any]
+) -> web.Response:
+    """Release ``name`` as the parsed body asks (the token may also come in the query)."""
     token = inputs.token_field(payload, request)
-    slot = request.app[STATE].slot
+    slot = state.slot
     released = await slot.cache.locks.release(name, token)
     slot.leases.discard(name, token)
     if not released:

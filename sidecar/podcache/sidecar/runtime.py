@@ -34,7 +34,7 @@ from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
-from podcache.sidecar import fast_path, resp_server, socket_health, socket_site
+from podcache.sidecar import fast_locks, fast_path, resp_server, socket_health, socket_site
 from podcache.sidecar import reload as reload_mod
 from podcache.sidecar.http_metrics import Exposition, ServerMetrics
 from podcache.sidecar.metrics_server import MetricsServer
@@ -168,8 +168,12 @@ class Sidecar:
         self._runner = runner
         server = runner.server
         assert server is not None  # set by setup()
-        # Cache GET/PUT/DELETE skip the router (fast_path); everything else goes to the app.
-        server.request_handler = fast_path.handler(runner.app, server.request_handler)
+        # Cache GET/PUT/DELETE (fast_path), then lock acquire/refresh/release (fast_locks)
+        # skip the router; everything else goes to the app.
+        app = runner.app
+        server.request_handler = fast_path.handler(
+            app, fast_locks.handler(app, server.request_handler)
+        )
         try:
             site = UnixListenerSite(
                 runner,

@@ -64,6 +64,11 @@ class CacheSlot:
         (the memory backend never waits; Redis by its operation timeout). A request of N
         calls with its body already in needs no timer of its own while N * call_bound is
         within the request timeout (``fast_path``)."""
+        ack = settings.replica_ack_timeout if isinstance(settings, RedisSettings) else 0.0
+        self.lock_call_bound = 2 * self.call_bound + ack
+        """Seconds one lock call that does not wait can take at most: two script calls
+        (EVALSHA, then EVAL after a NOSCRIPT), plus the replica-ack wait when configured
+        (``fast_locks``)."""
         self.leases = leases.LeaseBook()
         self.inflight = 0
         self._idle: asyncio.Event | None = None
