@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from podcache import configfile
 from podcache.backends.memory import MemoryBackend
@@ -69,10 +69,48 @@ async def test_stops_at_the_first_other_command(backend: MemoryBackend) -> None:
         fast.run(queue, out, 2)
         assert out == [], stops
         assert list(queue) == [stops, [b"GET", b"a"]], stops
-    counts = metrics._counts
-    assert (counts["get", "hit"], counts["get", "miss"], counts["set", "ok"]) == (1, 1, 1)
-    assert sum(metrics._buckets["get"]) == 2
-    assert sum(metrics._buckets["set"]) == 1
+    assert _scraped(metrics) == {"hit": 1, "miss": 1, "ok": 1, "get": 2, "set": 1}
+
+
+def _scraped(metrics: CacheMetrics) -> dict[str, float | None]:
+    """What a scrape shows: requests by status, histogram counts by operation."""
+    sample = metrics.registry.get_sample_value
+    shown = {
+        status: sample("lab_cache_requests_total", {"operation": op, "status": status})
+        for op, status in (("get", "hit"), ("get", "miss"), ("set", "ok"))
+    }
+    for op in ("get", "set"):
+        shown[op] = sample("lab_cache_operation_duration_seconds_count", {"operation": op})
+    return shown
+
+
+async def test_quick_batches_tallied_slow_ones_counted_at_once(
+    backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, metrics = _fast(backend)
+    backend.store("k", b"v")
+    fast.run(collections.deque([[b"GET", b"k"], [b"SET", b"k", b"w"]]), [], 2)
+    assert metrics._counts["get", "hit"] == 0  # tallied in fast, not yet folded
+    assert _scraped(metrics) == {"hit": 1, "miss": 0, "ok": 1, "get": 1, "set": 1}
+    first = 'lab_cache_operation_duration_seconds_bucket{le="5e-05",operation="get"} 1.0'
+    assert first in generate_latest(metrics.registry).decode()
+    # A batch of 2 GETs that took 1 s: counted at once, in the bucket of its mean (0.5 s).
+    readings = iter([0.0, 1.0])
+    monkeypatch.setattr(resp_fast, "perf_counter", lambda: next(readings))
+    fast.run(collections.deque([[b"GET", b"k"], [b"GET", b"nope"]]), [], 2)
+    assert metrics._counts["get", "hit"] == 2
+    assert metrics._counts["get", "miss"] == 1
+    text = generate_latest(metrics.registry).decode()
+    assert 'lab_cache_operation_duration_seconds_bucket{le="0.25",operation="get"} 1.0' in text
+    assert 'lab_cache_operation_duration_seconds_bucket{le="0.5",operation="get"} 3.0' in text
+    assert _sum(text) == pytest.approx(1.0, abs=1e-3)  # 1 s plus the quick batch's
+    assert _scraped(metrics) == {"hit": 2, "miss": 1, "ok": 1, "get": 3, "set": 1}
+
+
+def _sum(text: str) -> float:
+    line = next(x for x in text.splitlines() if x.startswith(
+        'lab_cache_operation_duration_seconds_sum{operation="get"}'))  # fmt: skip
+    return float(line.split()[-1])
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 1023, 1024, 5000])
