@@ -62,6 +62,7 @@ MAX_INLINE_BYTES = 64 * 1024
 """Redis's own bound on an inline command line (PROTO_INLINE_MAX_SIZE)."""
 
 _UNDECIDED, _MULTIBULK, _INLINE = 0, 1, 2
+_LF = 10
 
 _QUEUE_ANYWAY = frozenset((b"EXEC", b"DISCARD", b"MULTI", b"QUIT", b"RESET", b"WATCH"))
 
@@ -228,8 +229,9 @@ class RespProtocol(asyncio.Protocol):
         if completed:
             # What follows the last CRLF belongs to the unfinished command, if any: an
             # underestimate by at most one read, never an overestimate (a refusal of a
-            # command within the limit would be the worse error).
-            self._pending = max(0, len(data) - data.rfind(b"\r\n") - 2)
+            # command within the limit would be the worse error). A read that ends in LF
+            # (nearly every one: clients write whole commands) leaves 0 without a search.
+            self._pending = 0 if data[-1] == _LF else len(data) - data.rfind(b"\r\n") - 2
             return
         self._pending += len(data)
         limit = self._server.max_request_bytes()
