@@ -73,6 +73,7 @@ it keeps once read (83), rounded."""
 
 _EXPIRY = struct.Struct("<d")
 _EXPIRY_SIZE = _EXPIRY.size
+_unpack_expiry = _EXPIRY.unpack_from  # bound once: peek is the RESP GET's hot path
 
 _TICK = 0.01
 """Seconds per wheel tick: the reaper frees an entry at most this late (plus widening)."""
@@ -295,22 +296,24 @@ class MemoryBackend(Backend):
     # No await between a check and its store: the caller's bookkeeping (e.g. an
     # invalidation token) and the map change happen atomically on the event loop.
 
-    def peek(self, key: str) -> bytes | None:
+    def peek(self, key: str, now: float = 0.0) -> bytes | None:
         """The live value of ``key`` (marked recently used), or None; no key validation.
-        ``_live`` and ``_value`` inlined: this is the near cache's hit path."""
+        ``_live`` and ``_value`` inlined: this is the near cache's and RESP's hit path.
+        ``now``: a ``time.monotonic()`` the caller read already (RESP reads it once per
+        batch), else 0 and it is read here."""
         entries = self._entries
         stored = entries.get(key)
         if stored is None:
             return None
         if type(stored) is bytes:
             end = len(stored) - _EXPIRY_SIZE
-            if _EXPIRY.unpack_from(stored, end)[0] <= time.monotonic():
+            if _unpack_expiry(stored, end)[0] <= (now or time.monotonic()):
                 self._remove(key)
                 return None
             entries.move_to_end(key)
             return stored[:end]
         assert isinstance(stored, _Large)
-        if stored.expires_at <= time.monotonic():
+        if stored.expires_at <= (now or time.monotonic()):
             self._remove(key)
             return None
         entries.move_to_end(key)

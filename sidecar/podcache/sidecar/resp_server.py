@@ -62,6 +62,7 @@ MAX_INLINE_BYTES = 64 * 1024
 """Redis's own bound on an inline command line (PROTO_INLINE_MAX_SIZE)."""
 
 _UNDECIDED, _MULTIBULK, _INLINE = 0, 1, 2
+_LF = 10
 
 _QUEUE_ANYWAY = frozenset((b"EXEC", b"DISCARD", b"MULTI", b"QUIT", b"RESET", b"WATCH"))
 
@@ -228,8 +229,9 @@ class RespProtocol(asyncio.Protocol):
         if completed:
             # What follows the last CRLF belongs to the unfinished command, if any: an
             # underestimate by at most one read, never an overestimate (a refusal of a
-            # command within the limit would be the worse error).
-            self._pending = max(0, len(data) - data.rfind(b"\r\n") - 2)
+            # command within the limit would be the worse error). A read that ends in LF
+            # (nearly every one: clients write whole commands) leaves 0 without a search.
+            self._pending = 0 if data[-1] == _LF else len(data) - data.rfind(b"\r\n") - 2
             return
         self._pending += len(data)
         limit = self._server.max_request_bytes()
@@ -246,49 +248,43 @@ class RespProtocol(asyncio.Protocol):
         out = self._out
         session = self.session
         dispatch = self._dispatch
-        # The memory backend's plain GET/SET run without a coroutine and are counted
-        # once per batch (resp_fast); everything else goes through _dispatch.
+        # The memory backend's plain GET/SET run without a coroutine, a batch of them in
+        # one call counted once (resp_fast); everything else goes through _dispatch.
         fast = self._server.memory_fast(self._state)
-        started = time.perf_counter() if fast is not None else 0.0
-        command = fast.command if fast is not None else _no_fast
         # Only a command through _dispatch can change these (MULTI, AUTH, RESET, HELLO, a
         # write that pauses): they are read again after each such command, not per GET.
         quick = fast is not None and session.multi is None and session.authenticated
         proto = session.proto
-        try:
-            while queue and not self._paused and not self._closed:
-                args = queue.popleft()
-                if quick:
-                    done = command(args, proto)
-                    if done is not None:
-                        out.append(done)
-                        continue
-                reply = dispatch(args)
-                quick = fast is not None and session.multi is None and session.authenticated
-                proto = session.proto
-                if type(reply) is bytes:
-                    out.append(reply)
-                else:
-                    assert not isinstance(reply, bytes)
-                    slot = self._state.slot
-                    if not slot.never_blocks:
-                        self._start(reply, slot)
-                        return  # the Task continues with the queue when it is done
-                    # Inlined from _start: the memory backend's hot path.
-                    try:
-                        yielded = reply.send(None)
-                    except StopIteration as stop:
-                        out.append(stop.value)
-                    except Exception as exc:
-                        out.append(commands.error_reply(exc))
-                    else:
-                        self._start(reply, slot, yielded=(yielded,))
-                        return
-                if session.closing:
+        while queue and not self._paused and not self._closed:
+            if quick:
+                assert fast is not None
+                fast.run(queue, out, proto)
+                if not queue:
                     break
-        finally:
-            if fast is not None:
-                fast.flush(time.perf_counter() - started)
+            args = queue.popleft()
+            reply = dispatch(args)
+            quick = fast is not None and session.multi is None and session.authenticated
+            proto = session.proto
+            if type(reply) is bytes:
+                out.append(reply)
+            else:
+                assert not isinstance(reply, bytes)
+                slot = self._state.slot
+                if not slot.never_blocks:
+                    self._start(reply, slot)
+                    return  # the Task continues with the queue when it is done
+                # Inlined from _start: the memory backend's hot path.
+                try:
+                    yielded = reply.send(None)
+                except StopIteration as stop:
+                    out.append(stop.value)
+                except Exception as exc:
+                    out.append(commands.error_reply(exc))
+                else:
+                    self._start(reply, slot, yielded=(yielded,))
+                    return
+            if session.closing:
+                break
         self._flush()
 
     def _start(
@@ -435,10 +431,6 @@ class RespProtocol(asyncio.Protocol):
             except Exception as exc:
                 replies.append(commands.error_reply(exc))
         return wire.array(replies)
-
-
-def _no_fast(args: list[bytes], proto: int) -> bytes | None:
-    return None
 
 
 def _arity_ok(entry: commands.Command, args: list[bytes]) -> bool:
