@@ -356,10 +356,14 @@ def sidecar_container(
         "securityContext": _security_context(pod_spec, sidecar),
         # Native sidecars hold back the app's containers until this passes. httpGet, not
         # exec: an exec probe starts a Python interpreter in the sidecar's cgroup each time.
+        # The sidecar listens on the port before its imports (podcache.sidecar.launcher),
+        # so a probe waits for the answer instead of failing; 10 s covers a start slowed by
+        # many pods starting at once on a small node (each failure is an event and a
+        # second's wait for the app).
         "startupProbe": {
             **_probe_action(metrics_port),
             "periodSeconds": 1,
-            "timeoutSeconds": 2,
+            "timeoutSeconds": 10,
             "failureThreshold": 60,
         },
         "livenessProbe": {

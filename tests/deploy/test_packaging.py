@@ -117,7 +117,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert "podcache/py.typed" in names
     assert "podcache_operator/py.typed" in names
     assert not any(name.startswith(("tests/", "charts/")) for name in names)
-    assert "podcache-sidecar = podcache.sidecar.main:main" in scripts
+    assert "podcache-sidecar = podcache.sidecar.launcher:main" in scripts
     assert "podcache-operator = podcache_operator.main:main" in scripts
     assert "podcache = podcache.cli:main" in scripts
 

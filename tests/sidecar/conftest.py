@@ -6,7 +6,7 @@
 - ``backend_config`` / ``sidecar``: parametrised over the memory backend and a real Redis.
 - ``Api``: raw HTTP over the socket with aiohttp's ``UnixConnector``; paths are sent
   exactly as written (``encoded=True``), so tests can send bad percent-encoding.
-- ``spawn_sidecar``: the sidecar as a subprocess (``python -m podcache.sidecar.main``).
+- ``spawn_sidecar``: the sidecar as a subprocess (``python -m podcache.sidecar``).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ async def wait_until(
 
 
 class SidecarProcess:
-    """``python -m podcache.sidecar.main`` in ``workdir``, its output in ``sidecar.log``.
+    """``python -m podcache.sidecar`` in ``workdir``, its output in ``sidecar.log``.
 
     With ``flags`` it gets ``--config`` (when a config is given), ``--socket`` and a free
     ``--metrics-port``; without, only ``extra_args`` and the environment (``PODCACHE_*``
@@ -201,7 +201,7 @@ class SidecarProcess:
         self.log_path = workdir / "sidecar.log"
         if config is not None:
             self.config_path.write_text(yaml.safe_dump(config))
-        args = [sys.executable, "-m", "podcache.sidecar.main"]
+        args = [sys.executable, "-m", "podcache.sidecar"]  # the launcher, as in a pod
         if flags:
             if config is not None:
                 args += ["--config", str(self.config_path)]

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -181,8 +183,12 @@ def _runner() -> asyncio.Runner:
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, metrics_listener: socket.socket | None = None
+) -> int:
+    """``metrics_listener``: see ``launcher`` (a start that fails leaves it to the exit)."""
     options, log_format = parse_options(argv)
+    options = dataclasses.replace(options, metrics_listener=metrics_listener)
     try:
         socket_site.socket_mode()  # a bad mode is refused before anything starts
     except ValueError as exc:

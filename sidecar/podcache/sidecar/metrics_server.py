@@ -7,7 +7,9 @@ for the kubelet's httpGet probes (503 with the reason when ``health`` finds a pr
 the sidecar asks its own sockets, see ``socket_health``), and ``/readyz`` when the
 owner sets ``readiness`` (the operator: 503 with the reason until its webhook
 listens). A port that cannot be listened on (in use, or below 1024 without the
-privilege) is ``MetricsPortUnusable``, naming the port.
+privilege) is ``MetricsPortUnusable``, naming the port. A listener made before start
+(``launcher``: the kubelet's first probe waits in its queue instead of failing) is
+adopted by the first ``start`` when it is on that port, else closed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -39,11 +42,18 @@ class MetricsPortUnusable(OSError):
 class MetricsServer:
     """A restartable TCP listener serving one registry."""
 
-    def __init__(self, registry: CollectorRegistry, *, host: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str | None = None,
+        listener: socket.socket | None = None,
+    ) -> None:
         self._registry = registry
         self._host = host
+        self._early_listener = listener
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: web.BaseSite | None = None
         self.port = 0
         self.readiness: Callable[[], str | None] | None = None
         """Why the process is not ready, or None when it is; set it to serve ``/readyz``."""
@@ -68,6 +78,7 @@ class MetricsServer:
 
     async def start(self, port: int) -> None:
         """Listen on ``port`` (all interfaces); 0 = no listener."""
+        early = self._take_early_listener(port)
         if port == 0:
             return
         app = web.Application()
@@ -77,7 +88,11 @@ class MetricsServer:
             app.router.add_get("/readyz", self._readyz)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, port, reuse_address=True)
+        site: web.BaseSite = (
+            web.SockSite(runner, early)
+            if early is not None
+            else web.TCPSite(runner, self._host, port, reuse_address=True)
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -86,10 +101,21 @@ class MetricsServer:
         except BaseException:
             await asyncio.shield(runner.cleanup())
             raise
-        self._runner, self._site, self.port = runner, site, site.port
+        self._runner, self._site, self.port = runner, site, port
         logger.info("metrics on http://%s:%d/metrics", self._host or "0.0.0.0", self.port)
 
+    def _take_early_listener(self, port: int) -> socket.socket | None:
+        """The early listener when it serves ``port`` on all interfaces; closed otherwise."""
+        early, self._early_listener = self._early_listener, None
+        if early is None:
+            return None
+        if port != 0 and self._host is None and early.getsockname()[1] == port:
+            return early
+        early.close()
+        return None
+
     async def stop(self) -> None:
+        self._take_early_listener(0)
         runner, self._runner, self._site = self._runner, None, None
         self.port = 0
         if runner is not None:

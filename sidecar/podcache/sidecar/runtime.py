@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import time
 
 from aiohttp import web
@@ -68,6 +69,8 @@ class Options:
     """Seconds of quiet before a watch stream sends a blank keep-alive line."""
     metrics_host: str | None = None
     """Interface of the metrics listener; None = all (the ServiceMonitor scrapes the pod IP)."""
+    metrics_listener: socket.socket | None = None
+    """A listener made before start (``launcher``); adopted if on the configured port."""
 
 
 def load_config(options: Options) -> configfile.SidecarConfig:
@@ -191,7 +194,9 @@ class Sidecar:
                 await self.resp.start()
             self.started_in = time.monotonic() - began
             self.metrics_server = MetricsServer(
-                self.exposition.registry, host=self.options.metrics_host
+                self.exposition.registry,
+                host=self.options.metrics_host,
+                listener=self.options.metrics_listener,
             )
             self.metrics_server.health = self._socket_problem
             await self.metrics_server.start(config.metrics.port)
