@@ -8,6 +8,8 @@ Prints, from one run:
   (the webhook injects the native sidecar) → the same, side by side, and per pod;
 * the webhook's latency over that run from the apiserver's own
   ``apiserver_admission_webhook_admission_duration_seconds`` histogram (p50, p99);
+* the CPU each process spent in each of the two pod runs (``process_cpu``);
+* the events the run caused, by reason (a failed probe is an ``Unhealthy`` event);
 * the shares issue 18 names: the kubelet's probe count over that run (``prober_probe_total``)
   and what importing the sidecar costs in a pod (``python -X importtime``);
 * M CacheConfigs created at once (4 clients) → seconds until all are Ready.
@@ -38,6 +40,8 @@ from tests.node.harness import NodeCluster, app_deployment, start_node, wait_pod
 from tests.node.node import NODE_NAME
 
 from operator_apiserver_bench import bench_reconcile, histogram_quantile, webhook_buckets
+from process_cpu import report as cpu_report
+from process_cpu import snapshot as cpu_snapshot
 
 
 def all_ready(nodes: NodeCluster, ns: str, name: str, pods: int, config: str | None) -> float:
@@ -57,6 +61,18 @@ def probe_counts(nodes: NodeCluster) -> dict[str, float]:
         if line.startswith("prober_probe_total{"):
             kind = line.split('probe_type="')[1].split('"')[0]
             counts[kind] = counts.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def event_counts(nodes: NodeCluster, ns: str) -> dict[str, int]:
+    """Events in ``ns`` by reason (each repeat counted); a failed probe is an ``Unhealthy``,
+    counted by what failed (its message up to the first colon)."""
+    counts: dict[str, int] = {}
+    for event in nodes.core.list_namespaced_event(ns).items:
+        reason = event.reason
+        if reason == "Unhealthy":
+            reason += f" ({(event.message or '').split(':')[0]})"
+        counts[reason] = counts.get(reason, 0) + (event.count or 1)
     return counts
 
 
@@ -96,7 +112,9 @@ def main() -> None:
         print(f"helm install --wait: {nodes.install(*args.set):.1f} s", *args.set)
 
         plain_ns = create_namespace(nodes.core, "bench-plain")
+        cpu_before = cpu_snapshot()
         plain = all_ready(nodes, plain_ns, "plain", args.pods, None)
+        plain_cpu = cpu_report(cpu_before, cpu_snapshot())
         nodes.core.delete_namespace(plain_ns)
         eventually(
             lambda: not nodes.core.list_namespaced_pod(plain_ns).items,
@@ -109,7 +127,9 @@ def main() -> None:
         eventually(lambda: cache_config_ready(nodes.cluster, injected_ns, "web"), what="Ready")
         before = webhook_buckets(nodes.cluster)
         probes_before = probe_counts(nodes)
+        cpu_before = cpu_snapshot()
         injected = all_ready(nodes, injected_ns, "injected", args.pods, "web")
+        injected_cpu = cpu_report(cpu_before, cpu_snapshot())
         after = webhook_buckets(nodes.cluster)
         probes = {k: v - probes_before.get(k, 0.0) for k, v in probe_counts(nodes).items()}
         some_pod = nodes.core.list_namespaced_pod(injected_ns).items[0].metadata.name
@@ -120,6 +140,8 @@ def main() -> None:
             f"  with the sidecar {injected:6.1f} s  ({injected / args.pods:.2f} s per pod,"
             f" {injected / plain:.1f}x plain)"
         )
+        print(f"  CPU, plain:            {plain_cpu}")
+        print(f"  CPU, with the sidecar: {injected_cpu}")
         print(
             f"  webhook (apiserver's histogram, {calls:.0f} calls):"
             f" p50 {histogram_quantile(0.5, before, after) * 1000:.0f} ms,"
@@ -128,6 +150,11 @@ def main() -> None:
         print(
             "  kubelet probes during that run: "
             + ", ".join(f"{kind} {count:.0f}" for kind, count in sorted(probes.items()))
+        )
+        events = event_counts(nodes, injected_ns)
+        print(
+            "  events in its namespace: "
+            + ", ".join(f"{reason} {count}" for reason, count in sorted(events.items()))
         )
         imported = import_seconds(nodes, injected_ns, some_pod)
         print(f"  import podcache.sidecar.runtime in a pod: {imported}")
