@@ -10,6 +10,7 @@ Prints, from one run:
   ``apiserver_admission_webhook_admission_duration_seconds`` histogram (p50, p99);
 * the CPU each process spent in each of the two pod runs (``process_cpu``);
 * the events the run caused, by reason (a failed probe is an ``Unhealthy`` event);
+* the same calls as the operator's handler measured them (its own histogram);
 * the shares issue 18 names: the kubelet's probe count over that run (``prober_probe_total``)
   and what importing the sidecar costs in a pod (``python -X importtime``);
 * M CacheConfigs created at once (4 clients) → seconds until all are Ready.
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
 from tests.controlplane.harness import (
+    RELEASE_NAMESPACE,
     cache_config,
     cache_config_ready,
     create_cache_config,
@@ -62,6 +64,23 @@ def probe_counts(nodes: NodeCluster) -> dict[str, float]:
             kind = line.split('probe_type="')[1].split('"')[0]
             counts[kind] = counts.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def operator_webhook_buckets(nodes: NodeCluster) -> dict[float, float]:
+    """The operator's own ``podcache_operator_webhook_duration_seconds`` (handler time, summed
+    over its replicas), through the apiserver's pod proxy."""
+    buckets: dict[float, float] = {}
+    operators = nodes.core.list_namespaced_pod(
+        RELEASE_NAMESPACE, label_selector="app.kubernetes.io/component=operator"
+    ).items
+    for pod in operators:
+        path = f"/api/v1/namespaces/{RELEASE_NAMESPACE}/pods/{pod.metadata.name}:9091/proxy/metrics"
+        for line in nodes.cluster.plane.get(path, timeout=10).decode().splitlines():
+            if line.startswith("podcache_operator_webhook_duration_seconds_bucket{"):
+                bound = line.split('le="')[1].split('"')[0]
+                upper = float("inf") if bound == "+Inf" else float(bound)
+                buckets[upper] = buckets.get(upper, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
 
 
 def event_counts(nodes: NodeCluster, ns: str) -> dict[str, int]:
@@ -126,11 +145,13 @@ def main() -> None:
         create_cache_config(nodes.cluster, injected_ns, cache_config("web", {}))
         eventually(lambda: cache_config_ready(nodes.cluster, injected_ns, "web"), what="Ready")
         before = webhook_buckets(nodes.cluster)
+        handler_before = operator_webhook_buckets(nodes)
         probes_before = probe_counts(nodes)
         cpu_before = cpu_snapshot()
         injected = all_ready(nodes, injected_ns, "injected", args.pods, "web")
         injected_cpu = cpu_report(cpu_before, cpu_snapshot())
         after = webhook_buckets(nodes.cluster)
+        handler_after = operator_webhook_buckets(nodes)
         probes = {k: v - probes_before.get(k, 0.0) for k, v in probe_counts(nodes).items()}
         some_pod = nodes.core.list_namespaced_pod(injected_ns).items[0].metadata.name
         calls = after[float("inf")] - before.get(float("inf"), 0.0)
@@ -146,6 +167,11 @@ def main() -> None:
             f"  webhook (apiserver's histogram, {calls:.0f} calls):"
             f" p50 {histogram_quantile(0.5, before, after) * 1000:.0f} ms,"
             f" p99 {histogram_quantile(0.99, before, after) * 1000:.0f} ms"
+        )
+        print(
+            "  the same calls inside the operator (its handler's histogram):"
+            f" p50 {histogram_quantile(0.5, handler_before, handler_after) * 1000:.1f} ms,"
+            f" p99 {histogram_quantile(0.99, handler_before, handler_after) * 1000:.1f} ms"
         )
         print(
             "  kubelet probes during that run: "

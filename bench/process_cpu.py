@@ -64,7 +64,10 @@ def cpu_by_name(before: Snapshot, after: Snapshot) -> dict[str, float]:
     for key, (name, seconds) in after.own.items():
         then = before.own.get(key, (name, 0.0))[1]
         children = after.reaped[key] - before.reaped.get(key, 0.0)
-        totals[name] = totals.get(name, 0.0) + seconds - then + children
+        totals[name] = totals.get(name, 0.0) + seconds - then
+        # init reaps every orphan: its children are not its own work.
+        heir = "orphans reaped by init" if key[0] == 1 else name
+        totals[heir] = totals.get(heir, 0.0) + children
     return totals
 
 

@@ -134,13 +134,14 @@ def test_a_port_in_use_is_left_for_the_metrics_server_to_report() -> None:
 
 
 CA_CHECK = """
-import os, ssl
+import gc, os, ssl
 from podcache.sidecar import launcher
-with launcher.ca_bundle_hidden():
-    import aiohttp.connector
+main = launcher.import_main()
+import aiohttp.connector
 print(aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"])
 print(ssl.create_default_context().cert_store_stats()["x509_ca"])
 print(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+print(main.__name__, gc.isenabled(), gc.get_freeze_count() > 1000)
 """
 
 
@@ -154,6 +155,7 @@ def test_only_aiohttps_import_skips_the_ca_bundle() -> None:
     assert out[0] == "0"  # aiohttp's client context: nothing loaded
     assert int(out[1]) > 0  # a context made afterwards loads the bundle (e.g. Redis TLS)
     assert out[2] == f"{bundle} None"  # the variables as they were
+    assert out[3] == "podcache.sidecar.main True True"  # the collector back on, imports frozen
 
 
 def ssl_bundle() -> str:

@@ -18,6 +18,10 @@ waits for the next probe period. With 30 pods starting at once on 2 cores that w
    measured in the image); the sidecar serves and never uses aiohttp's client. The
    variables are restored right after, so every SSL context the sidecar makes itself
    (Redis over TLS) loads the bundle as before, including one a user mounts.
+3. Imports with the garbage collector off, then freezes what the imports made: module
+   objects live as long as the process, so the collections the imports' allocations
+   would trigger find nothing to free (about 10 % of the imports' CPU, measured in the
+   image), and later collections need not scan them again.
 
 ``python -m podcache.sidecar`` runs this too; ``python -m podcache.sidecar.main`` skips it.
 """
@@ -25,10 +29,12 @@ waits for the next probe period. With 30 pods starting at once on 2 cores that w
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
 
 METRICS_PORT_FLAG = "--metrics-port"
 METRICS_PORT_ENV = "PODCACHE_METRICS_PORT"
@@ -87,15 +93,24 @@ def ca_bundle_hidden() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def import_main() -> ModuleType:
+    """``podcache.sidecar.main`` and all it imports, the cheap way (points 2 and 3)."""
+    gc.disable()
+    try:
+        with ca_bundle_hidden():
+            import aiohttp  # noqa: F401  (its client's default SSL contexts, made here)
+        from podcache.sidecar import main as sidecar_main
+    finally:
+        gc.freeze()
+        gc.enable()
+    return sidecar_main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     port = metrics_port(args, os.environ)
     listener = listen_early(port) if port is not None else None
-    with ca_bundle_hidden():
-        import aiohttp  # noqa: F401  (its client's default SSL contexts, made here)
-    from podcache.sidecar import main as sidecar_main
-
-    return sidecar_main.main(args, metrics_listener=listener)
+    return int(import_main().main(args, metrics_listener=listener))
 
 
 if __name__ == "__main__":
