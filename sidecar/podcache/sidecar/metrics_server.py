@@ -95,11 +95,12 @@ class MetricsServer:
         )
         try:
             await site.start()
-        except OSError as exc:
+        except BaseException as exc:
+            if early is not None:
+                early.close()  # a site that never started does not own it
             await asyncio.shield(runner.cleanup())
-            raise MetricsPortUnusable(self._host, port, exc) from exc
-        except BaseException:
-            await asyncio.shield(runner.cleanup())
+            if isinstance(exc, OSError):
+                raise MetricsPortUnusable(self._host, port, exc) from exc
             raise
         self._runner, self._site, self.port = runner, site, port
         logger.info("metrics on http://%s:%d/metrics", self._host or "0.0.0.0", self.port)
