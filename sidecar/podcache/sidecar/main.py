@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 from podcache import configfile
 from podcache.errors import ConfigError
-from podcache.sidecar import logs, socket_site
+from podcache.sidecar import logs, socket_site, vectored_writes
 from podcache.sidecar.metrics_server import MetricsPortUnusable
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
@@ -135,6 +135,7 @@ def parse_options(
 
 
 async def run(options: Options) -> int:
+    vectored_writes.enable(asyncio.get_running_loop())
     sidecar = Sidecar(options)
     try:
         await sidecar.start()
