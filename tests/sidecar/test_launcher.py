@@ -60,6 +60,10 @@ def test_a_probe_connecting_during_the_imports_gets_its_answer(tmp_path: Path) -
     socket_path = tmp_path / "cache.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODCACHE_")}
     env["PODCACHE_METRICS_PORT"] = str(port)
+    # A slow start, whatever the machine: no cached bytecode, every module compiled anew
+    # (about 1 s of imports instead of 0.2), so the probe surely comes while importing.
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "no-bytecode")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     process = subprocess.Popen(
         [sys.executable, "-m", "podcache.sidecar", "--socket", str(socket_path)],
         env=env,
