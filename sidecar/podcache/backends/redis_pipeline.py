@@ -164,8 +164,6 @@ class _Link(asyncio.Protocol):
             except ValueError as exc:
                 self.abort(BackendUnavailable(f"redis sent an unparsable reply: {exc}"))
                 return
-            if not self.sent:  # failed meanwhile (a deadline): the connection is being dropped
-                return
             future = self.sent.popleft()[0]
             if not future.done():  # done: its caller was cancelled; drop the reply
                 future.set_result(value)
