@@ -62,7 +62,7 @@ from typing import Any
 import hiredis
 from redis.connection import parse_url
 
-from podcache.backends import bulk_replies, redis_connection
+from podcache.backends import redis_connection
 from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 
@@ -126,66 +126,14 @@ class _Link(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.sent: collections.deque[_Entry] = collections.deque()
         self.lost = False
-        self.bulk: bulk_replies.BulkCollector | None = None
-        """A large GET reply being gathered past hiredis (``bulk_replies``)."""
-        self.fed_last: bytes | memoryview = b"\n"
-        """The last read hiredis was fed: its last byte tells a reply boundary."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.bulk is None and len(data) < bulk_replies.MIN_CHUNK:
-            self.fed_last = data
-            self._parse(data)
-        else:
-            self._received_large(memoryview(data))
-
-    def _received_large(self, view: memoryview) -> None:
-        """A long read: large GET replies in it are gathered (``bulk_replies``), the rest parsed."""
-        while view:
-            bulk = self.bulk
-            if bulk is None:
-                header = bulk_replies.big_bulk_header(view) if self._get_reply_next() else None
-                if header is None:
-                    self.fed_last = view
-                    self._parse(view)
-                    return
-                size, start = header
-                bulk = self.bulk = bulk_replies.BulkCollector(size)
-                view = view[start:]
-            view = view[bulk.feed(view) :]
-            if not bulk.complete:
-                return
-            self.bulk = None
-            self.fed_last = b"\n"  # the payload's CRLF: hiredis is between replies
-            try:
-                value = bulk.value()
-            except ValueError as exc:
-                self.abort(BackendUnavailable(f"redis sent an unparsable reply: {exc}"))
-                return
-            future = self.sent.popleft()[0]
-            if not future.done():  # done: its caller was cancelled; drop the reply
-                future.set_result(value)
-
-    def _get_reply_next(self) -> bool:
-        """Whether the next reply is a plain GET's and hiredis holds none of it yet.
-
-        hiredis may have consumed all it was fed and still be inside a reply: after an
-        aggregate's complete elements (excluded: a GET's reply is never an aggregate) or
-        after the bare ``$`` of a bulk (then the last byte fed is ``$``; every complete
-        reply ends with ``\\n``).
-        """
-        sent = self.sent
-        if not sent or self.reader.has_data() or self.fed_last[-1:] != b"\n":
-            return False
-        payload = sent[0][2]
-        return isinstance(payload, bytes) and payload.startswith(bulk_replies.GET_COMMAND)
-
-    def _parse(self, data: bytes | memoryview) -> None:
         reader = self.reader
         sent = self.sent
-        reader.feed(data)  # type: ignore[arg-type]  # any buffer; the stub says bytes only
+        reader.feed(data)
         while True:
             try:
                 reply = reader.gets()
