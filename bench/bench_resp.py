@@ -381,9 +381,13 @@ def main() -> None:
             if args.cases:
                 wanted = set(args.cases.split(","))
                 cases = [case for case in cases if case[0].removeprefix("before: ") in wanted]
-            cases = [case for op in ops for case in cases if case[1] == op]
             for trial in range(args.trials):
-                for name, op, run in cases:
+                # Set before get (the GETs hit); within an op the cases' order flips every
+                # trial, so no case always runs right after the same neighbour (a drift
+                # of the shared machine then falls on both sides of a ratio).
+                step = -1 if trial % 2 else 1
+                ordered = [case for op in ops for case in [c for c in cases if c[1] == op][::step]]
+                for name, op, run in ordered:
                     result = quietest(run, max_others=args.max_others, retries=args.retries)
                     results.setdefault((name, op), []).append(result)
                     print(
@@ -482,6 +486,22 @@ def report(
             f"{resp['ops_per_s'] / http['ops_per_s']:.2f}x ops/s (the target's figure); "
             f"server CPU per GET HTTP {http['cpu_us_per_op']:.1f} µs, RESP "
             f"{resp['cpu_us_per_op']:.1f} µs ({http['cpu_us_per_op'] / resp['cpu_us_per_op']:.2f}x)"
+        )
+        # The same ratio trial by trial: each trial's two cases ran back to back, so a
+        # busy spell of the shared machine moves both; the median of these pairs is the
+        # steadier figure, and their range shows how far one trial can be trusted.
+        pairs = [
+            r["ops_per_s"] / h["ops_per_s"]
+            for r, h in zip(
+                results[prefix + "resp-memory", "get"],
+                results[prefix + "http-memory", "get"],
+                strict=True,
+            )
+        ]
+        print(
+            f"{prefix or 'now: '}per-trial RESP/HTTP GET ratios: "
+            + ", ".join(f"{x:.2f}" for x in pairs)
+            + f" (median {statistics.median(pairs):.2f}x)"
         )
 
 

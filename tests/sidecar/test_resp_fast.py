@@ -89,6 +89,10 @@ async def test_quick_batches_tallied_slow_ones_counted_at_once(
 ) -> None:
     fast, metrics = _fast(backend)
     backend.store("k", b"v")
+    # The batch's clock is fixed: on a busy machine a real reading can exceed 50 µs a call.
+    monkeypatch.setattr(resp_fast, "_ONE_CLOCK", False)
+    quick = iter([0.0, 2e-6])
+    monkeypatch.setattr(resp_fast, "perf_counter", lambda: next(quick))
     fast.run(collections.deque([[b"GET", b"k"], [b"SET", b"k", b"w"]]), [], 2)
     assert metrics._counts["get", "hit"] == 0  # tallied in fast, not yet folded
     assert _scraped(metrics) == {"hit": 1, "miss": 0, "ok": 1, "get": 1, "set": 1}
@@ -133,9 +137,63 @@ async def test_clock_read_again_within_a_long_batch(
     now = time.monotonic()
     readings = itertools.chain([now], itertools.repeat(now + 200))  # it ends in between
     monkeypatch.setattr(resp_fast, "monotonic", lambda: next(readings))
+    monkeypatch.setattr(resp_fast, "_ONE_CLOCK", False)  # the first reading is monotonic's
     queue: Queue = collections.deque([b"GET", b"k"] for _ in range(2 * resp_fast._CLOCK_EVERY))
     out: list[bytes] = []
     fast.run(queue, out, 2)
     served = resp_fast._CLOCK_EVERY - 1  # the clock is read before the 64th GET's lookup
     assert out == [b"$1\r\nv\r\n"] * served + [b"$-1\r\n"] * (len(out) - served)
     assert len(out) == 2 * resp_fast._CLOCK_EVERY
+
+
+async def test_quick_tallies_split_the_batch_time_by_operation(
+    backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All-GET, all-SET and mixed batches: each operation's sum gets its share."""
+    fast, metrics = _fast(backend)
+    readings = iter([0.0, 4e-6, 10.0, 10.000006, 20.0, 20.000009])
+    monkeypatch.setattr(resp_fast, "perf_counter", lambda: next(readings))
+    monkeypatch.setattr(resp_fast, "_ONE_CLOCK", False)  # the expiry clock stays real
+    fast.run(collections.deque([[b"GET", b"a"], [b"GET", b"b"]]), [], 2)
+    fast.run(collections.deque([[b"SET", b"a", b"1"], [b"SET", b"b", b"2"]]), [], 2)
+    fast.run(collections.deque([[b"GET", b"a"], [b"GET", b"b"], [b"SET", b"c", b"3"]]), [], 2)
+    sample = metrics.registry.get_sample_value
+    assert _scraped(metrics) == {"hit": 2, "miss": 2, "ok": 3, "get": 4, "set": 3}
+    get_sum = sample("lab_cache_operation_duration_seconds_sum", {"operation": "get"})
+    set_sum = sample("lab_cache_operation_duration_seconds_sum", {"operation": "set"})
+    assert get_sum == pytest.approx(4e-6 + 6e-6)
+    assert set_sum == pytest.approx(6e-6 + 3e-6)
+
+
+async def test_prepare_follows_reloads_and_a_stop(backend: MemoryBackend) -> None:
+    """``prepare``: the new config's limits after a reload; False once the backend stops
+    (the general path answers with its error), without the reaper check misleading it."""
+    metrics = CacheMetrics(CollectorRegistry())
+    fast = resp_fast.MemoryFast(backend, metrics)
+    state: Any = types.SimpleNamespace(config=configfile.loads("type: memory\n"))
+    assert fast.prepare(state)
+    assert fast.config is state.config
+    state.config = configfile.loads("type: memory\nlimits:\n  maxValueBytes: 10\n")
+    assert fast.prepare(state)
+    assert fast.max_value == 10
+    await backend.stop()
+    assert not fast.prepare(state)
+
+
+async def test_batch_start_is_the_expiry_clock_when_the_clocks_agree(
+    backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where perf_counter is CLOCK_MONOTONIC too, the batch's start time serves as the
+    expiry checks' first reading: an entry past its end at that time is not served."""
+    fast, _ = _fast(backend)
+    backend.store("k", b"v", ttl=100)
+    later = time.monotonic() + 200
+    monkeypatch.setattr(resp_fast, "_ONE_CLOCK", True)
+    monkeypatch.setattr(resp_fast, "perf_counter", lambda: later)
+    out: list[bytes] = []
+    fast.run(collections.deque([[b"GET", b"k"]]), out, 2)
+    assert out == [b"$-1\r\n"]
+    assert (
+        time.get_clock_info("perf_counter").implementation
+        == time.get_clock_info("monotonic").implementation
+    ), "Linux, CPython 3.11: the one-clock case is the one that runs"

@@ -285,7 +285,13 @@ class RespProtocol(asyncio.Protocol):
                     return
             if session.closing:
                 break
-        self._flush()
+        # _flush's write inlined (one call fewer per read); its closing checks only when
+        # one of them can apply.
+        if out and not self._closed:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if session.closing or self._broken is not None or self._server.stopping:
+            self._flush()
 
     def _start(
         self,
@@ -514,11 +520,8 @@ class RespServer:
             )
             found = self._fast = (slot, fast)
         fast = found[1]
-        if fast is not None:
-            if fast.config is not state.config:
-                fast.begin(state)  # a reload replaced the config: its limits and TTL
-            if not fast.ready():
-                return None
+        if fast is not None and not fast.prepare(state):  # a reload's limits, a stop
+            return None
         return fast
 
     async def start(self) -> None:
