@@ -2,7 +2,10 @@
 
 Layers, one concern per module:
 
-- ``main``: command line and environment → ``runtime.Options``; the console script.
+- ``launcher``: the console script's first steps before the heavy imports (the metrics
+  port listening early for the kubelet's probe), then ``main``.
+- ``main``: command line and environment → ``runtime.Options``; runs the event loop.
+- ``vectored_writes``: aiohttp's header and body sent by one ``writev`` on uvloop.
 - ``runtime``: start, serve and shut down gracefully (signals, grace period, order).
 - ``socket_site``: the Unix socket (0660, stale vs live socket, connection limit).
 - ``app``: the aiohttp Application and its routes; ``errors``: the one middleware.
