@@ -210,6 +210,21 @@ class TestOperatorDeployment:
         ]
         assert resources["requests"] == {"cpu": "50m", "memory": "96Mi"}
 
+    def test_a_stopping_replica_serves_the_webhook_while_it_leaves_the_service(self) -> None:
+        """Regression (node test of helm upgrade): the old replica stopped at once, the
+        webhook Service still led to it, and a pod created then started without its
+        sidecar (failurePolicy Ignore). Now it sleeps before SIGTERM, inside the grace."""
+        default = chart.render()
+        deployment = default.one("Deployment")
+        operator = chart.container(deployment, "operator")
+        assert operator["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > 5
+        off = chart.container(
+            chart.render({"operator": {"preStopSleepSeconds": 0}}).one("Deployment"), "operator"
+        )
+        assert "lifecycle" not in off
+
     def test_liveness_hits_kopf_and_readiness_the_webhook(
         self, default_release: chart.Release
     ) -> None:
