@@ -26,20 +26,21 @@ def flag_restored() -> Iterator[None]:
     http_writer.SKIP_WRITELINES = saved
 
 
-def test_only_a_uvloop_loop_turns_the_join_off(flag_restored: None) -> None:
+@pytest.mark.parametrize(
+    ("new_loop", "turned_off"),
+    [(asyncio.new_event_loop, False), (uvloop.new_event_loop, True)],
+    ids=["asyncio", "uvloop"],
+)
+def test_only_a_uvloop_loop_turns_the_join_off(
+    flag_restored: None, new_loop: Callable[[], asyncio.AbstractEventLoop], turned_off: bool
+) -> None:
     http_writer.SKIP_WRITELINES = True
-    plain = asyncio.new_event_loop()
+    loop = new_loop()
     try:
-        assert vectored_writes.enable(plain) is False
-        assert http_writer.SKIP_WRITELINES is True
+        assert vectored_writes.enable(loop) is turned_off
+        assert http_writer.SKIP_WRITELINES is not turned_off
     finally:
-        plain.close()
-    fast = uvloop.new_event_loop()
-    try:
-        assert vectored_writes.enable(fast) is True
-        assert http_writer.SKIP_WRITELINES is False
-    finally:
-        fast.close()
+        loop.close()
 
 
 @pytest.mark.parametrize("size", [2048, 300_000, 4 * 1024 * 1024])
