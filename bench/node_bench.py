@@ -41,7 +41,12 @@ from tests.controlplane.harness import (
 from tests.node.harness import NodeCluster, app_deployment, start_node, wait_pods_ready
 from tests.node.node import NODE_NAME
 
-from operator_apiserver_bench import bench_reconcile, histogram_quantile, webhook_buckets
+from operator_apiserver_bench import (
+    add_buckets,
+    bench_reconcile,
+    histogram_quantile,
+    webhook_buckets,
+)
 from process_cpu import report as cpu_report
 from process_cpu import snapshot as cpu_snapshot
 
@@ -75,11 +80,8 @@ def operator_webhook_buckets(nodes: NodeCluster) -> dict[float, float]:
     ).items
     for pod in operators:
         path = f"/api/v1/namespaces/{RELEASE_NAMESPACE}/pods/{pod.metadata.name}:9091/proxy/metrics"
-        for line in nodes.cluster.plane.get(path, timeout=10).decode().splitlines():
-            if line.startswith("podcache_operator_webhook_duration_seconds_bucket{"):
-                bound = line.split('le="')[1].split('"')[0]
-                upper = float("inf") if bound == "+Inf" else float(bound)
-                buckets[upper] = buckets.get(upper, 0.0) + float(line.rsplit(" ", 1)[1])
+        text = nodes.cluster.plane.get(path, timeout=10).decode()
+        add_buckets(buckets, text, "podcache_operator_webhook_duration_seconds_bucket")
     return buckets
 
 

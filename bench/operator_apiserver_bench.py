@@ -60,16 +60,24 @@ WEBHOOK = "sidecar.podcache.io"
 IN_FLIGHT = 16
 
 
-def webhook_buckets(cluster: Cluster) -> dict[float, float]:
-    """Cumulative counts by upper bound of the apiserver's histogram for our webhook."""
-    buckets: dict[float, float] = {}
-    for line in cluster.plane.get("/metrics", timeout=10).decode().splitlines():
-        if line.startswith(HISTOGRAM + "{") and f'name="{WEBHOOK}"' in line:
+def add_buckets(
+    buckets: dict[float, float], exposition: str, series: str, label: str = ""
+) -> dict[float, float]:
+    """Adds to ``buckets`` the cumulative counts by upper bound of the ``series`` bucket
+    lines (those holding ``label``) of a Prometheus exposition, summed over label sets."""
+    for line in exposition.splitlines():
+        if line.startswith(series + "{") and label in line:
             labels, value = line.rsplit(" ", 1)
             bound = labels.split('le="')[1].split('"')[0]
             upper = float("inf") if bound == "+Inf" else float(bound)
-            buckets[upper] = buckets.get(upper, 0.0) + float(value)  # sum over label sets
+            buckets[upper] = buckets.get(upper, 0.0) + float(value)
     return buckets
+
+
+def webhook_buckets(cluster: Cluster) -> dict[float, float]:
+    """Cumulative counts by upper bound of the apiserver's histogram for our webhook."""
+    text = cluster.plane.get("/metrics", timeout=10).decode()
+    return add_buckets({}, text, HISTOGRAM, f'name="{WEBHOOK}"')
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
