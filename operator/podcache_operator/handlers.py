@@ -186,7 +186,6 @@ async def count_pods(
         without = bare_pods.listed(bare.get(key, ()))
         if state.pod_counts.get(key) == count and state.bare_pods.get(key) == without:
             return
-        await _warn_about_new_bare_pods(key, without, kwargs["cacheconfigs"], memo, logger)
         try:
             result = await kubeapi.patch_status(
                 kubeapi.CACHECONFIGS,
@@ -198,7 +197,9 @@ async def count_pods(
             )
         except kubeapi.TRANSIENT as exc:  # the next pod event tries again
             logger.warning("Could not update status.pods of CacheConfig %s/%s: %s", *key, exc)
-            return
+            result = None
+        # After the status: whoever reads the Event and then the status finds the pod named.
+        await _warn_about_new_bare_pods(key, without, kwargs["cacheconfigs"], memo, logger)
         if result is not None:
             state.pod_counts[key] = count
             state.bare_pods[key] = without

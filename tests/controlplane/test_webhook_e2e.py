@@ -369,5 +369,10 @@ def test_a_pod_admitted_while_the_operator_was_down_is_reported(
         )
 
     eventually(reported, timeout=30, what="a PodWithoutSidecar Event on the CacheConfig")
-    status = read_cache_config(cluster, namespace, config_ready)["status"]
-    assert status["podsWithoutSidecar"] == ["early"]
+
+    def listed() -> bool:
+        status = read_cache_config(cluster, namespace, config_ready).get("status") or {}
+        return status.get("podsWithoutSidecar") == ["early"]
+
+    # The status patch and the Event are two writes; a busy apiserver may order them apart.
+    eventually(listed, timeout=10, what="status.podsWithoutSidecar naming the pod")
