@@ -57,10 +57,21 @@ def _answers_anything(port: int) -> bool:
         return False
 
 
+def _ephemeral_port_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def _free_cluster_port() -> int:
-    """A port p such that p and p + 10000 (the cluster bus) are both free."""
+    """A port p such that p and p + 10000 (the cluster bus) are both free.
+
+    Both below the kernel's ephemeral range, so that no outgoing connection (the nodes'
+    own gossip among them) takes a port between this check and the node's start."""
+    ephemeral_low = _ephemeral_port_low()
     for _ in range(200):
-        port = random.randint(20000, 55000)
+        port = random.randint(10000, max(10001, ephemeral_low - 10001))
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind((LOOPBACK, port))
@@ -377,7 +388,26 @@ class ClusterTopology:
             return "cluster_state:ok" in text and len(self._nodes_view(node)) == len(self.nodes)
 
         for node in running:
-            wait_until(lambda n=node: ok(n), timeout=timeout, what=f"node {node.address} ok")
+            try:
+                wait_until(lambda n=node: ok(n), timeout=timeout, what=f"node {node.address} ok")
+            except TimeoutError as exc:  # name what each node saw: a CI run met this once
+                raise TimeoutError(f"{exc}; {self._describe(running)}") from None
+
+    def _describe(self, nodes: list[Node]) -> str:
+        """Each node's cluster_state and view of the others (port and flags), for errors."""
+        seen = []
+        for node in nodes:
+            try:
+                info = node.command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                state = next((line for line in text.splitlines() if "cluster_state" in line), "?")
+                view = ", ".join(
+                    f"{peer['port']}:{'/'.join(peer['flags'])}" for peer in self._nodes_view(node)
+                )
+                seen.append(f"{node.port} {state.strip()} sees [{view}]")
+            except (redis.RedisError, OSError) as exc:
+                seen.append(f"{node.port} unreachable: {exc!r}")
+        return "; ".join(seen)
 
     def add_primary(self, *, timeout: float = 30.0) -> Node:
         """Start one more node and join it to the cluster as a primary without slots
