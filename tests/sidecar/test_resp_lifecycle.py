@@ -239,7 +239,7 @@ async def test_a_command_that_suspends_on_the_memory_backend(
     start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Driven by hand first, a command that does wait is handed to a Task mid-flight
-    (``_Resume``) and answers in order; nothing in the memory backend waits today, so
+    (``hand_driven.resumed``) and answers in order; nothing in the memory backend waits today, so
     this guards the fallback."""
     from podcache.sidecar import resp_commands, resp_wire
 

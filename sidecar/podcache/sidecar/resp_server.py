@@ -17,7 +17,7 @@ never waits either, so its coroutine is driven by hand (``send(None)``) and fini
 without a Task or an event loop turn. Otherwise (Redis) it runs in a Task; commands
 that arrive meanwhile wait in the connection's queue. BEWARE: a coroutine driven by
 hand has no current Task, so it must not use ``asyncio.timeout``; should one suspend
-anyway, ``_Resume`` hands it to a Task mid-flight instead of failing.
+anyway, ``hand_driven.resumed`` hands it to a Task mid-flight instead of failing.
 
 Bad input, answered as Redis answers it: a frame hiredis refuses, a nested array or
 more than ``max_request_bytes`` of one unfinished command gets ``-ERR Protocol
@@ -42,7 +42,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import Any
 
 import hiredis
@@ -51,8 +51,8 @@ from prometheus_client import Gauge
 from podcache.backends import keyspace as keyspace_mod
 from podcache.backends.keyspace import Keyspace
 from podcache.backends.memory import MemoryBackend
+from podcache.sidecar import hand_driven, resp_fast, socket_site
 from podcache.sidecar import resp_commands as commands
-from podcache.sidecar import resp_fast, socket_site
 from podcache.sidecar import resp_wire as wire
 from podcache.sidecar.state import CacheSlot, SidecarState
 
@@ -65,34 +65,6 @@ _UNDECIDED, _MULTIBULK, _INLINE = 0, 1, 2
 _LF = 10
 
 _QUEUE_ANYWAY = frozenset((b"EXEC", b"DISCARD", b"MULTI", b"QUIT", b"RESET", b"WATCH"))
-
-
-class _Resume:
-    """Continues, inside a Task, a coroutine that suspended while driven by hand."""
-
-    def __init__(self, coro: Coroutine[Any, Any, bytes], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, bytes]:
-        pending = self._yielded
-        while True:
-            try:
-                sent = yield pending
-            except BaseException as exc:  # cancellation and errors go to the coroutine
-                try:
-                    pending = self._coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    pending = self._coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-
-
-async def _resumed(coro: Coroutine[Any, Any, bytes], yielded: Any) -> bytes:
-    return await _Resume(coro, yielded)
 
 
 class RespProtocol(asyncio.Protocol):
@@ -305,7 +277,7 @@ class RespProtocol(asyncio.Protocol):
         if yielded is not None:
             self._write_out()
             self._task = asyncio.get_running_loop().create_task(
-                self._finish(_resumed(coro, yielded[0]), slot)
+                self._finish(hand_driven.resumed(coro, yielded[0]), slot)
             )
             return
         self._write_out()  # what came before goes out while this one waits

@@ -35,7 +35,14 @@ from podcache.config import RedisSettings
 from podcache.errors import BackendUnavailable, ConfigError
 from podcache.sidecar import app as app_mod
 from podcache.sidecar import elections as elections_mod
-from podcache.sidecar import fast_locks, fast_path, resp_server, socket_health, socket_site
+from podcache.sidecar import (
+    fast_locks,
+    fast_path,
+    http_fast,
+    resp_server,
+    socket_health,
+    socket_site,
+)
 from podcache.sidecar import reload as reload_mod
 from podcache.sidecar.http_metrics import Exposition, ServerMetrics
 from podcache.sidecar.metrics_server import MetricsServer
@@ -183,6 +190,8 @@ class Sidecar:
                 config.socket,
                 max_connections=config.limits.max_connections,
                 on_connections=metrics.connections.set,
+                # Common cache requests answered from the socket's bytes (http_fast).
+                protocols=lambda server: http_fast.factory(server, state),
             )
             await site.start()
             self._site = site

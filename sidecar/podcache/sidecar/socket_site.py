@@ -354,9 +354,12 @@ class UnixListenerSite(web.BaseSite):
         max_connections: int,
         on_connections: Callable[[int], None] | None = None,
         backlog: int = BACKLOG,
+        protocols: Callable[[web.Server], Callable[[], Any]] = http_protocol.factory,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._path = path
+        self._protocols = protocols
+        """Given the runner's server, the factory of each connection's protocol."""
         self._max_connections = max_connections
         self._on_connections = on_connections
         self._listener: _Listener | None = None
@@ -394,7 +397,7 @@ class UnixListenerSite(web.BaseSite):
         self.inode = os.lstat(self._path).st_ino
         self._listener = _Listener(
             sock,
-            http_protocol.factory(server),  # JSON answers for what the HTTP parser refuses
+            self._protocols(server),  # by default: JSON answers for what the parser refuses
             limit=self._max_connections,
             on_change=self._on_connections,
         )
