@@ -13,7 +13,9 @@ Aspects, on raw connections so that the bytes on the wire are what is checked:
   order, a client gone mid-request leaves the sidecar serving, and a graceful shutdown
   lets the request in progress answer;
 - a client that stops reading backs up the writes: reading pauses, and every answer
-  arrives in order once it reads again.
+  arrives in order once it reads again;
+- lock acquire, refresh and release answer as aiohttp's path does, errors included
+  (held, not the owner, a bad ttl, bad JSON, a wait spelt with a JSON escape).
 """
 
 from __future__ import annotations
@@ -266,3 +268,47 @@ async def test_a_client_that_stops_reading_gets_everything_in_order(
     writer.write(_request("GET", "large"))
     assert (await _read(reader))[0].body == value
     writer.close()
+
+
+def _lock(method: str, path: str, body: bytes = b"") -> bytes:
+    return (
+        f"{method} /v1/locks/{path} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_locks_in_fast_mode_answer_as_aiohttp_does(
+    start_sidecar: StartSidecar, backend_config: dict[str, Any]
+) -> None:
+    sidecar = await _start(start_sidecar, backend_config)
+    fast_reader, fast_writer = await _connect(sidecar)
+    slow_reader, slow_writer = await _connect(sidecar)
+    slow_writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (await _read(slow_reader))[0].status == 200
+    for reader, writer, name in ((fast_reader, fast_writer, "f"), (slow_reader, slow_writer, "s")):
+        writer.write(_lock("POST", name, b'{"ttl": "10s"}'))
+        (acquired,) = await _read(reader)
+        assert acquired.status == 200
+        token = acquired.body.split(b'"token": ')[1].split(b",")[0]
+        writer.write(
+            _lock("POST", name, b'{"ttl": "10s"}')  # held: 409
+            + _lock("POST", f"{name}/refresh", b'{"token": ' + token + b"}")
+            + _lock("POST", f"{name}/refresh", b'{"token": "other"}')  # 409 not_owner
+            + _lock("POST", name, b'{"ttl": "soon"}')  # 400 invalid_ttl
+            + _lock("POST", name, b"{not json")  # 400 invalid_request
+            + _lock("POST", name, b'{"\\u0077ait": "100ms"}')  # an escaped wait: waits, 409
+            + _lock("DELETE", name, b'{"token": ' + token + b"}")
+            + _lock("DELETE", name, b'{"token": ' + token + b"}")  # released: 409
+        )
+        answers = [acquired, *await _read(reader, 8)]
+        if name == "f":
+            fast = answers
+        else:
+            slow = answers
+    assert [r.status for r in fast] == [200, 409, 200, 409, 400, 400, 409, 204, 409]
+    assert [_shape(r)[:2] for r in fast] == [_shape(r)[:2] for r in slow]
+    assert [r.body.replace(b"'f'", b"'s'") for r in fast[3:]] == [r.body for r in slow[3:]]
+    handlers = _handlers(sidecar)
+    assert sorted(h._fast for h in handlers) == [False, True]
+    fast_writer.close()
+    slow_writer.close()

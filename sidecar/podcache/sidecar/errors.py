@@ -186,6 +186,11 @@ def timed_out(request: web.Request, timeout: float) -> web.Response:
         )
         response.force_close()
         return response
+    return backend_timed_out(timeout)
+
+
+def backend_timed_out(timeout: float) -> web.Response:
+    """The 503 of a request whose body was in, the backend too slow for the timeout."""
     return error_response(
         503,
         "backend_unavailable",

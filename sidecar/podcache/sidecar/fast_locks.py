@@ -139,7 +139,7 @@ def _serve(
     received: float,
 ) -> Awaitable[web.Response]:
     if method == "DELETE":
-        return routes_locks.serve_release(state, request, name, payload)
+        return routes_locks.serve_release(state, name, payload, query=lambda: request.query)
     if refresh:
-        return routes_locks.serve_refresh(state, request, name, payload)
+        return routes_locks.serve_refresh(state, name, payload, query=lambda: request.query)
     return routes_locks.serve_acquire(state, name, payload, received=received)

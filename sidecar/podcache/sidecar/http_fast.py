@@ -17,14 +17,18 @@ the buffer is read here if it is exactly one of:
 - ``GET`` or ``DELETE /v1/cache/<key> HTTP/1.1`` with no body;
 - ``PUT /v1/cache/<key> HTTP/1.1`` with a ``Content-Length`` within
   ``limits.maxValueBytes`` and the whole body already received;
+- ``POST /v1/locks/<name>`` (acquire), ``POST /v1/locks/<name>/refresh`` and
+  ``DELETE /v1/locks/<name>`` (release) with a JSON body of at most 64 KiB, received;
 
-with a key segment holding no ``/``, ``#``, ``?`` (no query) and not ``.``/``..``, and
+with a key or name segment holding no ``/``, ``#``, ``?`` (no query), not ``.``/``..``
+(nor a percent-encoded dot in a lock name, as ``fast_locks`` decides), and
 only well-formed header fields (token names, visible ASCII values, fewer than 100), one
 ``Host`` (HTTP/1.1 requires it, and aiohttp refuses a request without), none
 of ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``If-Match``, ``If-None-Match``, and
 ``Connection`` at most ``keep-alive``. Those are answered with the same backend calls,
 the same errors (``errors.response_for``), the same headers and the same metrics as
-``fast_path``'s, in order, the responses of one read written together.
+``fast_path``'s and ``fast_locks``'s (whose ``routes_*.serve_*`` they call), in order,
+the responses of one read written together.
 
 Anything else - another path or method, HTTP/1.0, a query, a body still arriving (the
 408 case), a chunked body, a header aiohttp would refuse - and the connection leaves
@@ -35,8 +39,12 @@ aiohttp's keep-alive timer closes a connection that stays silent in between.
 
 A request whose backend call suspends (Redis) runs in a Task; the connection reads on
 but answers nothing more until that one is written, so replies keep their order.
-The timer rule is ``fast_path``'s: the backend bounds every call within the request
-timeout (``CacheSlot.call_bound``), or the request goes to aiohttp, which arms one.
+The timer rules are ``fast_path``'s and ``fast_locks``'s: a cache call is bounded by the
+backend within the request timeout (``CacheSlot.call_bound``), or the connection goes
+to aiohttp, which arms a timer; a lock call that could outlast it (a blocking acquire on
+Redis, a tight request timeout) runs under ``asyncio.timeout``, in its Task. Lock
+acquires that may wait, on the memory backend too, start in a Task: the wait is an
+``asyncio.timeout`` of its own.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from podcache import etags
-from podcache.sidecar import errors, hand_driven, inputs
+from podcache.sidecar import errors, fast_locks, hand_driven, inputs, routes_locks
 from podcache.sidecar.http_protocol import JsonErrorsRequestHandler
 from podcache.sidecar.state import SidecarState
 
@@ -113,15 +121,65 @@ class _Clock:
 _CLOCK = _Clock()
 
 
+_CACHE, _ACQUIRE, _REFRESH, _RELEASE = 0, 1, 2, 3
+_LOCKS = routes_locks.PREFIX.encode()
+_LOCKS_LEN = len(_LOCKS)
+_REFRESH_SUFFIX = routes_locks.REFRESH_SUFFIX.encode()
+_ROUTES = {
+    _CACHE: ROUTE_LABEL,
+    _ACQUIRE: fast_locks.ROUTE_LABEL,
+    _RELEASE: fast_locks.ROUTE_LABEL,
+    _REFRESH: fast_locks.REFRESH_LABEL,
+}
+_LOCK_FIELDS = {
+    _ACQUIRE: routes_locks.ACQUIRE_FIELDS,
+    _REFRESH: routes_locks.REFRESH_FIELDS,
+    _RELEASE: routes_locks.RELEASE_FIELDS,
+}
+MAX_LOCK_BODY = 64 * 1024
+"""A lock request's JSON body over this goes to aiohttp (``inputs.json_object``'s limit)."""
+
+
 class _Request:
     """One request read in fast mode."""
 
-    __slots__ = ("body", "method", "raw_key")
+    __slots__ = ("body", "kind", "method", "raw_name", "received")
 
-    def __init__(self, method: bytes, raw_key: bytes, body: bytes) -> None:
+    def __init__(self, method: bytes, kind: int, raw_name: bytes, body: bytes) -> None:
         self.method = method
-        self.raw_key = raw_key
+        self.kind = kind
+        self.raw_name = raw_name
+        """The key's or the lock's name as in the target (percent-encoded)."""
         self.body = body
+        self.received = time.monotonic()  # as routes_locks.acquire takes it
+
+
+def _route(method: bytes, target: bytes) -> tuple[int, bytes] | None:
+    """What ``target`` asks for and the raw name in it; None: aiohttp's to serve."""
+    if target.startswith(_PREFIX):
+        if method not in (b"GET", b"PUT", b"DELETE"):
+            return None
+        kind, raw = _CACHE, target[_PREFIX_LEN:]
+    elif target.startswith(_LOCKS):
+        raw = target[_LOCKS_LEN:]
+        if method == b"POST":
+            kind = _ACQUIRE
+            if raw.endswith(_REFRESH_SUFFIX):
+                kind, raw = _REFRESH, raw[:-len(_REFRESH_SUFFIX)]
+        elif method == b"DELETE":
+            kind = _RELEASE
+        else:
+            return None
+        if b"%2" in raw and b"%2e" in raw.lower():
+            return None  # a percent-encoded dot: the router's path normalisation decides
+    else:
+        return None
+    if (
+        b"?" in raw or b"/" in raw or b"#" in raw or raw in (b".", b"..")
+        or _TARGET.fullmatch(target) is None
+    ):
+        return None
+    return kind, raw
 
 
 def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[_Request, int]:
@@ -136,15 +194,11 @@ def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) > _MAX_FIELDS:
         return _UNSUPPORTED
-    method, target = parts[0], parts[1]
-    if method not in (b"GET", b"PUT", b"DELETE") or not target.startswith(_PREFIX):
+    method = parts[0]
+    routed = _route(method, parts[1])
+    if routed is None:
         return _UNSUPPORTED
-    raw_key = target[_PREFIX_LEN:]
-    if (
-        b"?" in raw_key or b"/" in raw_key or b"#" in raw_key or raw_key in (b".", b"..")
-        or _TARGET.fullmatch(target) is None
-    ):
-        return _UNSUPPORTED
+    kind, raw_name = routed
     length = -1
     hosts = 0
     for line in lines[1:]:
@@ -166,33 +220,45 @@ def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[
     if hosts != 1:
         return _UNSUPPORTED  # HTTP/1.1 requires exactly one; aiohttp answers 400
     body_start = end + 4
-    if method == b"PUT":
-        if length < 0 or length > max_value or body_start + length > len(buffer):
-            return _UNSUPPORTED  # no length, too large, or still arriving: aiohttp's
-        return _Request(method, raw_key, buffer[body_start:body_start + length]), (
-            body_start + length
-        )
-    if length > 0:
+    if kind != _CACHE:
+        length = max(length, 0)  # no Content-Length and no Transfer-Encoding: no body
+        if length > MAX_LOCK_BODY:
+            return _UNSUPPORTED
+    elif method == b"PUT":
+        if length < 0 or length > max_value:
+            return _UNSUPPORTED  # no length (chunked) or too large: aiohttp's
+    elif length > 0:
         return _UNSUPPORTED
-    return _Request(method, raw_key, b""), body_start
+    else:
+        length = 0
+    stop = body_start + length
+    if stop > len(buffer):
+        return _UNSUPPORTED  # the body is still arriving: aiohttp's, with its 408 timer
+    return _Request(method, kind, raw_name, buffer[body_start:stop]), stop
+
+
+def _may_wait(body: bytes) -> bool:
+    """Whether an acquire's JSON may hold a ``wait`` (also spelt with ``\\u`` escapes)."""
+    return b"wait" in body or b"\\u" in body
 
 
 def _serialized(response: web.Response) -> bytes:
     """An error response as aiohttp would write it (status, headers, length, date)."""
-    body = response.body
+    body = response.body or b""
     assert isinstance(body, bytes)
     lines = [_STATUS_LINES[HTTPStatus(response.status)]]
     for name, value in response.headers.items():
         if name.lower() not in ("content-length", "date", "server", "connection"):
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(b"Content-Length: %d\r\n" % len(body))
+    if response.status != 204:  # a 204 carries no Content-Length (RFC 9110), as aiohttp's
+        lines.append(b"Content-Length: %d\r\n" % len(body))
     if response.keep_alive is False:  # force_close(); None: the default, kept alive
         lines.append(b"Connection: close\r\n")
     lines.append(b"Date: " + _CLOCK.date() + _SERVER + body)
     return b"".join(lines)
 
 
-_METHODS = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE"}
+_METHODS = {b"GET": "GET", b"PUT": "PUT", b"DELETE": "DELETE", b"POST": "POST"}
 
 Answer = tuple[int, bytes | list[bytes], bool]
 """A response: its status, its bytes (head and value apart for large values), and
@@ -200,10 +266,12 @@ whether the connection closes after it."""
 
 
 async def _answer(state: SidecarState, request: _Request) -> Answer:
-    """``fast_path``'s work for one request, its response as bytes."""
+    """``fast_path``'s or ``fast_locks``'s work for one request, its response as bytes."""
+    if request.kind != _CACHE:
+        return await _lock_answer(state, request)
     limits = state.config.limits
     key = inputs.decode_segment(
-        request.raw_key.decode("ascii"), what="key", max_bytes=limits.max_key_bytes
+        request.raw_name.decode("ascii"), what="key", max_bytes=limits.max_key_bytes
     )
     method = request.method
     if method == b"GET":
@@ -226,6 +294,34 @@ async def _answer(state: SidecarState, request: _Request) -> Answer:
         etag = etags.etag_of(value)
         await state.cache.set(key, value, state.default_ttl)
     return 204, b"".join((_PUT_HEAD, etag.encode(), _DATE, _CLOCK.date(), _SERVER)), False
+
+
+async def _lock_answer(state: SidecarState, request: _Request) -> Answer:
+    """Acquire, refresh or release as ``fast_locks`` does, with its timer rule."""
+    limits = state.config.limits
+    name = inputs.decode_segment(
+        request.raw_name.decode("ascii"), what="lock name", max_bytes=limits.max_key_bytes
+    )
+    kind = request.kind
+    payload = inputs.json_object_of(request.body, allowed=_LOCK_FIELDS[kind])
+    if kind == _ACQUIRE:
+        work = routes_locks.serve_acquire(state, name, payload, received=request.received)
+    elif kind == _REFRESH:
+        work = routes_locks.serve_refresh(state, name, payload)
+    else:
+        work = routes_locks.serve_release(state, name, payload)
+    slot = state.slot
+    timeout = limits.request_timeout
+    waits = kind == _ACQUIRE and "wait" in payload
+    if slot.never_blocks or (not waits and slot.lock_call_bound <= timeout):
+        response = await work
+    else:  # only ever in a Task (a Redis slot's requests start in one)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await work
+        except TimeoutError:
+            response = errors.backend_timed_out(timeout)
+    return response.status, _serialized(response), response.keep_alive is False
 
 
 def _error(exc: BaseException) -> Answer:
@@ -307,8 +403,8 @@ class FastCacheRequestHandler(JsonErrorsRequestHandler):
             slot = state.slot
             slot.inflight += 1
             work = _answer(state, request)
-            if not slot.never_blocks:
-                # Redis: in a Task from the start (its calls may use asyncio.timeout).
+            if not slot.never_blocks or (request.kind == _ACQUIRE and _may_wait(request.body)):
+                # In a Task from the start: Redis calls and a lock's wait use asyncio.timeout.
                 self._write(out)
                 self._fast_tail = buffer[start:]
                 self._start(work, None, request, started, slot)
@@ -326,7 +422,8 @@ class FastCacheRequestHandler(JsonErrorsRequestHandler):
                 return
             slot.leave()
             status, payload, closing = answer
-            observe(ROUTE_LABEL, _METHODS[request.method], status, time.perf_counter() - started)
+            observe(_ROUTES[request.kind], _METHODS[request.method], status,
+                    time.perf_counter() - started)
             if isinstance(payload, bytes):
                 out.append(payload)
             else:
@@ -372,7 +469,7 @@ class FastCacheRequestHandler(JsonErrorsRequestHandler):
                 waiter.set_result(None)
         status, payload, closing = answer
         self._fast_state.metrics.observe_request(
-            ROUTE_LABEL, _METHODS[request.method], status, time.perf_counter() - started
+            _ROUTES[request.kind], _METHODS[request.method], status, time.perf_counter() - started
         )
         if self.transport is None:
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -157,7 +158,11 @@ async def json_object(
     request: web.Request, *, allowed: frozenset[str], limit: int = 64 * 1024
 ) -> dict[str, Any]:
     """The JSON object body (empty body = ``{}``); unknown fields and non-objects are a 400."""
-    raw = await body(request, limit=limit)
+    return json_object_of(await body(request, limit=limit), allowed=allowed)
+
+
+def json_object_of(raw: bytes, *, allowed: frozenset[str]) -> dict[str, Any]:
+    """``json_object``'s checks of a body already read."""
     if not raw.strip():
         return {}
     try:
@@ -178,10 +183,12 @@ async def json_object(
     return payload
 
 
-def token_field(payload: dict[str, Any], request: web.Request) -> str:
-    """The lock token from the body, else from ``?token=``; a 400 when missing or not a string."""
-    # The query is parsed only when the body has no token (most requests carry it there).
-    token = payload["token"] if "token" in payload else request.query.get("token")
+def token_field(payload: dict[str, Any], query: Callable[[], Mapping[str, str]]) -> str:
+    """The lock token from the body, else from ``?token=``; a 400 when missing or not a string.
+
+    ``query`` gives the request's query: it is parsed only when the body has no token
+    (most requests carry it there)."""
+    token = payload["token"] if "token" in payload else query().get("token")
     if not isinstance(token, str) or not token:
         raise ApiError(400, "invalid_request", "a non-empty string 'token' is required")
     return token

@@ -14,6 +14,7 @@ before aiohttp's router) both call them, so the two cannot drift apart.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as encode_string  # json.dumps's own, in C
 from typing import Any
 
@@ -113,14 +114,18 @@ async def refresh(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = _name(request, suffix=REFRESH_SUFFIX)
     payload = await inputs.json_object(request, allowed=REFRESH_FIELDS)
-    return await serve_refresh(state, request, name, payload)
+    return await serve_refresh(state, name, payload, query=lambda: request.query)
 
 
 async def serve_refresh(
-    state: SidecarState, request: web.Request, name: str, payload: dict[str, Any]
+    state: SidecarState,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    query: Callable[[], Mapping[str, str]] = dict,
 ) -> web.Response:
     """Refresh ``name`` as the parsed body asks (the token may also come in the query)."""
-    token = inputs.token_field(payload, request)
+    token = inputs.token_field(payload, query)
     ttl = _ttl(payload, state)
     slot = state.slot
     lease = await slot.cache.locks.refresh(name, token, ttl=ttl)
@@ -137,14 +142,18 @@ async def release(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = _name(request)
     payload = await inputs.json_object(request, allowed=RELEASE_FIELDS)
-    return await serve_release(state, request, name, payload)
+    return await serve_release(state, name, payload, query=lambda: request.query)
 
 
 async def serve_release(
-    state: SidecarState, request: web.Request, name: str, payload: dict[str, Any]
+    state: SidecarState,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    query: Callable[[], Mapping[str, str]] = dict,
 ) -> web.Response:
     """Release ``name`` as the parsed body asks (the token may also come in the query)."""
-    token = inputs.token_field(payload, request)
+    token = inputs.token_field(payload, query)
     slot = state.slot
     released = await slot.cache.locks.release(name, token)
     slot.leases.discard(name, token)
