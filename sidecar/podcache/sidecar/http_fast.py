@@ -16,11 +16,12 @@ the buffer is read here if it is exactly one of:
 
 - ``GET`` or ``DELETE /v1/cache/<key> HTTP/1.1`` with no body;
 - ``PUT /v1/cache/<key> HTTP/1.1`` with a ``Content-Length`` within
-  ``limits.maxValueBytes`` and the whole body already received;
+  ``limits.maxValueBytes`` and the whole body already received, with no query or one
+  of ``ttl`` and ``ifAbsent`` (each at most once, as the client library sends them);
 - ``POST /v1/locks/<name>`` (acquire), ``POST /v1/locks/<name>/refresh`` and
   ``DELETE /v1/locks/<name>`` (release) with a JSON body of at most 64 KiB, received;
 
-with a key or name segment holding no ``/``, ``#``, ``?`` (no query), not ``.``/``..``
+with a key or name segment holding no ``/``, ``#``, no other query, not ``.``/``..``
 (nor a percent-encoded dot in a lock name, as ``fast_locks`` decides), and
 only well-formed header fields (token names, visible ASCII values, fewer than 100), one
 ``Host`` (HTTP/1.1 requires it, and aiohttp refuses a request without), none
@@ -56,12 +57,14 @@ from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from podcache import etags
 from podcache.sidecar import errors, fast_locks, hand_driven, inputs, routes_locks
+from podcache.sidecar.errors import ApiError
 from podcache.sidecar.http_protocol import JsonErrorsRequestHandler
 from podcache.sidecar.state import SidecarState
 
@@ -81,6 +84,11 @@ _FIELD = re.compile(
 )
 """One header line: a token name, a colon, a value of visible ASCII and inner spaces."""
 _TARGET = re.compile(rb"[\x21-\x7e]+")
+_PUT_QUERY = re.compile(
+    rb"(?:ttl=[^&#]*|ifAbsent=[^&#]*)(?:&(?:ttl=[^&#]*|ifAbsent=[^&#]*))?"
+)
+"""What a PUT's query may be in fast mode: ``ttl`` and ``ifAbsent``, each at most once
+(``_route`` refuses a repeat), as the client library sends them."""
 _TAKEN_OVER = frozenset(
     (b"transfer-encoding", b"expect", b"upgrade", b"if-match", b"if-none-match")
 )
@@ -90,6 +98,7 @@ _STATUS_LINES = {status: f"HTTP/1.1 {status} {status.phrase}\r\n".encode() for s
 _GET_HEAD = b"HTTP/1.1 200 OK\r\nETag: "
 _GET_TYPE = b"\r\nContent-Type: application/octet-stream\r\nContent-Length: "
 _PUT_HEAD = b"HTTP/1.1 204 No Content\r\nETag: "
+_CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nETag: "
 _DELETED = b"HTTP/1.1 204 No Content"
 _DATE = b"\r\nDate: "
 _GATHER_BELOW = 16 * 1024
@@ -143,23 +152,34 @@ MAX_LOCK_BODY = 64 * 1024
 class _Request:
     """One request read in fast mode."""
 
-    __slots__ = ("body", "kind", "method", "raw_name", "received")
+    __slots__ = ("body", "kind", "method", "query", "raw_name", "received")
 
-    def __init__(self, method: bytes, kind: int, raw_name: bytes, body: bytes) -> None:
+    def __init__(
+        self, method: bytes, kind: int, raw_name: bytes, body: bytes, query: bytes
+    ) -> None:
         self.method = method
         self.kind = kind
         self.raw_name = raw_name
         """The key's or the lock's name as in the target (percent-encoded)."""
+        self.query = query
+        """A PUT's query (``ttl``, ``ifAbsent``), as in the target; else empty."""
         self.body = body
         self.received = time.monotonic()  # as routes_locks.acquire takes it
 
 
-def _route(method: bytes, target: bytes) -> tuple[int, bytes] | None:
-    """What ``target`` asks for and the raw name in it; None: aiohttp's to serve."""
+def _route(method: bytes, target: bytes) -> tuple[int, bytes, bytes] | None:
+    """What ``target`` asks for, the raw name in it and a PUT's query; None: aiohttp's."""
+    query = b""
     if target.startswith(_PREFIX):
         if method not in (b"GET", b"PUT", b"DELETE"):
             return None
         kind, raw = _CACHE, target[_PREFIX_LEN:]
+        if method == b"PUT" and b"?" in raw:
+            raw, _, query = raw.partition(b"?")
+            if not _PUT_QUERY.fullmatch(query) or (b"&" in query and (
+                query.partition(b"=")[0] == query.partition(b"&")[2].partition(b"=")[0]
+            )):
+                return None  # another parameter, a repeated one, a fragment: aiohttp's
     elif target.startswith(_LOCKS):
         raw = target[_LOCKS_LEN:]
         if method == b"POST":
@@ -179,7 +199,7 @@ def _route(method: bytes, target: bytes) -> tuple[int, bytes] | None:
         or _TARGET.fullmatch(target) is None
     ):
         return None
-    return kind, raw
+    return kind, raw, query
 
 
 def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[_Request, int]:
@@ -198,7 +218,7 @@ def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[
     routed = _route(method, parts[1])
     if routed is None:
         return _UNSUPPORTED
-    kind, raw_name = routed
+    kind, raw_name, query = routed
     length = -1
     hosts = 0
     for line in lines[1:]:
@@ -234,7 +254,7 @@ def _parse(buffer: bytes, start: int, max_value: int) -> _Request | int | tuple[
     stop = body_start + length
     if stop > len(buffer):
         return _UNSUPPORTED  # the body is still arriving: aiohttp's, with its 408 timer
-    return _Request(method, kind, raw_name, buffer[body_start:stop]), stop
+    return _Request(method, kind, raw_name, buffer[body_start:stop], query), stop
 
 
 def _may_wait(body: bytes) -> bool:
@@ -287,13 +307,33 @@ async def _answer(state: SidecarState, request: _Request) -> Answer:
         await state.slot.cache.delete(key)
         return 204, b"".join((_DELETED, _DATE, _CLOCK.date(), _SERVER)), False
     value = request.body
-    # As routes_cache.serve_put without a query or a condition: the default TTL, the
-    # body held against limits.maxInflightBytes until stored.
+    ttl, if_absent = _put_options(request.query, state.default_ttl)
+    # As routes_cache.serve_put without a condition header: the body held against
+    # limits.maxInflightBytes until stored.
     with state.bodies.claim(limits.max_inflight_bytes) as claim:
         claim.take(len(value))
         etag = etags.etag_of(value)
-        await state.cache.set(key, value, state.default_ttl)
+        if if_absent:
+            if not await state.cache.set_nx(key, value, ttl):
+                raise ApiError(409, "exists", f"key {key!r} already exists")
+            return 201, b"".join((_CREATED, etag.encode(), _DATE, _CLOCK.date(), _SERVER)), False
+        await state.cache.set(key, value, ttl)
     return 204, b"".join((_PUT_HEAD, etag.encode(), _DATE, _CLOCK.date(), _SERVER)), False
+
+
+def _put_options(query: bytes, default_ttl: float) -> tuple[float, bool]:
+    """The TTL and ``ifAbsent`` of a PUT's query, by ``inputs``' rules for each."""
+    if not query:
+        return default_ttl, False
+    values: dict[str, str] = {}
+    for item in query.split(b"&"):
+        name, _, raw = item.partition(b"=")
+        # As aiohttp's query parsing: '+' is a space, then percent-decoding.
+        values[name.decode()] = unquote(raw.decode().replace("+", " "))
+    return (
+        inputs.ttl_of(values.get("ttl"), default_ttl),
+        inputs.flag_of("ifAbsent", values.get("ifAbsent")),
+    )
 
 
 async def _lock_answer(state: SidecarState, request: _Request) -> Answer:

@@ -85,7 +85,11 @@ def ttl_query(request: web.Request, default: float) -> float:
     Absent, empty or 0 means ``default``; longer than ``MAX_CACHE_TTL`` is cut to it
     (ten years is "forever" for a cache, and Redis refuses expiry times near 2^63 ms).
     """
-    raw = request.query.get("ttl")
+    return ttl_of(request.query.get("ttl"), default)
+
+
+def ttl_of(raw: str | None, default: float) -> float:
+    """``ttl_query``'s rules for the parameter's text (None: absent)."""
     if not raw:
         return default
     seconds = duration(raw, field="ttl")
@@ -102,7 +106,11 @@ def duration(value: Any, *, field: str) -> float:
 
 def flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter (true/false/1/0/yes/no); anything else is a 400."""
-    raw = request.query.get(name)
+    return flag_of(name, request.query.get(name))
+
+
+def flag_of(name: str, raw: str | None) -> bool:
+    """``flag``'s rules for the parameter's text (None: absent)."""
     if raw is None:
         return False
     lowered = raw.lower()
