@@ -15,7 +15,9 @@ Aspects, on raw connections so that the bytes on the wire are what is checked:
 - a client that stops reading backs up the writes: reading pauses, and every answer
   arrives in order once it reads again;
 - lock acquire, refresh and release answer as aiohttp's path does, errors included
-  (held, not the owner, a bad ttl, bad JSON, a wait spelt with a JSON escape).
+  (held, not the owner, a bad ttl, bad JSON, a wait spelt with a JSON escape);
+- the parser (hypothesis): any bytes give a request, "incomplete" or "aiohttp's", never
+  an exception; a generated pipeline parses back into exactly its requests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podcache.sidecar import http_fast
 from podcache.sidecar.http_fast import FastCacheRequestHandler
 from podcache.sidecar.runtime import Sidecar
 from tests.redis_server import RedisServer
@@ -327,3 +333,42 @@ async def test_locks_in_fast_mode_answer_as_aiohttp_does(
     assert sorted(h._fast for h in handlers) == [False, True]
     fast_writer.close()
     slow_writer.close()
+
+
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=5000))
+@settings(max_examples=400, deadline=None)
+def test_the_parser_takes_any_bytes_without_raising(data: bytes, max_value: int) -> None:
+    parsed = http_fast._parse(data, 0, max_value)
+    if isinstance(parsed, tuple):
+        request, stop = parsed
+        assert 0 < stop <= len(data)
+        assert data[:stop].endswith(request.body)
+    else:
+        assert parsed in (http_fast._INCOMPLETE, http_fast._UNSUPPORTED)
+
+
+_KEYS = st.text(alphabet="abcXYZ019-_.~%", min_size=1, max_size=20).filter(
+    lambda key: key not in (".", "..")
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["GET", "PUT", "DELETE"]), _KEYS,
+                          st.binary(max_size=50)), min_size=1, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_a_pipeline_parses_back_into_its_requests(
+    requests: list[tuple[str, str, bytes]]
+) -> None:
+    wire = b"".join(
+        _request(method, key, body if method == "PUT" else None) for method, key, body in requests
+    )
+    start = 0
+    for method, key, body in requests:
+        parsed = http_fast._parse(wire, start, 4096)
+        assert isinstance(parsed, tuple)
+        request, start = parsed
+        assert (request.method, request.raw_name) == (method.encode(), key.encode())
+        assert request.body == (body if method == "PUT" else b"")
+    assert start == len(wire)
+    assert http_fast._parse(wire + b"GET /v1/cache/k HTTP/1.1\r\nHo", start, 4096) == (
+        http_fast._INCOMPLETE
+    )
