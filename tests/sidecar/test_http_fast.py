@@ -10,8 +10,9 @@ Aspects, on raw connections so that the bytes on the wire are what is checked:
   408 when it never ends), a request without ``Host``, a control byte in a field:
   each answered as aiohttp answers it;
 - on Redis a request suspends in a Task: pipelined requests behind it are answered in
-  order, a client gone mid-request leaves the sidecar serving, and a graceful shutdown
-  lets the request in progress answer;
+  order, a client gone mid-request leaves the sidecar serving, the keep-alive timer does
+  not close a connection whose request is in progress, and a graceful shutdown lets
+  the request in progress answer;
 - a client that stops reading backs up the writes: reading pauses, and every answer
   arrives in order once it reads again;
 - lock acquire, refresh and release answer as aiohttp's path does, errors included
@@ -237,6 +238,30 @@ async def test_redis_suspended_requests_keep_order_and_survive_clients(
         redis_server.resume()
     responses = await _read(reader, 50)
     assert [r.body for r in responses] == [b"%d" % i for i in range(50)]
+    writer.close()
+
+
+async def test_the_keep_alive_timer_spares_a_request_in_progress(
+    start_sidecar: StartSidecar, redis_server: RedisServer
+) -> None:
+    config = {"type": "redis", "config": {"url": redis_server.url, "keyPrefix": "fast-ka:"}}
+    sidecar = await _start(start_sidecar, config)
+    reader, writer = await _connect(sidecar)
+    writer.write(_request("PUT", "ka", b"alive"))
+    assert (await _read(reader))[0].status == 204
+    redis_server.pause()
+    try:
+        writer.write(_request("GET", "ka"))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        (handler,) = _handlers(sidecar)
+        assert handler._request_in_progress
+        handler._next_keepalive_close_time = 0.0  # as if the connection had idled 75 s
+        handler._process_keepalive()
+    finally:
+        redis_server.resume()
+    (response,) = await _read(reader)
+    assert (response.status, response.body) == (200, b"alive")
     writer.close()
 
 

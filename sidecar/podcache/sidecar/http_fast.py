@@ -409,6 +409,13 @@ class FastCacheRequestHandler(JsonErrorsRequestHandler):
         if self._fast and self._fast_task is None:
             self._continue()
 
+    def _process_keepalive(self) -> None:
+        # aiohttp counts a connection idle while its own task waits for a message, which
+        # it always does in fast mode: a request in progress here is not idle.
+        if self._fast_task is not None:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        super()._process_keepalive()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         task = self._fast_task
         super().connection_lost(exc)
