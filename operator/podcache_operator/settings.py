@@ -16,6 +16,7 @@ import dataclasses
 import os
 import random
 import re
+import time
 from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
@@ -122,6 +123,14 @@ class WatchSettings:
     """Pauses between retries of a failing API request before a handler sees the error."""
 
 
+PRIORITY_EPOCH = 1_735_689_600
+"""2025-01-01T00:00:00Z: drawn priorities count milliseconds from here (a replica that
+crash-loops restarts within a second; its successor must still outrank it)."""
+PRIORITY_TIEBREAK_BITS = 12
+"""Milliseconds since the epoch take the bits above these: the priority stays below 2**53
+(exact in every JSON reader) for 69 years."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PeeringSettings:
     """Several replicas may run; kopf peering keeps exactly one of them active."""
@@ -131,9 +140,11 @@ class PeeringSettings:
     standalone: bool = False
     """Run without peering (tests, single-replica development)."""
     priority: int | None = None
-    """The highest live priority is the active replica. kopf pauses *every* replica that
-    shares the top priority, so None (the default) draws a random one per process:
-    replicas of one Deployment differ, and exactly one of them stays active."""
+    """The highest live priority is the active replica. None (the default) derives one
+    from the process's start time: a newer replica outranks an older one, and so the
+    record a killed replica leaves behind (kopf keeps it for its 60 s lifetime) never
+    pauses its replacement. Random low bits break ties, since kopf pauses *every*
+    replica that shares the top priority."""
 
     replicas: int = 1
     """How many operator replicas the Deployment runs (the chart's replicaCount). With one,
@@ -142,10 +153,12 @@ class PeeringSettings:
     watchdog_interval: float = 30.0
     """How often the peering object is checked for, and created again when it went."""
 
-    def effective_priority(self) -> int:
+    def effective_priority(self, now: float | None = None) -> int:
         if self.priority is not None:
             return self.priority
-        return random.SystemRandom().randint(1, 2**31 - 1)
+        started = max(0, round(((time.time() if now is None else now) - PRIORITY_EPOCH) * 1000))
+        tiebreak = random.SystemRandom().getrandbits(PRIORITY_TIEBREAK_BITS)
+        return (started << PRIORITY_TIEBREAK_BITS) | tiebreak
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,9 +151,19 @@ class TestConfigure:
         """kopf pauses every replica sharing the top priority: equal replicas must differ."""
         drawn = {self.configure(settings.Settings())[0].peering.priority for _ in range(5)}
         assert len(drawn) == 5
-        assert all(1 <= priority < 2**31 for priority in drawn)
+        assert all(1 <= priority < 2**53 for priority in drawn)
         given = settings.Settings.from_env({"PODCACHE_PEERING_PRIORITY": "-3"})
         assert self.configure(given)[0].peering.priority == -3
+
+    def test_a_replica_started_later_outranks_every_earlier_one(self) -> None:
+        """A dead replica's record (kept for kopf's lifetime) must not pause its successor:
+        a millisecond later, every draw is above every earlier draw, whatever the tiebreak."""
+        peering = settings.PeeringSettings()
+        start = settings.PRIORITY_EPOCH + 60 * 86400 * 365
+        earlier = [peering.effective_priority(now=start) for _ in range(200)]
+        later = [peering.effective_priority(now=start + 0.001) for _ in range(200)]
+        assert min(later) > max(earlier)
+        assert max(later) < 2**53
 
     def test_webhook_server(self, tmp_path: Path) -> None:
         config = settings.Settings(
