@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from podcache import configfile
 from podcache.errors import ConfigError
 from podcache.sidecar import logs, socket_site, vectored_writes
+from podcache.sidecar.launcher import METRICS_PORT_ENV
 from podcache.sidecar.metrics_server import MetricsPortUnusable
 from podcache.sidecar.overrides import Overrides
 from podcache.sidecar.runtime import Options, Sidecar
@@ -36,7 +37,7 @@ logger = logging.getLogger("podcache.sidecar")
 
 SOCKET_HINT = "set the path with --socket (env PODCACHE_SOCKET) or `socket` in the config file"
 METRICS_PORT_HINT = (
-    "choose another port with --metrics-port (env PODCACHE_METRICS_PORT) or `metrics.port` "
+    f"choose another port with --metrics-port (env {METRICS_PORT_ENV}) or `metrics.port` "
     "in the config file; 0 turns the metrics listener off"
 )
 
@@ -92,10 +93,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--metrics-port",
         type=_port,
         metavar="N",
-        default=_port(environ["PODCACHE_METRICS_PORT"])
-        if environ.get("PODCACHE_METRICS_PORT")
-        else None,
-        help="TCP port of /metrics, 0 = off (env PODCACHE_METRICS_PORT; "
+        default=_port(environ[METRICS_PORT_ENV]) if environ.get(METRICS_PORT_ENV) else None,
+        help=f"TCP port of /metrics, 0 = off (env {METRICS_PORT_ENV}; "
         f"default: the config's, else {configfile.DEFAULT_METRICS_PORT})",
     )
     parser.add_argument(
