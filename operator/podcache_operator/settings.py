@@ -144,7 +144,9 @@ class PeeringSettings:
     from the process's start time: a newer replica outranks an older one, and so the
     record a killed replica leaves behind (kopf keeps it for its 60 s lifetime) never
     pauses its replacement. Random low bits break ties, since kopf pauses *every*
-    replica that shares the top priority."""
+    replica that shares the top priority. Node clocks that disagree only change which
+    live replica is active (one always is); a dead replica's record outranks its
+    successor only if its node's clock ran ahead by more than the time between them."""
 
     replicas: int = 1
     """How many operator replicas the Deployment runs (the chart's replicaCount). With one,
