@@ -77,6 +77,8 @@ TARGET_THROUGHPUT_RATIO = 0.6
 TARGET_ADDED_P50_MS = 0.15
 TARGET_IDLE_RSS_MIB = 60.0
 TARGET_READY_S = 1.0
+LOCK_FLOOR = "lock floor"
+"""The case of ``lock_floor.py``: a lock cycle's I/O and Redis scripts, no podcache logic."""
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -164,6 +166,16 @@ def start_minimal_app(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     socket_path = str(workdir / "minimal.sock")
     process = subprocess.Popen([sys.executable, __file__, "--minimal-app", socket_path],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_ready(process, socket_path, url="/healthz")
+    return process, socket_path
+
+
+def start_lock_floor(workdir: Path, url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``lock_floor.py``: a lock cycle's I/O and Redis scripts with none of podcache's logic."""
+    socket_path = str(workdir / "lock-floor.sock")
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("lock_floor.py")), socket_path, url],
+        stdout=subprocess.DEVNULL, stderr=(workdir / "lock-floor.log").open("wb"))
     wait_ready(process, socket_path, url="/healthz")
     return process, socket_path
 
@@ -558,20 +570,26 @@ def main() -> None:
                     ("before: sidecar memory", "http", old_memory_socket, old_memory.pid),
                     ("before: sidecar redis", "http", old_redis_socket, old_redis.pid),
                 ]
+            ops = {op.strip() for op in args.ops.split(",") if op.strip()}
+            if "lock" in ops:
+                floor, floor_socket = start_lock_floor(workdir, url)
+                processes.append(floor)
+                targets.append((LOCK_FLOOR, "http", floor_socket, floor.pid))
             # Trials are interleaved (every case once, then again) so a burst of other work
             # on the machine hits all cases alike instead of skewing one of them.
             trials: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-            ops = {op.strip() for op in args.ops.split(",") if op.strip()}
             cases = [(level, target, op, args.value_size) for level in levels
                      for target in targets for op in ("set", "get")  # set first: get finds it
-                     if op in ops]
+                     if op in ops and target[0] != LOCK_FLOOR]
             # Lock acquire + release through the socket (Redis) next to redis-py's Lock.
             cases += [(level, target, "lock", args.value_size) for level in levels
-                      for target in targets if target[0].endswith(("sidecar redis", "direct"))
+                      for target in targets
+                      if target[0].endswith(("sidecar redis", "direct", LOCK_FLOOR))
                       and "lock" in ops]
             if args.large_size:
                 cases += [(1, target, op, args.large_size) for target in targets
-                          if target[0] != "minimal aiohttp app" for op in ("set", "get")]
+                          if target[0] not in ("minimal aiohttp app", LOCK_FLOOR)
+                          for op in ("set", "get")]
             for _ in range(args.trials):
                 for level, (label, kind, path, pid), op, size in cases:
                     spec = dict(base, kind=kind, op=op, concurrency=level, socket=path,
@@ -718,11 +736,22 @@ def _report_issue_11(rows: list[tuple[str, str, int, dict[str, Any]]], *, levels
             direct = by_case[("redis-py direct", "LOCK", level)]["ops_per_s"]
             figure(f"{tag}lock acquire+release via socket vs redis-py Lock, {level} conns",
                    through / direct, ">= 0.6", through / direct >= 0.6)
+            floor = by_case.get((LOCK_FLOOR, "LOCK", level), {}).get("ops_per_s")
+            if floor:
+                figure(f"{tag}  the same vs the lock floor (I/O and scripts only), {level} conns",
+                       through / floor, "the share of the floor reached", None)
         level = max(levels)
         redis_cpu = by_case[(f"{prefix}sidecar redis", "GET", level)]["redis_us_per_op"]
         if redis_cpu is not None:
             print(f"  {tag}redis-server CPU per GET via sidecar, {level} conns: "
                   f"{redis_cpu:.1f} us (<= 3 us)  {_verdict(redis_cpu <= 3)}")
+    for level in levels:
+        floor = by_case.get((LOCK_FLOOR, "LOCK", level), {}).get("ops_per_s")
+        if floor:
+            direct = by_case[("redis-py direct", "LOCK", level)]["ops_per_s"]
+            print(f"  anchor: the lock floor, {level} conns: {floor:.0f} cycles/s, "
+                  f"{floor / direct:.2f}x redis-py Lock (the most any Python process between "
+                  "the app and Redis reaches here)")
     for level, ops in anchor.items():
         if ops is not None:
             direct = by_case[("redis-py direct", "GET", level)]["ops_per_s"]
