@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -507,3 +508,23 @@ async def test_redis_calls_honour_cancellation(redis_url: str) -> None:
             assert task.cancelled()
     finally:
         await client.aclose()
+
+
+def test_lock_tokens_are_fresh_hex_and_not_shared_with_a_forked_child() -> None:
+    from podcache.locks import tokens
+
+    made = [tokens.new_token() for _ in range(3000)]  # several blocks of the pool
+    assert len(set(made)) == len(made)
+    assert all(len(token) == 32 and int(token, 16) >= 0 for token in made)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first tokens, then out without running any cleanup
+        os.write(write_end, "".join(tokens.new_token() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 4096).decode()
+    os.close(read_end)
+    parent = [tokens.new_token() for _ in range(4)]
+    assert len(child) == 128
+    assert not {child[i:i + 32] for i in range(0, 128, 32)} & set(parent)

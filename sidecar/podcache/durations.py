@@ -7,6 +7,7 @@ means seconds. Negative durations are refused here because no caller wants one.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -33,7 +34,7 @@ def parse_duration(value: object, *, field: str = "duration") -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = _parse_text(value.strip(), field=field)
+        seconds = _parse_text(value.strip(), field)
     else:
         raise ValueError(f"{field}: expected a duration like '30s' or seconds, got {value!r}")
     if math.isnan(seconds) or math.isinf(seconds):
@@ -43,7 +44,10 @@ def parse_duration(value: object, *, field: str = "duration") -> float:
     return seconds
 
 
-def _parse_text(text: str, *, field: str) -> float:
+@functools.lru_cache(maxsize=512)
+def _parse_text(text: str, field: str) -> float:
+    # Cached: a lock acquire parses its ttl on every request, and clients send the same
+    # few texts ("10s"); a bad text raises and is not cached.
     if not text:
         raise ValueError(f"{field}: empty duration")
     if text.startswith("-"):

@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podcache.sidecar import http_fast
+from podcache.sidecar.errors import ApiError
 from podcache.sidecar.http_fast import FastCacheRequestHandler
 from podcache.sidecar.runtime import Sidecar
 from tests.redis_server import RedisServer
@@ -397,3 +399,24 @@ def test_a_pipeline_parses_back_into_its_requests(
     assert http_fast._parse(wire + b"GET /v1/cache/k HTTP/1.1\r\nHo", start, 4096) == (
         http_fast._INCOMPLETE
     )
+
+
+def test_repeated_acquire_bodies_are_parsed_once_and_checked_as_ever() -> None:
+    bodies = http_fast._RepeatedBodies(frozenset({"ttl", "wait"}))
+    first = bodies.parsed(b'{"ttl": "10s"}')
+    assert first == {"ttl": "10s"}
+    first["ttl"] = "changed by a caller"
+    assert bodies.parsed(b'{"ttl": "10s"}') == {"ttl": "10s"}  # each caller gets its own copy
+    assert list(bodies.known) == [b'{"ttl": "10s"}']
+    for bad in (b'{"ttl": "10s", "owner": 1}', b"[1]", b"{not json"):
+        for _ in range(2):  # refused every time, never remembered
+            with pytest.raises(ApiError) as refused:
+                bodies.parsed(bad)
+            assert refused.value.status == 400
+    assert list(bodies.known) == [b'{"ttl": "10s"}']
+    big = b'{"ttl": "' + b"1" * 300 + b's"}'
+    assert bodies.parsed(big) == {"ttl": "1" * 300 + "s"}
+    assert big not in bodies.known  # large bodies are not kept
+    for i in range(bodies.MAX_ENTRIES + 5):
+        bodies.parsed(b'{"ttl": %d}' % i)
+    assert len(bodies.known) <= bodies.MAX_ENTRIES

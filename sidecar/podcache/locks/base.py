@@ -20,7 +20,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import secrets
 import time
 from typing import NamedTuple
 
@@ -29,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from podcache import validation
 from podcache.errors import BackendUnavailable, InvalidKey, InvalidTTL, TooManyWaiters
 from podcache.locks import metrics as lock_metrics
+from podcache.locks import tokens
 
 MAX_NAME_BYTES = 1024
 """Same limit as cache keys: names travel as URL path segments on the socket API."""
@@ -158,7 +158,7 @@ class LockService(abc.ABC):
         ttl = check_ttl(ttl)
         wait = check_wait(wait)
         self._check_running()
-        token = secrets.token_hex(16)
+        token = tokens.new_token()
         started = time.monotonic()
         deadline = started + wait
         contended = False

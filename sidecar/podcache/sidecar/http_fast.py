@@ -343,7 +343,10 @@ async def _lock_answer(state: SidecarState, request: _Request) -> Answer:
         request.raw_name.decode("ascii"), what="lock name", max_bytes=limits.max_key_bytes
     )
     kind = request.kind
-    payload = inputs.json_object_of(request.body, allowed=_LOCK_FIELDS[kind])
+    if kind == _ACQUIRE:
+        payload = _ACQUIRE_BODIES.parsed(request.body)
+    else:  # these carry a token: each body is new
+        payload = inputs.json_object_of(request.body, allowed=_LOCK_FIELDS[kind])
     if kind == _ACQUIRE:
         work = routes_locks.serve_acquire(state, name, payload, received=request.received)
     elif kind == _REFRESH:
@@ -362,6 +365,34 @@ async def _lock_answer(state: SidecarState, request: _Request) -> Answer:
         except TimeoutError:
             response = errors.backend_timed_out(timeout)
     return response.status, _serialized(response), response.keep_alive is False
+
+
+class _RepeatedBodies:
+    """Parsed acquire bodies by their bytes. An app sends the same few (``{"ttl": "10s"}``)
+    with every acquire, and parsing JSON on each was a measurable part of a lock request's
+    cost (issue 11): each distinct body is parsed and checked once. Bounded: small bodies
+    only, and forgotten all at once when full."""
+
+    MAX_BODY = 256
+    MAX_ENTRIES = 256
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self.allowed = allowed
+        self.known: dict[bytes, dict[str, Any]] = {}
+
+    def parsed(self, body: bytes) -> dict[str, Any]:
+        """``inputs.json_object_of(body)`` (its errors too), a copy of its own each time."""
+        payload = self.known.get(body)
+        if payload is None:
+            payload = inputs.json_object_of(body, allowed=self.allowed)
+            if len(body) <= self.MAX_BODY:
+                if len(self.known) >= self.MAX_ENTRIES:
+                    self.known.clear()
+                self.known[body] = payload
+        return dict(payload)
+
+
+_ACQUIRE_BODIES = _RepeatedBodies(routes_locks.ACQUIRE_FIELDS)
 
 
 def _error(exc: BaseException) -> Answer:
