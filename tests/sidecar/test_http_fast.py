@@ -355,6 +355,9 @@ async def test_locks_in_fast_mode_answer_as_aiohttp_does(
             slow = answers
     assert [r.status for r in fast] == [200, 409, 200, 409, 400, 400, 409, 204, 409]
     assert [_shape(r)[:2] for r in fast] == [_shape(r)[:2] for r in slow]
+    assert [r.headers.get("content-type") for r in fast] == [
+        r.headers.get("content-type") for r in slow
+    ]
     assert [r.body.replace(b"'f'", b"'s'") for r in fast[3:]] == [r.body for r in slow[3:]]
     handlers = _handlers(sidecar)
     assert sorted(h._fast for h in handlers) == [False, True]

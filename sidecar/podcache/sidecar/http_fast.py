@@ -100,6 +100,9 @@ _GET_TYPE = b"\r\nContent-Type: application/octet-stream\r\nContent-Length: "
 _PUT_HEAD = b"HTTP/1.1 204 No Content\r\nETag: "
 _CREATED = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nETag: "
 _DELETED = b"HTTP/1.1 204 No Content"
+_LEASE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: "
+)
 _DATE = b"\r\nDate: "
 _GATHER_BELOW = 16 * 1024
 """Smaller values are joined to their head (one buffer); larger ones written beside it."""
@@ -347,24 +350,39 @@ async def _lock_answer(state: SidecarState, request: _Request) -> Answer:
         payload = _ACQUIRE_BODIES.parsed(request.body)
     else:  # these carry a token: each body is new
         payload = inputs.json_object_of(request.body, allowed=_LOCK_FIELDS[kind])
-    if kind == _ACQUIRE:
-        work = routes_locks.serve_acquire(state, name, payload, received=request.received)
-    elif kind == _REFRESH:
-        work = routes_locks.serve_refresh(state, name, payload)
-    else:
-        work = routes_locks.serve_release(state, name, payload)
     slot = state.slot
     timeout = limits.request_timeout
     waits = kind == _ACQUIRE and "wait" in payload
     if slot.never_blocks or (not waits and slot.lock_call_bound <= timeout):
-        response = await work
+        body = await _lock_work(state, request, name, payload)
     else:  # only ever in a Task (a Redis slot's requests start in one)
         try:
             async with asyncio.timeout(timeout):
-                response = await work
+                body = await _lock_work(state, request, name, payload)
         except TimeoutError:
             response = errors.backend_timed_out(timeout)
-    return response.status, _serialized(response), response.keep_alive is False
+            return response.status, _serialized(response), response.keep_alive is False
+    # The bytes ``_serialized`` makes of ``routes_locks``' responses, without building them.
+    date = _CLOCK.date()
+    if body is None:
+        return 204, b"".join((_DELETED, _DATE, date, _SERVER)), False
+    return 200, b"".join((_LEASE_HEAD, b"%d" % len(body), _DATE, date, _SERVER, body)), False
+
+
+async def _lock_work(
+    state: SidecarState, request: _Request, name: str, payload: dict[str, Any]
+) -> bytes | None:
+    """The lease's JSON (acquire, refresh), or None (release): ``routes_locks``' work."""
+    kind = request.kind
+    if kind == _ACQUIRE:
+        lease, waited = await routes_locks.acquire_lease(
+            state, name, payload, received=request.received
+        )
+        return routes_locks.lease_body(lease, waited=waited)
+    if kind == _REFRESH:
+        return routes_locks.lease_body(await routes_locks.refresh_lease(state, name, payload))
+    await routes_locks.release_lock(state, name, payload)
+    return None
 
 
 class _RepeatedBodies:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii as encode_string  # json.dumps's own, in C
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,6 +24,9 @@ from podcache.errors import InvalidTTL, LockNotAcquired, NotOwner
 from podcache.sidecar import inputs
 from podcache.sidecar.errors import api_handler
 from podcache.sidecar.state import STATE, SidecarState
+
+if TYPE_CHECKING:  # the lock service is imported on first use (podcache.cache)
+    from podcache.locks.base import Lease
 
 PREFIX = "/v1/locks/"
 ROUTE = PREFIX + "{name:[^/]*}"
@@ -68,7 +71,7 @@ _LEASE_JSON = '{"token": %s, "fence": %d, "ttl_ms": %d, "waited_ms": %d}'
 generic encoder: the fields are a string and three ints."""
 
 
-def lease_body(lease: Any, *, waited: float = 0.0) -> bytes:
+def lease_body(lease: Lease, *, waited: float = 0.0) -> bytes:
     """The JSON of a lease: ``{"token", "fence", "ttl_ms", "waited_ms"}``."""
     return (_LEASE_JSON % (
         encode_string(lease.token),  # the client's text on a refresh: escaped as json.dumps does
@@ -79,7 +82,7 @@ def lease_body(lease: Any, *, waited: float = 0.0) -> bytes:
     )).encode()
 
 
-def lease_response(lease: Any, *, waited: float = 0.0) -> web.Response:
+def lease_response(lease: Lease, *, waited: float = 0.0) -> web.Response:
     # The same Content-Type as web.json_response ("application/json; charset=utf-8").
     return web.Response(
         body=lease_body(lease, waited=waited), content_type=JSON, charset="utf-8"
@@ -100,6 +103,15 @@ async def serve_acquire(
     state: SidecarState, name: str, payload: dict[str, Any], *, received: float
 ) -> web.Response:
     """Acquire ``name`` as the parsed body asks; ``received`` is when the request came in."""
+    lease, waited = await acquire_lease(state, name, payload, received=received)
+    return lease_response(lease, waited=waited)
+
+
+async def acquire_lease(
+    state: SidecarState, name: str, payload: dict[str, Any], *, received: float
+) -> tuple[Lease, float]:
+    """``serve_acquire``'s work: the lease and the seconds waited for it (``http_fast``
+    writes its answer's bytes itself)."""
     ttl = _ttl(payload, state)
     wait = _wait(payload, state)
     slot = state.slot
@@ -107,7 +119,7 @@ async def serve_acquire(
     if lease is None:
         raise LockNotAcquired(f"lock {name!r} is held by someone else", lock_name=name)
     slot.leases.held(name, lease)
-    return lease_response(lease, waited=max(0.0, lease.acquired_at - received))
+    return lease, max(0.0, lease.acquired_at - received)
 
 
 async def refresh(request: web.Request) -> web.Response:
@@ -125,6 +137,17 @@ async def serve_refresh(
     query: Callable[[], Mapping[str, str]] = dict,
 ) -> web.Response:
     """Refresh ``name`` as the parsed body asks (the token may also come in the query)."""
+    return lease_response(await refresh_lease(state, name, payload, query=query))
+
+
+async def refresh_lease(
+    state: SidecarState,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    query: Callable[[], Mapping[str, str]] = dict,
+) -> Lease:
+    """``serve_refresh``'s work: the refreshed lease."""
     token = inputs.token_field(payload, query)
     ttl = _ttl(payload, state)
     slot = state.slot
@@ -135,7 +158,7 @@ async def serve_refresh(
             f"lock {name!r} is not held with this token (expired or taken over)", lock_name=name
         )
     slot.leases.held(name, lease)
-    return lease_response(lease)
+    return lease
 
 
 async def release(request: web.Request) -> web.Response:
@@ -153,6 +176,18 @@ async def serve_release(
     query: Callable[[], Mapping[str, str]] = dict,
 ) -> web.Response:
     """Release ``name`` as the parsed body asks (the token may also come in the query)."""
+    await release_lock(state, name, payload, query=query)
+    return web.Response(status=204)
+
+
+async def release_lock(
+    state: SidecarState,
+    name: str,
+    payload: dict[str, Any],
+    *,
+    query: Callable[[], Mapping[str, str]] = dict,
+) -> None:
+    """``serve_release``'s work; ``NotOwner`` when the token does not hold the lock."""
     token = inputs.token_field(payload, query)
     slot = state.slot
     released = await slot.cache.locks.release(name, token)
@@ -161,7 +196,6 @@ async def serve_release(
         raise NotOwner(
             f"lock {name!r} is not held with this token (expired or taken over)", lock_name=name
         )
-    return web.Response(status=204)
 
 
 def add_routes(app: web.Application) -> None:
