@@ -258,3 +258,49 @@ async def test_a_command_that_suspends_on_the_memory_backend(
         assert await pipe.execute() == [b"a", True, b"b", b"v"]
     finally:
         await client.aclose()
+
+
+async def test_pipelines_of_many_connections_in_one_turn(start_sidecar: StartSidecar) -> None:
+    """Pipelined replies wait for the end of the loop turn and go out together
+    (``RespServer.write_later``): several connections' pipelines sent at the same
+    instant each get all their replies, in order, with a general-path command in the
+    middle; one that ends with QUIT is answered, then closed; one that leaves before
+    its replies go out costs the others nothing."""
+    sidecar, _ = await start_sidecar({"type": "memory", "config": {"defaultTTL": "5m"}})
+    path = sidecar.resp.path
+
+    def command(*args: bytes) -> bytes:
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+    async def pipeline(i: int, *, quit_at_end: bool) -> bytes:
+        reader, writer = await asyncio.open_unix_connection(path)
+        key = b"c%d" % i
+        sent = [command(b"SET", key, b"v%d" % i), command(b"GET", key),
+                command(b"INCR", key + b"n"), command(b"GET", key)] * 20
+        if quit_at_end:
+            sent.append(command(b"QUIT"))
+        writer.write(b"".join(sent))
+        received = await asyncio.wait_for(reader.read(-1) if quit_at_end else
+                                          reader.readexactly(len(expected(i))), 10)
+        writer.close()
+        return received
+
+    def expected(i: int) -> bytes:
+        value = b"v%d" % i
+        return b"".join(
+            b"+OK\r\n$%d\r\n%s\r\n:%d\r\n$%d\r\n%s\r\n" % (len(value), value, n + 1,
+                                                         len(value), value)
+            for n in range(20)
+        )
+
+    _, gone = await asyncio.open_unix_connection(path)
+    gone.write(command(b"SET", b"gone", b"x") + command(b"GET", b"gone"))
+    gone.close()
+    answers = await asyncio.gather(*(pipeline(i, quit_at_end=i == 0) for i in range(8)))
+    assert answers[0] == expected(0) + b"+OK\r\n"  # then the sidecar closed it (read(-1))
+    assert answers[1:] == [expected(i) for i in range(1, 8)]
+    client = _client(sidecar)
+    try:
+        assert await client.get("c3") == b"v3"
+    finally:
+        await client.aclose()
