@@ -67,6 +67,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import http_frames  # bench/, this script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 KEY = "bench-key"
@@ -251,17 +253,11 @@ class _HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        message = http_frames.complete(self.buffer)
+        if message is None:
             return
-        head = bytes(self.buffer[:end]).lower()
-        at = head.find(b"content-length:")
-        length = int(head[at + 15: head.find(b"\r\n", at) if b"\r\n" in head[at:] else None]) \
-            if at >= 0 else 0
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            return
-        self.body = bytes(self.buffer[end + 4:total]) if self.keep_body else b""
+        head, start, total = message
+        self.body = bytes(self.buffer[start:total]) if self.keep_body else b""
         del self.buffer[:total]
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():

@@ -22,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "sidecar"))
 
+import http_frames  # noqa: E402  # bench/, this script's folder
 from podcache.backends.redis_pipeline import PipelinedConnection, Script  # noqa: E402
 from podcache.config import RedisSettings, parse_settings  # noqa: E402
 from podcache.locks.redis import SIGNAL_TTL_MS, RedisLocks, lock_keys  # noqa: E402
@@ -49,15 +50,11 @@ class FloorProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
+        message = http_frames.complete(self.buffer)
+        if message is None:
             return
-        head = self.buffer[:end]
-        at = head.lower().find(b"content-length:")
-        length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
-        if len(self.buffer) < end + 4 + length:
-            return
-        self.buffer = self.buffer[end + 4 + length:]
+        head, _, total = message
+        self.buffer = self.buffer[total:]
         method, target = head.split(b" ", 2)[:2]
         if method == b"GET":
             self.transport.write(_HEALTHY)
