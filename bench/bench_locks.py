@@ -38,6 +38,8 @@ import redis.asyncio  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 from tests.redis_server import find_redis  # noqa: E402
 
+from podcache.backends.redis_pipeline import PipelinedConnection  # noqa: E402
+from podcache.config import RedisSettings, parse_settings  # noqa: E402
 from podcache.locks import LockService, MemoryLocks, RedisLocks  # noqa: E402
 
 Acquire = Callable[[str, float], Awaitable[Any]]
@@ -135,10 +137,19 @@ async def handovers(target: Target, count: int) -> tuple[float, float]:
 async def run(args: argparse.Namespace, url: str) -> None:
     client = redis.asyncio.Redis.from_url(url, max_connections=args.concurrency + 8)
     await client.flushdb()
+    settings = parse_settings("redis", {"url": url})
+    assert isinstance(settings, RedisSettings)
+    pipe = PipelinedConnection(settings)
     targets = [
         podcache_target("podcache memory", MemoryLocks(registry=CollectorRegistry())),
+        # As the Cache facade builds it (locks.build_locks): the scripts ride the
+        # backend's auto-pipelined connection.
         podcache_target("podcache redis", RedisLocks(client, key_prefix="bench:",
-                                                     registry=CollectorRegistry())),
+                                                     registry=CollectorRegistry(),
+                                                     pipeline=pipe)),
+        # Given only a redis-py client, as a library user may build it: the pool's path.
+        podcache_target("podcache redis-py", RedisLocks(client, key_prefix="bench-pool:",
+                                                        registry=CollectorRegistry())),
         redis_py_target(client),
     ]
     print(f"sequential acquire+release x{args.ops}, concurrent x{args.concurrency} tasks, "
@@ -158,6 +169,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
     ratio = rates["podcache redis"] / rates["redis-py Lock"]
     print(f"podcache redis / redis-py Lock sequential cycles: {ratio:.2f}x "
           "(podcache also returns a fence and counts metrics)")
+    ratio = rates["podcache redis-py"] / rates["redis-py Lock"]
+    print(f"podcache redis-py (no pipelined connection) / redis-py Lock: {ratio:.2f}x")
+    await pipe.aclose()
     await client.aclose()
 
 
